@@ -1,0 +1,69 @@
+"""``dataset/manifest``, ``dataset/data_issues`` and ``dataset/annotations`` for one version."""
+
+
+import time
+
+import dagster as dg
+
+from assets.metadata import table_preview
+from assets.partitions import dataset_versions
+from qm_dagster.coco import empty_annotations
+from qm_dagster.manifest import build_manifest
+from resources.dataset import QmResource
+
+CODE_VERSION = "1"
+
+
+@dg.multi_asset(
+    name="dataset_manifest",
+    partitions_def=dataset_versions,
+    group_name="dataset",
+    outs={
+        "manifest": dg.AssetOut(
+            key=["dataset", "manifest"],
+            description="One row per image: id, file, URL, bytes, content hash, width, height "
+            "(from the header), video/frame, and whether it can be measured.",
+            code_version=CODE_VERSION, kinds={"python", "parquet"},
+        ),
+        "data_issues": dg.AssetOut(
+            key=["dataset", "data_issues"],
+            description="Files that could not be measured (missing, empty, not an image, "
+            "truncated, above the pixel limit) and header/annotation mismatches.",
+            code_version=CODE_VERSION, kinds={"python", "parquet"},
+        ),
+        "annotations": dg.AssetOut(
+            key=["dataset", "annotations"],
+            description="The version's validated COCO annotations, one row per object "
+            "(empty for unlabeled versions).",
+            code_version=CODE_VERSION, kinds={"python", "parquet"},
+        ),
+    },
+)
+def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
+    """Validate annotations.json and read every image's header and content hash."""
+    start = time.perf_counter()
+    version = qm.version(context.partition_key)
+    coco = version.instances()
+    manifest = build_manifest(version, qm.max_pixels, threads=4 * max(1, qm.workers))
+    seconds = time.perf_counter() - start
+    images = manifest.images
+    yield dg.Output(images, output_name="manifest", metadata={
+        "dagster/row_count": len(images),
+        "measurable images": int(images.ok.sum()),
+        "total bytes": int(images.bytes.fillna(0).sum()),
+        "kind": version.meta().kind or "",
+        "seconds": round(seconds, 3),
+    })
+    issues = manifest.issues
+    yield dg.Output(issues, output_name="data_issues", metadata={
+        "dagster/row_count": len(issues),
+        "errors": int((issues.severity == "error").sum()),
+        "warnings": int((issues.severity == "warning").sum()),
+        "issues": table_preview(issues),
+    })
+    annotations = coco.annotations if coco is not None else empty_annotations()
+    yield dg.Output(annotations, output_name="annotations", metadata={
+        "dagster/row_count": len(annotations),
+        "categories": len(coco.categories) if coco is not None else 0,
+    })
+

@@ -1,0 +1,34 @@
+"""The composition root: builds the one ``Definitions`` that workspace.yaml loads."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.dataset import dataset_manifest
+from assets.image_metrics import build_image_metrics_asset
+from qm_dagster.config import Settings
+from qm_dagster.metrics import load_metrics
+from resources.dataset import QmResource
+from resources.io_manager import ParquetIOManager
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Definitions for ``settings`` (environment + QM_CONFIG by default)."""
+    settings = settings or Settings.load()
+    load_metrics(settings.metric_modules)
+    return dg.Definitions(
+        assets=[dataset_manifest, build_image_metrics_asset()],
+        resources={
+            "qm": QmResource(
+                datasets=settings.datasets,
+                workers=settings.workers,
+                chunk_size=settings.chunk_size,
+                max_pixels=settings.max_pixels,
+                metric_modules=list(settings.metric_modules),
+            ),
+            "io_manager": ParquetIOManager(base_url=settings.storage),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,286 @@
+"""Validate COCO instances and results JSON at the boundary and turn them into tables.
+
+Errors name the file, the JSON path of the bad record and what is wrong; past this module the
+rest of the product trusts the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from qm_dagster.errors import DatasetError
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+IMAGE_COLUMNS = ["image_id", "file_name", "coco_width", "coco_height", "video_id", "frame_index"]
+ANNOTATION_COLUMNS = [
+    "annotation_id", "image_id", "category_id", "category", "bbox_x", "bbox_y", "bbox_w",
+    "bbox_h", "area", "iscrowd", "segmentation", "track_id", "keypoints", "annotator", "created",
+]
+PREDICTION_COLUMNS = [
+    "prediction_id", "image_id", "category_id", "category", "bbox_x", "bbox_y", "bbox_w",
+    "bbox_h", "score", "segmentation", "track_id", "scores",
+]
+
+
+@dataclass
+class CocoTables:
+    """A validated COCO instances file as tables."""
+
+    images: pd.DataFrame
+    annotations: pd.DataFrame
+    categories: pd.DataFrame
+
+
+def empty_annotations() -> pd.DataFrame:
+    """The annotations table of an unlabeled version."""
+    return pd.DataFrame(columns=ANNOTATION_COLUMNS)
+
+
+def safe_relative_path(name: Any, file: str, where: str) -> str:
+    """``name`` as a normalised relative path, or an error if it escapes its folder."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError(file, where, f"expected a non-empty relative path string, got {name!r}")
+    if _SCHEME.match(name) or name.startswith(("/", "\\")) or "\\" in name:
+        raise DatasetError(file, where, f"{name!r} must be a relative path inside images/")
+    norm = posixpath.normpath(name)
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        raise DatasetError(file, where, f"{name!r} escapes the images/ folder")
+    return norm
+
+
+def load_json(text: bytes | str, file: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(file, "", f"not valid JSON: {exc}") from exc
+
+
+def _need(record: Any, key: str, file: str, where: str) -> Any:
+    if not isinstance(record, dict):
+        raise DatasetError(file, where, f"expected an object, got {type(record).__name__}")
+    if key not in record:
+        raise DatasetError(file, where, f"missing required field {key!r}")
+    return record[key]
+
+
+def _int(value: Any, file: str, where: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DatasetError(file, where, f"expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise DatasetError(file, where, f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, file: str, where: str, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DatasetError(file, where, f"expected a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise DatasetError(file, where, f"expected a number >= {minimum}, got {value}")
+    return float(value)
+
+
+def _list(value: Any, file: str, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise DatasetError(file, where, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _bbox(value: Any, file: str, where: str) -> tuple[float, float, float, float]:
+    box = _list(value, file, where)
+    if len(box) != 4:
+        raise DatasetError(file, where, f"bbox must be [x, y, width, height], got {value!r}")
+    x, y = (_number(v, file, where) for v in box[:2])
+    w, h = (_number(v, file, where, minimum=0) for v in box[2:])
+    return x, y, w, h
+
+
+def _segmentation(value: Any, file: str, where: str) -> str | None:
+    """Validate polygons or RLE; returned as compact JSON so Parquet stores one column."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, list):
+        for i, poly in enumerate(value):
+            pw = f"{where}[{i}]"
+            coords = _list(poly, file, pw)
+            if len(coords) < 6 or len(coords) % 2:
+                raise DatasetError(
+                    file, pw, f"a polygon needs an even number (>= 6) of coordinates, got {len(coords)}"
+                )
+            for c in coords:
+                _number(c, file, pw)
+    elif isinstance(value, dict):
+        size = _need(value, "size", file, where)
+        counts = _need(value, "counts", file, where)
+        if not (isinstance(size, list) and len(size) == 2):
+            raise DatasetError(file, f"{where}.size", f"RLE size must be [height, width], got {size!r}")
+        for v in size:
+            _int(v, file, f"{where}.size", minimum=0)
+        if isinstance(counts, list):
+            for v in counts:
+                _int(v, file, f"{where}.counts", minimum=0)
+            if sum(counts) != size[0] * size[1]:
+                raise DatasetError(
+                    file, f"{where}.counts",
+                    f"uncompressed RLE counts sum to {sum(counts)}, expected {size[0] * size[1]}",
+                )
+        elif not isinstance(counts, str):
+            raise DatasetError(file, f"{where}.counts", "RLE counts must be a string or a list")
+    else:
+        raise DatasetError(file, where, "segmentation must be a polygon list or an RLE object")
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _keypoints(value: Any, file: str, where: str) -> str | None:
+    if value is None:
+        return None
+    kps = _list(value, file, where)
+    if len(kps) % 3:
+        raise DatasetError(file, where, f"keypoints must be x,y,v triples, got {len(kps)} numbers")
+    for i in range(0, len(kps), 3):
+        _number(kps[i], file, f"{where}[{i}]")
+        _number(kps[i + 1], file, f"{where}[{i + 1}]")
+        if kps[i + 2] not in (0, 1, 2):
+            raise DatasetError(file, f"{where}[{i + 2}]", f"visibility must be 0, 1 or 2, got {kps[i + 2]!r}")
+    return json.dumps(kps, separators=(",", ":"))
+
+
+def _track(value: Any, file: str, where: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise DatasetError(file, where, f"track_id must be an integer or string, got {value!r}")
+    return str(value)
+
+
+def parse_categories(data: dict[str, Any], file: str) -> pd.DataFrame:
+    rows = []
+    seen: set[int] = set()
+    for i, cat in enumerate(_list(data.get("categories", []), file, "categories")):
+        where = f"categories[{i}]"
+        cid = _int(_need(cat, "id", file, where), file, f"{where}.id")
+        if cid in seen:
+            raise DatasetError(file, f"{where}.id", f"duplicate category id {cid}")
+        seen.add(cid)
+        name = _need(cat, "name", file, where)
+        if not isinstance(name, str) or not name:
+            raise DatasetError(file, f"{where}.name", f"expected a non-empty string, got {name!r}")
+        rows.append({"category_id": cid, "category": name,
+                     "supercategory": str(cat.get("supercategory") or "")})
+    return pd.DataFrame(rows, columns=["category_id", "category", "supercategory"])
+
+
+def parse_instances(data: Any, file: str) -> CocoTables:
+    """Validate a COCO instances document (images, annotations, categories)."""
+    if not isinstance(data, dict):
+        raise DatasetError(file, "", f"expected a COCO object at the top level, got {type(data).__name__}")
+    categories = parse_categories(data, file)
+    cat_names = dict(zip(categories.category_id, categories.category, strict=True))
+    images = []
+    image_ids: set[int] = set()
+    names: set[str] = set()
+    for i, img in enumerate(_list(_need(data, "images", file, ""), file, "images")):
+        where = f"images[{i}]"
+        iid = _int(_need(img, "id", file, where), file, f"{where}.id")
+        if iid in image_ids:
+            raise DatasetError(file, f"{where}.id", f"duplicate image id {iid}")
+        image_ids.add(iid)
+        name = safe_relative_path(_need(img, "file_name", file, where), file, f"{where}.file_name")
+        if name in names:
+            raise DatasetError(file, f"{where}.file_name", f"file {name!r} is listed twice")
+        names.add(name)
+        w = img.get("width")
+        h = img.get("height")
+        images.append({
+            "image_id": iid,
+            "file_name": name,
+            "coco_width": None if w is None else _int(w, file, f"{where}.width", minimum=1),
+            "coco_height": None if h is None else _int(h, file, f"{where}.height", minimum=1),
+            "video_id": _track(img.get("video_id"), file, f"{where}.video_id"),
+            "frame_index": None if img.get("frame_index") is None
+            else _int(img["frame_index"], file, f"{where}.frame_index", minimum=0),
+        })
+    annotations = []
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(_list(data.get("annotations", []), file, "annotations")):
+        where = f"annotations[{i}]"
+        aid = _int(_need(ann, "id", file, where), file, f"{where}.id")
+        if aid in ann_ids:
+            raise DatasetError(file, f"{where}.id", f"duplicate annotation id {aid}")
+        ann_ids.add(aid)
+        iid = _int(_need(ann, "image_id", file, where), file, f"{where}.image_id")
+        if iid not in image_ids:
+            raise DatasetError(file, f"{where}.image_id", f"image id {iid} is not in images")
+        cid = _int(_need(ann, "category_id", file, where), file, f"{where}.category_id")
+        if cid not in cat_names:
+            raise DatasetError(file, f"{where}.category_id", f"category id {cid} is not in categories")
+        x, y, w, h = _bbox(_need(ann, "bbox", file, where), file, f"{where}.bbox")
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1):
+            raise DatasetError(file, f"{where}.iscrowd", f"expected 0 or 1, got {crowd!r}")
+        area = ann.get("area")
+        annotations.append({
+            "annotation_id": aid,
+            "image_id": iid,
+            "category_id": cid,
+            "category": cat_names[cid],
+            "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
+            "area": None if area is None else _number(area, file, f"{where}.area", minimum=0),
+            "iscrowd": int(crowd),
+            "segmentation": _segmentation(ann.get("segmentation"), file, f"{where}.segmentation"),
+            "track_id": _track(ann.get("track_id"), file, f"{where}.track_id"),
+            "keypoints": _keypoints(ann.get("keypoints"), file, f"{where}.keypoints"),
+            "annotator": None if ann.get("annotator") is None else str(ann["annotator"]),
+            "created": None if ann.get("created") is None else str(ann["created"]),
+        })
+    return CocoTables(
+        images=pd.DataFrame(images, columns=IMAGE_COLUMNS),
+        annotations=pd.DataFrame(annotations, columns=ANNOTATION_COLUMNS),
+        categories=categories,
+    )
+
+
+def parse_results(
+    data: Any,
+    file: str,
+    image_ids: Iterable[int] | None,
+    categories: pd.DataFrame,
+) -> pd.DataFrame:
+    """Validate a COCO results list; ids are 1-based positions, as pycocotools' ``loadRes``."""
+    known_images = None if image_ids is None else set(image_ids)
+    cat_names = dict(zip(categories.category_id, categories.category, strict=True))
+    rows = []
+    for i, det in enumerate(_list(data, file, "")):
+        where = f"[{i}]"
+        iid = _int(_need(det, "image_id", file, where), file, f"{where}.image_id")
+        if known_images is not None and iid not in known_images:
+            raise DatasetError(file, f"{where}.image_id", f"image id {iid} is not in the version's images")
+        cid = _int(_need(det, "category_id", file, where), file, f"{where}.category_id")
+        if cat_names and cid not in cat_names:
+            raise DatasetError(file, f"{where}.category_id", f"category id {cid} is not in categories")
+        x, y, w, h = _bbox(_need(det, "bbox", file, where), file, f"{where}.bbox")
+        score = _number(_need(det, "score", file, where), file, f"{where}.score")
+        scores = det.get("scores")
+        if scores is not None:
+            for j, s in enumerate(_list(scores, file, f"{where}.scores")):
+                _number(s, file, f"{where}.scores[{j}]", minimum=0)
+        rows.append({
+            "prediction_id": i + 1,
+            "image_id": iid,
+            "category_id": cid,
+            "category": cat_names.get(cid, str(cid)),
+            "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
+            "score": score,
+            "segmentation": _segmentation(det.get("segmentation"), file, f"{where}.segmentation"),
+            "track_id": _track(det.get("track_id"), file, f"{where}.track_id"),
+            "scores": None if scores is None else json.dumps(scores),
+        })
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)

@@ -1,0 +1,84 @@
+"""The one configuration surface: environment variables over a YAML file over defaults.
+
+``QM_DATASETS`` (dataset root URL), ``QM_STORAGE`` (output base URL), ``QM_CONFIG`` (YAML path,
+default ``qm.yaml`` in the working directory when present). YAML keys: ``datasets``, ``storage``,
+``workers``, ``chunk_size``, ``max_pixels``, ``metric_modules`` (list of importable modules whose
+``@metric`` functions become assets).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from qm_dagster.errors import QmError
+
+DEFAULT_HOME = ".qm"
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; every field has a default that runs the demo."""
+
+    datasets: str = f"{DEFAULT_HOME}/datasets"
+    storage: str = f"{DEFAULT_HOME}/storage"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    chunk_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    metric_modules: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read ``QM_CONFIG`` YAML (if any) then apply ``QM_*`` environment overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        config_path = env.get("QM_CONFIG") or ("qm.yaml" if Path("qm.yaml").is_file() else None)
+        if config_path:
+            values.update(_read_yaml(config_path))
+        overrides = {
+            "datasets": env.get("QM_DATASETS"),
+            "storage": env.get("QM_STORAGE"),
+            "workers": env.get("QM_WORKERS"),
+            "chunk_size": env.get("QM_CHUNK_SIZE"),
+            "max_pixels": env.get("QM_MAX_PIXELS"),
+            "metric_modules": env.get("QM_METRIC_MODULES"),
+        }
+        values.update({k: v for k, v in overrides.items() if v})
+        return cls(**_coerce(values, config_path))
+
+
+def _read_yaml(path: str) -> dict[str, object]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise QmError(f"QM_CONFIG {path}: cannot read ({exc})") from exc
+    if not isinstance(data, dict):
+        raise QmError(f"QM_CONFIG {path}: expected a mapping at the top level")
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise QmError(f"QM_CONFIG {path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return data
+
+
+def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        try:
+            if key in ("workers", "chunk_size", "max_pixels"):
+                out[key] = int(value)  # type: ignore[arg-type]
+                if out[key] < 1:
+                    raise ValueError("must be >= 1")
+            elif key == "metric_modules":
+                items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+                out[key] = tuple(m.strip() for m in items if m.strip())
+            else:
+                out[key] = str(value)
+        except (TypeError, ValueError) as exc:
+            raise QmError(f"setting {key}={value!r} ({source or 'environment'}): {exc}") from exc
+    return out

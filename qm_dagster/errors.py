@@ -1,0 +1,26 @@
+"""Errors raised at the dataset boundary: each names the file, the record and what is wrong."""
+
+from __future__ import annotations
+
+
+class QmError(Exception):
+    """Base class of every error qm-dagster raises on purpose."""
+
+
+class DatasetError(QmError):
+    """Malformed dataset input: names the file, the JSON path of the record and the problem."""
+
+    def __init__(self, file: str, where: str, problem: str):
+        self.file = file
+        self.where = where
+        self.problem = problem
+        location = f"{file} at {where}" if where else file
+        super().__init__(f"{location}: {problem}")
+
+
+class VersionNameError(QmError):
+    """A dataset version name outside ``[A-Za-z0-9._-]{1,128}``."""
+
+
+class MetricError(QmError):
+    """A metric definition that cannot be registered or selected."""

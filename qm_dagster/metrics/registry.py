@@ -1,0 +1,136 @@
+"""One registry for every metric, built-in and custom: a descriptor per metric and ``@metric``.
+
+A metric is a small function plus its descriptor (name, level, description, range, what it reads).
+Built-ins register themselves exactly as user metrics do, so everything downstream (assets,
+quality table, report) iterates one registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qm_dagster.errors import MetricError
+
+LEVELS = ("image", "object", "prediction")
+# What an image-level metric reads: the header only (no decode), the RGB array (custom default),
+# or the shared ImageView with cached gray/HSV planes (built-ins, and custom metrics that ask).
+READS = ("header", "rgb", "view")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What the rest of the product needs to know about one metric."""
+
+    name: str
+    level: str
+    fn: Callable[..., float]
+    description: str
+    reads: str = "rgb"
+    value_range: tuple[float | None, float | None] = (None, None)
+    unit: str = ""
+    builtin: bool = False
+    code_version: str = "1"
+
+    @property
+    def asset_key(self) -> str:
+        prefix = {"image": "data", "object": "label", "prediction": "model"}[self.level]
+        return f"{prefix}/{self.name}"
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+
+
+def register(spec: MetricSpec) -> MetricSpec:
+    """Add ``spec``; a second metric with the same level and name is an error, not an override."""
+    if not _NAME.match(spec.name):
+        raise MetricError(
+            f"metric name {spec.name!r} must match {_NAME.pattern} (it becomes an asset key)"
+        )
+    if spec.level not in LEVELS:
+        raise MetricError(f"metric {spec.name!r}: level {spec.level!r} is not one of {LEVELS}")
+    if spec.reads not in READS:
+        raise MetricError(f"metric {spec.name!r}: reads={spec.reads!r} is not one of {READS}")
+    key = spec.asset_key
+    existing = _REGISTRY.get(key)
+    if existing is not None and existing.fn is not spec.fn:
+        raise MetricError(
+            f"metric {key!r} is defined twice: {_where(existing.fn)} and {_where(spec.fn)}"
+        )
+    _REGISTRY[key] = spec
+    return spec
+
+
+def _where(fn: Callable[..., object]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+
+
+def metric(
+    level: str = "image",
+    description: str | None = None,
+    *,
+    name: str | None = None,
+    reads: str = "rgb",
+    value_range: tuple[float | None, float | None] = (None, None),
+    unit: str = "",
+    code_version: str = "1",
+) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Register the decorated per-data-point function as a metric (and so as a Dagster asset).
+
+    ``level="image"`` functions receive the RGB ``uint8`` array of one image (or the shared
+    :class:`~qm_dagster.metrics.view.ImageView` with ``reads="view"``) and return a float.
+    """
+
+    def decorate(fn: Callable[..., float]) -> Callable[..., float]:
+        doc = (fn.__doc__ or "").strip().split("\n")[0]
+        register(
+            MetricSpec(
+                name=name or fn.__name__,
+                level=level,
+                fn=fn,
+                description=description or doc or fn.__name__,
+                reads=reads,
+                value_range=value_range,
+                unit=unit,
+                builtin=fn.__module__.startswith("qm_dagster.metrics."),
+                code_version=code_version,
+            )
+        )
+        return fn
+
+    return decorate
+
+
+BUILTIN_MODULES = ("qm_dagster.metrics.image",)
+
+
+def load_metrics(modules: tuple[str, ...] | list[str] = ()) -> None:
+    """Import the built-in metric modules and the user's ``metric_modules`` (registering them)."""
+    for module in (*BUILTIN_MODULES, *modules):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise MetricError(f"metric module {module!r} cannot be imported: {exc}") from exc
+
+
+def metrics(level: str | None = None) -> list[MetricSpec]:
+    """Registered metrics, optionally of one level, in a stable order (built-ins first)."""
+    specs = [s for s in _REGISTRY.values() if level is None or s.level == level]
+    return sorted(specs, key=lambda s: (not s.builtin, s.level, s.name))
+
+
+def get(asset_key_or_name: str, level: str = "image") -> MetricSpec:
+    """The metric registered under an asset key (``data/brightness``) or a bare name."""
+    spec = _REGISTRY.get(asset_key_or_name)
+    if spec is None:
+        spec = next(
+            (s for s in _REGISTRY.values() if s.name == asset_key_or_name and s.level == level),
+            None,
+        )
+    if spec is None:
+        known = ", ".join(s.asset_key for s in metrics())
+        raise MetricError(f"no metric {asset_key_or_name!r}; registered: {known}")
+    return spec

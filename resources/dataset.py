@@ -1,0 +1,23 @@
+"""The dataset root and engine settings, as one Dagster resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from qm_dagster.dataset import DatasetRoot, Version
+
+
+class QmResource(dg.ConfigurableResource):
+    """Where dataset versions live (``QM_DATASETS``) and how the image pass runs."""
+
+    datasets: str
+    workers: int = 1
+    chunk_size: int = 32
+    max_pixels: int = 100_000_000
+    metric_modules: list[str] = []
+
+    def root(self) -> DatasetRoot:
+        return DatasetRoot(self.datasets)
+
+    def version(self, name: str) -> Version:
+        return self.root().version(name)
