@@ -7,9 +7,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from typing import TYPE_CHECKING
+
 import fsspec
-import pandas as pd
 from fsspec.core import url_to_fs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def join(base: str, *parts: str) -> str:
@@ -75,14 +79,16 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def write_parquet(url: str, frame: pd.DataFrame) -> None:
+def write_parquet(url: str, frame: "pd.DataFrame") -> None:
     """Serialise ``frame`` to Parquet in memory, then write it atomically."""
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     write_bytes_atomic(url, buf.getvalue())
 
 
-def read_parquet(url: str) -> pd.DataFrame:
+def read_parquet(url: str) -> "pd.DataFrame":
+    import pandas as pd  # lazy: image-pass workers use this module without pandas
+
     fs, path = filesystem(url)
     with fs.open(path, "rb") as fh:
         return pd.read_parquet(fh)

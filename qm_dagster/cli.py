@@ -1,0 +1,160 @@
+"""``qm``: the command line. Engine commands need no Dagster; ``materialize`` drives Dagster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from qm_dagster.config import Settings
+from qm_dagster.errors import QmError
+
+
+def _add_version_meta(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=["train", "validation", "production"])
+    p.add_argument("--reference", help="reference version for drift")
+    p.add_argument("--description")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="write the demo dataset versions")
+    p.add_argument("--to", help="dataset root (default: QM_DATASETS)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("import", help="convert VOC / YOLO / txt / COCO files into a version")
+    p.add_argument("version", help="name of the new version")
+    p.add_argument("--images", required=True, help="folder of image files")
+    p.add_argument("--format", default="none",
+                   choices=["voc", "yolo", "txt-xyxy", "txt-xywh", "coco", "none"],
+                   help="ground-truth format")
+    p.add_argument("--labels", help="labels folder (voc/yolo/txt) or instances JSON (coco)")
+    p.add_argument("--names", help="class names file, line i = class id i (yolo / numeric txt)")
+    p.add_argument("--predictions", help="detections folder (txt/yolo) or results JSON (coco)")
+    p.add_argument("--pred-format", choices=["txt-xyxy", "txt-xywh", "yolo", "coco"])
+    p.add_argument("--pred-names", help="class names file of the detections (default --names)")
+    p.add_argument("--model", default="model", help="model name of the predictions")
+    p.add_argument("--to", help="dataset root (default: QM_DATASETS)")
+    _add_version_meta(p)
+
+    p = sub.add_parser("register", help="copy a folder in the version layout in as a version")
+    p.add_argument("folder")
+    p.add_argument("version")
+    p.add_argument("--to", help="dataset root (default: QM_DATASETS)")
+    _add_version_meta(p)
+
+    sub.add_parser("versions", help="list the versions under the dataset root")
+
+    p = sub.add_parser("materialize", help="materialize assets of a version through Dagster")
+    p.add_argument("version")
+    p.add_argument("--select", default="*",
+                   help="asset key pattern, e.g. 'data/*' or 'data/brightness' (default: all)")
+
+    p = sub.add_parser("show", help="print a materialized table, sorted and filtered")
+    p.add_argument("version")
+    p.add_argument("--asset", default="data/brightness")
+    p.add_argument("--sort", choices=["asc", "desc"])
+    p.add_argument("--by", default="value", help="column to sort by (default value)")
+    p.add_argument("--where", help="pandas query, e.g. 'value < 0.3'")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, Settings.load())
+    except QmError as exc:
+        print(f"qm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from qm_dagster.demo import write_demo
+
+    root = args.to or settings.datasets
+    for version in write_demo(root, overwrite=args.overwrite):
+        print(f"wrote {version.url}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from qm_dagster.importers import ImportSpec, import_version
+
+    spec = ImportSpec(
+        images=args.images, format=args.format, labels=args.labels, names=args.names,
+        predictions=args.predictions, pred_format=args.pred_format,
+        pred_names=args.pred_names, model=args.model,
+    )
+    version = import_version(spec, args.to or settings.datasets, args.version, kind=args.kind,
+                             reference=args.reference, description=args.description,
+                             overwrite=args.overwrite)
+    print(f"imported {version.url}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
+    from qm_dagster.layout import register_folder
+
+    version = register_folder(args.folder, args.to or settings.datasets, args.version,
+                              kind=args.kind, reference=args.reference,
+                              description=args.description, overwrite=args.overwrite)
+    print(f"registered {version.url}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    from qm_dagster.dataset import DatasetRoot
+
+    listing = DatasetRoot(settings.datasets).listing()
+    for name in listing.complete:
+        print(name)
+    for name in listing.incomplete:
+        print(f"{name}  (incomplete: no version.json yet)")
+    for name in listing.invalid:
+        print(f"{name}  (ignored: invalid version name)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from qm_dagster.api import load
+    from qm_dagster.show import select_rows
+
+    frame = load(args.asset, args.version, settings)
+    if args.asset.startswith("data/") and args.asset != "data/embeddings":
+        names = load("dataset/manifest", args.version, settings)[["image_id", "file_name"]]
+        frame = frame.merge(names, on="image_id", how="left")
+    rows = select_rows(frame, where=args.where, sort=args.sort, by=args.by, limit=args.limit)
+    if args.format == "csv":
+        print(rows.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(rows.to_json(orient="records", indent=2))
+    else:
+        print(rows.to_string(index=False))
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
+    project = Path(os.environ.get("QM_PROJECT", ".")).resolve()
+    if not (project / "definitions.py").is_file():
+        raise QmError(f"no definitions.py in {project}: run qm materialize from the project "
+                      "folder (where workspace.yaml is) or set QM_PROJECT")
+    sys.path.insert(0, str(project))
+    from qm_dagster.cli_dagster import materialize_version
+
+    ok = materialize_version(project, settings, args.version, args.select)
+    return 0 if ok else 1
+
+
+COMMANDS = {
+    "demo": cmd_demo, "import": cmd_import, "register": cmd_register, "versions": cmd_versions,
+    "materialize": cmd_materialize, "show": cmd_show,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

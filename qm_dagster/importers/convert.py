@@ -1,0 +1,143 @@
+"""Build a version (COCO annotations + predictions + images) from VOC, YOLO, txt or COCO input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from qm_dagster.coco import parse_instances, parse_results
+from qm_dagster.dataset import IMAGE_EXTENSIONS, Version
+from qm_dagster.errors import DatasetError, QmError
+from qm_dagster.importers.readers import Box, read_names, read_txt_dir, read_voc_dir
+from qm_dagster.layout import VersionWriter
+
+LABEL_FORMATS = ("voc", "yolo", "txt-xyxy", "txt-xywh", "coco", "none")
+PREDICTION_FORMATS = ("txt-xyxy", "txt-xywh", "yolo", "coco")
+
+
+@dataclass
+class ImportSpec:
+    """Where the source files are and what format they are in."""
+
+    images: str
+    format: str = "none"
+    labels: str | None = None
+    names: str | None = None
+    predictions: str | None = None
+    pred_format: str | None = None
+    pred_names: str | None = None
+    model: str = "model"
+
+
+def _image_files(folder: str) -> list[str]:
+    base = Path(folder)
+    if not base.is_dir():
+        raise QmError(f"images folder {folder} does not exist")
+    return sorted(
+        p.relative_to(base).as_posix() for p in base.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _size(path: Path) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as img:
+            return int(img.width), int(img.height)
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def _read_boxes(kind: str, source: str, with_score: bool, names, sizes) -> dict[str, list[Box]]:
+    if kind == "voc":
+        return read_voc_dir(source)
+    layout = {"txt-xyxy": "xyxy", "txt-xywh": "xywh", "yolo": "yolo"}[kind]
+    return read_txt_dir(source, layout, with_score, names, sizes)
+
+
+def _coco_from_boxes(files: list[str], sizes, gt: dict[str, list[Box]] | None,
+                     dets: dict[str, list[Box]] | None, names: list[str] | None):
+    stems = {Path(f).with_suffix("").as_posix().rsplit("/", 1)[-1]: i + 1 for i, f in enumerate(files)}
+    for source in (gt or {}), (dets or {}):
+        for stem in source:
+            if stem not in stems:
+                raise DatasetError(stem, "", f"label file {stem}.* has no image named {stem}.*")
+    classes = list(names or [])
+    for source in (gt or {}), (dets or {}):
+        for boxes in source.values():
+            classes += sorted({b.category for b in boxes} - set(classes))
+    cat_id = {name: i + 1 for i, name in enumerate(classes)}
+    images = []
+    for i, f in enumerate(files):
+        rec: dict[str, Any] = {"id": i + 1, "file_name": f}
+        size = sizes.get(Path(f).stem)
+        if size:
+            rec["width"], rec["height"] = size
+        images.append(rec)
+    annotations = []
+    for stem, boxes in sorted((gt or {}).items()):
+        for b in boxes:
+            ann = {"id": len(annotations) + 1, "image_id": stems[stem], "category_id": cat_id[b.category],
+                   "bbox": [b.x, b.y, b.w, b.h], "area": b.w * b.h, "iscrowd": 0}
+            if b.difficult:
+                ann["difficult"] = 1
+            annotations.append(ann)
+    results = [
+        {"image_id": stems[stem], "category_id": cat_id[b.category], "bbox": [b.x, b.y, b.w, b.h],
+         "score": b.score}
+        for stem, boxes in sorted((dets or {}).items()) for b in boxes
+    ]
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
+    return coco, results
+
+
+def import_version(
+    spec: ImportSpec,
+    root: str,
+    name: str,
+    kind: str | None = None,
+    reference: str | None = None,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> Version:
+    """Convert ``spec`` into ``<root>/<name>/`` and commit it (``version.json`` written last)."""
+    if spec.format not in LABEL_FORMATS:
+        raise QmError(f"label format {spec.format!r} is not one of {LABEL_FORMATS}")
+    if spec.predictions and spec.pred_format not in PREDICTION_FORMATS:
+        raise QmError(f"prediction format {spec.pred_format!r} is not one of {PREDICTION_FORMATS}")
+    if spec.predictions and spec.format == "none":
+        raise QmError("predictions refer to COCO image ids: import them with labels (or --format coco)")
+    writer = VersionWriter(root, name, overwrite=overwrite)
+    base = Path(spec.images)
+    files = _image_files(spec.images)
+    sizes = {Path(f).stem: s for f in files if (s := _size(base / f)) is not None}
+    names = read_names(spec.names)
+    if spec.format == "coco":
+        if not spec.labels:
+            raise QmError("--format coco needs --labels pointing at the instances JSON")
+        coco = json.loads(Path(spec.labels).read_text())
+        tables = parse_instances(coco, spec.labels)
+        results = json.loads(Path(spec.predictions).read_text()) if spec.predictions else None
+        if results is not None:
+            parse_results(results, spec.predictions, tables.images.image_id, tables.categories)
+        files = [f for f in tables.images.file_name if (base / f).is_file()]
+    else:
+        gt = None if spec.format == "none" else _read_boxes(spec.format, spec.labels, False, names, sizes)
+        dets = None
+        if spec.predictions:
+            pred_names = read_names(spec.pred_names) if spec.pred_names else names
+            dets = _read_boxes(spec.pred_format, spec.predictions, True, pred_names, sizes)
+        coco, results = _coco_from_boxes(files, sizes, gt, dets, names)
+        if spec.format == "none":
+            coco = None
+    for f in files:
+        writer.add_image(f, (base / f).read_bytes())
+    if coco is not None:
+        writer.write_annotations(coco)
+    if spec.predictions and results is not None:
+        writer.write_predictions(spec.model, results)
+    return writer.commit(kind=kind, reference=reference, description=description)
