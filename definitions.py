@@ -24,7 +24,6 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 workers=settings.workers,
                 chunk_size=settings.chunk_size,
                 max_pixels=settings.max_pixels,
-                metric_modules=list(settings.metric_modules),
             ),
             "io_manager": ParquetIOManager(base_url=settings.storage),
         },

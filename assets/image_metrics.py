@@ -47,8 +47,7 @@ def build_image_metrics_asset() -> dg.AssetsDefinition:
         """Decode each measurable image once and compute every selected metric on it."""
         selected = [specs[key.path[-1]] for key in sorted(context.selected_asset_keys)]
         result = measure_images(
-            manifest, selected, workers=qm.workers, chunk_size=qm.chunk_size,
-            metric_modules=qm.metric_modules,
+            manifest, selected, workers=qm.workers, chunk_size=qm.chunk_size
         )
         context.log.info(
             f"{len(selected)} metrics on {len(manifest)} images: {result.decoded} decoded in "

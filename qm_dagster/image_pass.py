@@ -32,12 +32,12 @@ def measure_images(
     specs: Sequence[MetricSpec],
     workers: int = 1,
     chunk_size: int = 32,
-    metric_modules: Sequence[str] = (),
 ) -> PassResult:
     """Compute ``specs`` for the measurable (``ok``) rows of ``manifest``.
 
     Header metrics come from the manifest's width/height (no decode). Pixel metrics share one
-    decode per image; if none is selected, nothing is decoded.
+    decode per image; if none is selected, nothing is decoded. Pool workers import the modules
+    that define the selected metrics, so custom metrics must live in importable modules.
     """
     start = time.perf_counter()
     ok = manifest[manifest["ok"]]
@@ -54,7 +54,7 @@ def measure_images(
         by_chunk: dict[int, list[tuple[object, list[float]]]] = {}
         for idx, (rows, fails, n) in map_chunks(
             measure_chunk, chunked(items, chunk_size), (keys,), workers,
-            init_worker, (tuple(metric_modules),),
+            init_worker, (tuple(sorted({s.fn.__module__ for s in pixel_specs})),),
         ):
             by_chunk[idx] = rows
             failures.extend(fails)

@@ -105,9 +105,14 @@ class Manifest:
     issues: pd.DataFrame
 
 
-def build_manifest(version: Version, max_pixels: int, threads: int = 8) -> Manifest:
-    """Inspect every data point of ``version`` (I/O bound, so on threads)."""
-    table = version.image_table()
+def build_manifest(
+    version: Version, max_pixels: int, threads: int = 8, table: pd.DataFrame | None = None
+) -> Manifest:
+    """Inspect every data point of ``version`` (I/O bound, so on threads).
+
+    ``table`` is the version's image table when the caller has already parsed it.
+    """
+    table = version.image_table() if table is None else table
     base = version.images_url
     urls = [storage.join(base, name) for name in table.file_name]
     with ThreadPoolExecutor(max(1, threads)) as pool:

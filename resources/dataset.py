@@ -14,7 +14,6 @@ class QmResource(dg.ConfigurableResource):
     workers: int = 1
     chunk_size: int = 32
     max_pixels: int = 100_000_000
-    metric_modules: list[str] = []
 
     def root(self) -> DatasetRoot:
         return DatasetRoot(self.datasets)

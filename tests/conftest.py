@@ -1,0 +1,40 @@
+"""Shared fixtures: real data from ../shared/data (skipped when absent), settings, Dagster runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from qm_dagster.config import Settings
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("QM_SHARED_DATA", PROJECT.parent / "shared" / "data"))
+
+
+def shared(name: str) -> Path:
+    """A dataset folder of ../shared/data, or skip the test when it is not there."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(datasets=str(tmp_path / "datasets"), storage=str(tmp_path / "storage"),
+                    workers=1, chunk_size=8)
+
+
+def materialize_version(settings: Settings, version: str, selection=None) -> dg.ExecuteInProcessResult:
+    """Materialize (a selection of) the graph for one version through Dagster."""
+    from definitions import build_definitions
+
+    defs = build_definitions(settings)
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("dataset_versions", [version])
+        return job.execute_in_process(instance=instance, partition_key=version,
+                                      asset_selection=selection)

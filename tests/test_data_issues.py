@@ -1,0 +1,73 @@
+"""Bad pixels lose nothing: corrupt files land in dataset/data_issues, the rest is measured exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import pytest
+
+from qm_dagster import load
+from qm_dagster.manifest import inspect_bytes
+from tests.conftest import materialize_version
+from tests.images import commit, png_with_header, real_photos, write_image
+from tests.test_image_metrics import reference_values
+
+
+@pytest.fixture
+def corrupt_version(settings):
+    root = settings.datasets
+    images = f"{root}/v1/images"
+    from pathlib import Path
+
+    folder = Path(images)
+    good = {}
+    for name, rgb in real_photos().items():
+        write_image(folder / f"{name}.png", rgb)
+        good[f"{name}.png"] = rgb
+    jpeg = write_image(folder / "whole.jpg", real_photos()["coffee"])
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    (folder / "huge.png").write_bytes(png_with_header(20000, 20000))
+    commit(Path(root) / "v1", kind="train")
+    return good
+
+
+def test_inspect_bytes_reasons():
+    assert inspect_bytes(b"", 100).problem == "empty file (0 bytes)"
+    assert "not an image" in inspect_bytes(b"hello", 100).problem
+    assert "above the max_pixels limit 100000000" in inspect_bytes(png_with_header(20000, 20000), 10**8).problem
+    ok, buf = cv2.imencode(".jpg", real_photos()["astronaut"])
+    assert inspect_bytes(buf.tobytes(), 10**8).problem is None
+    assert "truncated JPEG" in inspect_bytes(buf.tobytes()[:5000], 10**8).problem
+    assert inspect_bytes(buf.tobytes() + b"trailing vendor data", 10**8).problem is None
+
+
+def test_corrupt_files_become_issues_and_good_values_are_exact(settings, corrupt_version):
+    settings = dataclasses.replace(settings, workers=2, chunk_size=2)
+    result = materialize_version(settings, "v1")
+    assert result.success
+    issues = load("dataset/data_issues", "v1", settings).set_index("file_name")
+    assert sorted(issues.index) == ["empty.jpg", "huge.png", "text.jpg", "truncated.jpg"]
+    assert issues.loc["empty.jpg", "reason"] == "empty file (0 bytes)"
+    assert "not an image" in issues.loc["text.jpg", "reason"]
+    assert "truncated JPEG" in issues.loc["truncated.jpg", "reason"]
+    assert "20000x20000" in issues.loc["huge.png", "reason"]
+    assert set(issues.stage) == {"manifest"}
+
+    manifest = load("dataset/manifest", "v1", settings).set_index("file_name")
+    assert manifest.ok.sum() == 5
+    measured = {}
+    for metric in ("brightness", "contrast", "sharpness", "colorfulness", "red", "entropy"):
+        frame = load(f"data/{metric}", "v1", settings)
+        assert len(frame) == 5  # the 4 good PNGs + the intact JPEG
+        measured[metric] = dict(zip(frame.image_id, frame.value, strict=True))
+    for name, rgb in corrupt_version.items():
+        expected = reference_values(rgb)
+        got = {m: measured[m][name] for m in measured}
+        assert got == pytest.approx({m: expected[m] for m in measured}, rel=1e-9, abs=1e-12)
+    decoded = [m.event_specific_data.materialization.metadata["images decoded"].value
+               for m in result.get_asset_materialization_events()
+               if m.asset_key.path[0] == "data" and m.asset_key.path[1] == "brightness"]
+    assert decoded == [5]  # the huge header was never decoded

@@ -1,0 +1,126 @@
+"""Validation at the boundary: COCO errors name file, record and problem; version names; listing."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from qm_dagster.coco import parse_instances, parse_results
+from qm_dagster.dataset import DatasetRoot, check_version_name
+from qm_dagster.errors import DatasetError, VersionNameError
+from tests.images import commit
+
+GOOD = {
+    "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 8},
+               {"id": 2, "file_name": "sub/b.png"}],
+    "annotations": [
+        {"id": 7, "image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4], "area": 12, "iscrowd": 0,
+         "segmentation": [[1, 2, 4, 2, 4, 6]], "track_id": 5, "keypoints": [1, 1, 2, 0, 0, 0]},
+        {"id": 8, "image_id": 2, "category_id": 3, "bbox": [0, 0, 2, 2], "iscrowd": 1,
+         "segmentation": {"size": [8, 10], "counts": [10, 70]}},
+    ],
+    "categories": [{"id": 3, "name": "cat"}],
+}
+
+
+def test_good_instances_become_tables():
+    t = parse_instances(GOOD, "annotations.json")
+    assert list(t.images.file_name) == ["a.jpg", "sub/b.png"]
+    assert t.annotations.loc[0, "category"] == "cat"
+    assert t.annotations.loc[0, "track_id"] == "5"
+    assert list(t.annotations.iscrowd) == [0, 1]
+
+
+def _broken(path: list, value) -> dict:
+    doc = copy.deepcopy(GOOD)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(("path", "value", "where", "words"), [
+    (["annotations", 0, "bbox"], [1, 2, 3], "annotations[0].bbox", "bbox must be"),
+    (["annotations", 0, "bbox"], [1, 2, -3, 4], "annotations[0].bbox", ">= 0"),
+    (["annotations", 1, "image_id"], 99, "annotations[1].image_id", "not in images"),
+    (["annotations", 1, "category_id"], 4, "annotations[1].category_id", "not in categories"),
+    (["annotations", 1, "id"], 7, "annotations[1].id", "duplicate annotation id"),
+    (["annotations", 0, "segmentation"], [[1, 2, 3]], "annotations[0].segmentation[0]", "even number"),
+    (["annotations", 1, "segmentation"], {"size": [8, 10], "counts": [1, 2]},
+     "annotations[1].segmentation.counts", "sum to 3"),
+    (["annotations", 0, "keypoints"], [1, 1, 5], "annotations[0].keypoints[2]", "visibility"),
+    (["annotations", 0, "iscrowd"], 2, "annotations[0].iscrowd", "0 or 1"),
+    (["images", 0, "file_name"], "../etc/passwd", "images[0].file_name", "escapes"),
+    (["images", 0, "file_name"], "/abs/a.jpg", "images[0].file_name", "relative path"),
+    (["images", 0, "file_name"], "https://x.org/a.jpg", "images[0].file_name", "relative path"),
+    (["images", 0, "file_name"], "a/../../b.jpg", "images[0].file_name", "escapes"),
+    (["images", 1, "id"], 1, "images[1].id", "duplicate image id"),
+    (["images", 0, "width"], 0, "images[0].width", ">= 1"),
+    (["images", 0, "id"], KeyError, "images[0]", "missing required field 'id'"),
+])
+def test_malformed_instances_name_file_record_and_problem(path, value, where, words):
+    with pytest.raises(DatasetError) as err:
+        parse_instances(_broken(path, value), "v1/annotations.json")
+    assert err.value.file == "v1/annotations.json"
+    assert err.value.where == where
+    assert words in err.value.problem
+    assert str(err.value).startswith(f"v1/annotations.json at {where}: ")
+
+
+def test_results_validation_and_pycocotools_ids():
+    t = parse_instances(GOOD, "a.json")
+    dets = [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5},
+            {"image_id": 2, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.9,
+             "scores": [0.1, 0.9]}]
+    table = parse_results(dets, "p.json", t.images.image_id, t.categories)
+    assert list(table.prediction_id) == [1, 2]  # pycocotools loadRes numbers results from 1
+    with pytest.raises(DatasetError, match=r"p.json at \[1\].image_id: image id 5"):
+        parse_results([dets[0], {**dets[1], "image_id": 5}], "p.json", t.images.image_id, t.categories)
+    with pytest.raises(DatasetError, match=r"\[0\].score"):
+        parse_results([{**dets[0], "score": "high"}], "p.json", t.images.image_id, t.categories)
+
+
+@pytest.mark.parametrize("name", ["v1", "2026-11-01", "prod_batch.7", "A" * 128])
+def test_valid_version_names(name):
+    assert check_version_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "v 1", "..", ".", "a...b", "é", "A" * 129, "v1,v2"])
+def test_invalid_version_names(name):
+    with pytest.raises(VersionNameError, match="invalid"):
+        check_version_name(name)
+
+
+def test_listing_separates_complete_incomplete_invalid(tmp_path):
+    for name in ("v1", "v2", "bad name"):
+        (tmp_path / name / "images").mkdir(parents=True)
+    commit(tmp_path / "v1", kind="train")
+    commit(tmp_path / "bad name")
+    (tmp_path / "stray.txt").write_text("x")
+    listing = DatasetRoot(str(tmp_path)).listing()
+    assert listing.complete == ["v1"]
+    assert listing.incomplete == ["v2"]
+    assert listing.invalid == ["bad name"]
+
+
+def test_unlabeled_version_lists_every_image_file(tmp_path):
+    images = tmp_path / "v1" / "images"
+    (images / "nested").mkdir(parents=True)
+    for rel in ("a.jpg", "nested/b.PNG", "notes.txt", "c.webp"):
+        (images / rel).write_bytes(b"x")
+    commit(tmp_path / "v1")
+    table = DatasetRoot(str(tmp_path)).version("v1").image_table()
+    assert sorted(table.image_id) == ["a.jpg", "c.webp", "nested/b.PNG"]
+
+
+def test_version_json_is_validated(tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "version.json").write_text(json.dumps({"kind": "prod"}))
+    with pytest.raises(DatasetError, match="kind"):
+        DatasetRoot(str(tmp_path)).version("v1").meta()

@@ -1,0 +1,128 @@
+"""Image metrics materialized through Dagster for real and demo versions, subsets and custom metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import textwrap
+
+import cv2
+import dagster as dg
+import numpy as np
+import pytest
+
+from qm_dagster import load
+from qm_dagster.demo import write_demo
+from qm_dagster.importers import ImportSpec, import_version
+from tests.conftest import materialize_version, shared
+from tests.test_image_metrics import reference_values
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    events = [e for e in result.get_asset_materialization_events()
+              if e.asset_key.to_user_string() == key]
+    assert len(events) == 1
+    return {k: v.value for k, v in events[0].event_specific_data.materialization.metadata.items()}
+
+
+def test_coco_version_from_shared_data(settings):
+    src = shared("coco-val2014-fake100")
+    import_version(ImportSpec(images=str(src / "images"), format="coco",
+                              labels=str(src / "instances_val2014_100.json")),
+                   settings.datasets, "coco100", kind="validation")
+    settings = dataclasses.replace(settings, workers=2)
+    result = materialize_version(settings, "coco100")
+    assert result.success
+    manifest = load("dataset/manifest", "coco100", settings)
+    assert len(manifest) == 100 and manifest.ok.sum() == 54
+    issues = load("dataset/data_issues", "coco100", settings)
+    assert (issues.reason == "file not found").sum() == 46  # the images not shipped offline
+    assert len(load("dataset/annotations", "coco100", settings)) == 839
+    brightness = load("data/brightness", "coco100", settings).set_index("image_id").value
+    sharp = load("data/sharpness", "coco100", settings).set_index("image_id").value
+    width = load("data/width", "coco100", settings).set_index("image_id").value
+    ok = manifest[manifest.ok].set_index("image_id")
+    assert sorted(brightness.index) == sorted(ok.index)
+    for image_id in list(ok.index)[::9]:
+        bgr = cv2.imread(str(src / "images" / ok.loc[image_id, "file_name"]),
+                         cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        ref = reference_values(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        assert brightness[image_id] == pytest.approx(ref["brightness"], rel=1e-9)
+        assert sharp[image_id] == pytest.approx(ref["sharpness"], rel=1e-9)
+        assert width[image_id] == bgr.shape[1]
+    meta = _metadata(result, "data/brightness")
+    assert meta["images decoded"] == 54
+    assert meta["dagster/row_count"] == 54
+    assert meta["min"] == pytest.approx(brightness.min())
+    assert meta["histogram"].startswith("![histogram](data:image/png;base64,")
+
+
+def test_demo_versions(settings):
+    write_demo(settings.datasets)
+    for version in ("train", "production"):
+        assert materialize_version(settings, version).success
+    train = load("data/brightness", "train", settings).value
+    prod = load("data/brightness", "production", settings).value
+    assert prod.median() < 0.6 * train.median()  # the production camera is darker...
+    sharp_train = load("data/sharpness", "train", settings).value
+    sharp_prod = load("data/sharpness", "production", settings).value
+    assert sharp_prod.median() < 0.2 * sharp_train.median()  # ...and blurrier
+    assert load("dataset/data_issues", "train", settings).empty
+    annotations = load("dataset/annotations", "train", settings)
+    assert set(annotations.category) == {"box", "disc", "triangle"}
+
+
+def test_subset_computes_only_what_is_selected(settings):
+    write_demo(settings.datasets)
+    materialize_version(settings, "validation", [dg.AssetKey(["dataset", "manifest"])])
+    result = materialize_version(settings, "validation", [dg.AssetKey(["data", "brightness"])])
+    keys = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
+    assert keys == ["data/brightness"]
+    n = len(load("dataset/manifest", "validation", settings))
+    assert _metadata(result, "data/brightness")["images decoded"] == n
+    header_only = materialize_version(settings, "validation",
+                                      [dg.AssetKey(["data", "width"]), dg.AssetKey(["data", "area"])])
+    assert _metadata(header_only, "data/area")["images decoded"] == 0
+
+
+CUSTOM = '''
+import numpy as np
+from qm_dagster import metric
+
+@metric(level="image", description="Share of pixels with R > G + B")
+def redness_share(image):
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    return float(np.mean(r > g + b))
+
+@metric(level="image", description="Fails on purpose on tall images")
+def picky(image):
+    if image.shape[0] > image.shape[1]:
+        raise ValueError("tall")
+    return 1.0
+'''
+
+
+def test_custom_metric_joins_the_single_pass(settings, tmp_path, monkeypatch):
+    (tmp_path / "my_metrics_mod.py").write_text(textwrap.dedent(CUSTOM))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_demo(settings.datasets)
+    settings = dataclasses.replace(settings, metric_modules=("my_metrics_mod",), workers=2)
+    result = materialize_version(settings, "validation")
+    assert result.success
+    from definitions import build_definitions
+
+    keys = build_definitions(settings).resolve_asset_graph().get_all_asset_keys()
+    assert dg.AssetKey(["data", "redness_share"]) in keys
+    manifest = load("dataset/manifest", "validation", settings)
+    assert _metadata(result, "data/redness_share")["images decoded"] == len(manifest)
+    assert _metadata(result, "data/brightness")["images decoded"] == len(manifest)  # same pass
+    got = load("data/redness_share", "validation", settings).set_index("image_id").value
+    row = manifest.iloc[0]
+    rgb = cv2.cvtColor(cv2.imread(row.url), cv2.COLOR_BGR2RGB).astype(int)
+    assert got[row.image_id] == pytest.approx(np.mean(rgb[..., 0] > rgb[..., 1] + rgb[..., 2]))
+    picky = load("data/picky", "validation", settings)
+    tall = manifest[manifest.height > manifest.width].image_id
+    assert picky.set_index("image_id").value[tall].isna().all()  # the failure lost only its value
+    assert _metadata(result, "data/picky")["failures"] == len(tall) > 0
+    assert load("data/brightness", "validation", settings).value.notna().all()
+    sys.modules.pop("my_metrics_mod", None)
