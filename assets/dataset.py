@@ -1,6 +1,5 @@
 """``dataset/manifest``, ``dataset/data_issues`` and ``dataset/annotations`` for one version."""
 
-
 import time
 
 import dagster as dg
@@ -24,19 +23,25 @@ CODE_VERSION = "1"
             key=["dataset", "manifest"],
             description="One row per image: id, file, URL, bytes, content hash, width, height "
             "(from the header), video/frame, and whether it can be measured.",
-            code_version=CODE_VERSION, kinds={"python", "parquet"}, is_required=False,
+            code_version=CODE_VERSION,
+            kinds={"python", "parquet"},
+            is_required=False,
         ),
         "data_issues": dg.AssetOut(
             key=["dataset", "data_issues"],
             description="Files that could not be measured (missing, empty, not an image, "
             "truncated, above the pixel limit) and header/annotation mismatches.",
-            code_version=CODE_VERSION, kinds={"python", "parquet"}, is_required=False,
+            code_version=CODE_VERSION,
+            kinds={"python", "parquet"},
+            is_required=False,
         ),
         "annotations": dg.AssetOut(
             key=["dataset", "annotations"],
             description="The version's validated COCO annotations, one row per object "
             "(empty for unlabeled versions).",
-            code_version=CODE_VERSION, kinds={"python", "parquet"}, is_required=False,
+            code_version=CODE_VERSION,
+            kinds={"python", "parquet"},
+            is_required=False,
         ),
     },
 )
@@ -45,31 +50,47 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
     start = time.perf_counter()
     version = qm.version(context.partition_key)
     coco = version.instances()
-    manifest = build_manifest(version, qm.max_pixels, threads=4 * max(1, qm.workers),
-                              table=coco.images if coco is not None else None)
+    manifest = build_manifest(
+        version,
+        qm.max_pixels,
+        threads=4 * max(1, qm.workers),
+        table=coco.images if coco is not None else None,
+    )
     seconds = time.perf_counter() - start
     selected = {key.path[-1] for key in context.selected_asset_keys}
     images = manifest.images
     outputs = {}
-    outputs["manifest"] = dg.Output(images, output_name="manifest", metadata={
-        "dagster/row_count": len(images),
-        "measurable images": int(images.ok.sum()),
-        "total bytes": int(images.bytes.fillna(0).sum()),
-        "kind": version.meta().kind or "",
-        "seconds": round(seconds, 3),
-    })
+    outputs["manifest"] = dg.Output(
+        images,
+        output_name="manifest",
+        metadata={
+            "dagster/row_count": len(images),
+            "measurable images": int(images.ok.sum()),
+            "total bytes": int(images.bytes.fillna(0).sum()),
+            "kind": version.meta().kind or "",
+            "seconds": round(seconds, 3),
+        },
+    )
     issues = manifest.issues
-    outputs["data_issues"] = dg.Output(issues, output_name="data_issues", metadata={
-        "dagster/row_count": len(issues),
-        "errors": int((issues.severity == "error").sum()),
-        "warnings": int((issues.severity == "warning").sum()),
-        "issues": table_preview(issues),
-    })
+    outputs["data_issues"] = dg.Output(
+        issues,
+        output_name="data_issues",
+        metadata={
+            "dagster/row_count": len(issues),
+            "errors": int((issues.severity == "error").sum()),
+            "warnings": int((issues.severity == "warning").sum()),
+            "issues": table_preview(issues),
+        },
+    )
     annotations = coco.annotations if coco is not None else empty_annotations()
-    outputs["annotations"] = dg.Output(annotations, output_name="annotations", metadata={
-        "dagster/row_count": len(annotations),
-        "categories": len(coco.categories) if coco is not None else 0,
-    })
+    outputs["annotations"] = dg.Output(
+        annotations,
+        output_name="annotations",
+        metadata={
+            "dagster/row_count": len(annotations),
+            "categories": len(coco.categories) if coco is not None else 0,
+        },
+    )
     for name, output in outputs.items():
         if name in selected:
             yield output

@@ -4,7 +4,6 @@ One subsettable multi-asset over the registry: materializing ``data/brightness``
 only brightness; materializing all of them decodes each image once.
 """
 
-
 import dagster as dg
 
 from assets.metadata import value_summary
@@ -24,10 +23,15 @@ def metric_out(spec: MetricSpec) -> dg.AssetOut:
         is_required=False,
         code_version=f"{ENGINE_VERSION}.{spec.code_version}",
         kinds={"python", "opencv"} if spec.reads != "header" else {"python"},
-        tags={"qm/level": "image", "qm/reads": spec.reads,
-              "qm/origin": "builtin" if spec.builtin else "custom"},
-        metadata={"range": f"[{'' if lo is None else lo}, {'' if hi is None else hi}]",
-                  "unit": spec.unit},
+        tags={
+            "qm/level": "image",
+            "qm/reads": spec.reads,
+            "qm/origin": "builtin" if spec.builtin else "custom",
+        },
+        metadata={
+            "range": f"[{'' if lo is None else lo}, {'' if hi is None else hi}]",
+            "unit": spec.unit,
+        },
     )
 
 
@@ -46,23 +50,24 @@ def build_image_metrics_asset() -> dg.AssetsDefinition:
     def image_metrics(context: dg.AssetExecutionContext, qm: QmResource, manifest):
         """Decode each measurable image once and compute every selected metric on it."""
         selected = [specs[key.path[-1]] for key in sorted(context.selected_asset_keys)]
-        result = measure_images(
-            manifest, selected, workers=qm.workers, chunk_size=qm.chunk_size
-        )
+        result = measure_images(manifest, selected, workers=qm.workers, chunk_size=qm.chunk_size)
         context.log.info(
             f"{len(selected)} metrics on {len(manifest)} images: {result.decoded} decoded in "
             f"{result.seconds:.1f}s, {len(result.failures)} failures"
         )
         for spec in selected:
             frame = result.values[spec.name]
-            failed = result.failures[result.failures.stage.isin(
-                ["read", "decode", f"metric:{spec.name}"])]
+            failed = result.failures[
+                result.failures.stage.isin(["read", "decode", f"metric:{spec.name}"])
+            ]
             meta = value_summary(frame)
-            meta.update({
-                "images decoded": dg.MetadataValue.int(result.decoded),
-                "seconds (whole pass)": dg.MetadataValue.float(round(result.seconds, 3)),
-                "failures": dg.MetadataValue.int(len(failed)),
-            })
+            meta.update(
+                {
+                    "images decoded": dg.MetadataValue.int(result.decoded),
+                    "seconds (whole pass)": dg.MetadataValue.float(round(result.seconds, 3)),
+                    "failures": dg.MetadataValue.int(len(failed)),
+                }
+            )
             yield dg.Output(frame, output_name=spec.name, metadata=meta)
 
     return image_metrics

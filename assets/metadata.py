@@ -18,12 +18,14 @@ def value_summary(frame: pd.DataFrame, column: str = "value") -> dict[str, dg.Me
         "missing values": dg.MetadataValue.int(int(values.size - finite.size)),
     }
     if finite.size:
-        meta.update({
-            "min": dg.MetadataValue.float(float(finite.min())),
-            "median": dg.MetadataValue.float(float(np.median(finite))),
-            "mean": dg.MetadataValue.float(float(finite.mean())),
-            "max": dg.MetadataValue.float(float(finite.max())),
-        })
+        meta.update(
+            {
+                "min": dg.MetadataValue.float(float(finite.min())),
+                "median": dg.MetadataValue.float(float(np.median(finite))),
+                "mean": dg.MetadataValue.float(float(finite.mean())),
+                "max": dg.MetadataValue.float(float(finite.max())),
+            }
+        )
     meta["histogram"] = dg.MetadataValue.md(f"![histogram]({data_url(histogram_png(finite))})")
     return meta
 

@@ -14,8 +14,16 @@ def histogram_png(values: np.ndarray, bins: int = 30, width: int = 360, height: 
     finite = finite[np.isfinite(finite)]
     canvas = np.full((height, width, 3), 255, np.uint8)
     if finite.size == 0:
-        cv2.putText(canvas, "no values", (10, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            "no values",
+            (10, height // 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (80, 80, 80),
+            1,
+            cv2.LINE_AA,
+        )
         return _png(canvas)
     lo, hi = float(finite.min()), float(finite.max())
     counts, _ = np.histogram(finite, bins=bins, range=(lo, hi if hi > lo else lo + 1))
@@ -32,9 +40,19 @@ def histogram_png(values: np.ndarray, bins: int = 30, width: int = 360, height: 
     cv2.putText(canvas, f"{lo:.4g}", (margin, height - 6), font, scale, color, 1, cv2.LINE_AA)
     label = f"{hi:.4g}"
     (tw, _), _ = cv2.getTextSize(label, font, scale, 1)
-    cv2.putText(canvas, label, (width - tw - margin, height - 6), font, scale, color, 1, cv2.LINE_AA)
-    cv2.putText(canvas, f"n={finite.size}", (width // 2 - 20, height - 6), font, scale, color, 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        canvas, label, (width - tw - margin, height - 6), font, scale, color, 1, cv2.LINE_AA
+    )
+    cv2.putText(
+        canvas,
+        f"n={finite.size}",
+        (width // 2 - 20, height - 6),
+        font,
+        scale,
+        color,
+        1,
+        cv2.LINE_AA,
+    )
     return _png(canvas)
 
 

@@ -29,9 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="convert VOC / YOLO / txt / COCO files into a version")
     p.add_argument("version", help="name of the new version")
     p.add_argument("--images", required=True, help="folder of image files")
-    p.add_argument("--format", default="none",
-                   choices=["voc", "yolo", "txt-xyxy", "txt-xywh", "coco", "none"],
-                   help="ground-truth format")
+    p.add_argument(
+        "--format",
+        default="none",
+        choices=["voc", "yolo", "txt-xyxy", "txt-xywh", "coco", "none"],
+        help="ground-truth format",
+    )
     p.add_argument("--labels", help="labels folder (voc/yolo/txt) or instances JSON (coco)")
     p.add_argument("--names", help="class names file, line i = class id i (yolo / numeric txt)")
     p.add_argument("--predictions", help="detections folder (txt/yolo) or results JSON (coco)")
@@ -51,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("materialize", help="materialize assets of a version through Dagster")
     p.add_argument("version")
-    p.add_argument("--select", default="*",
-                   help="asset key pattern, e.g. 'data/*' or 'data/brightness' (default: all)")
+    p.add_argument(
+        "--select",
+        default="*",
+        help="asset key pattern, e.g. 'data/*' or 'data/brightness' (default: all)",
+    )
 
     p = sub.add_parser("show", help="print a materialized table, sorted and filtered")
     p.add_argument("version")
@@ -87,13 +93,24 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from qm_dagster.importers import ImportSpec, import_version
 
     spec = ImportSpec(
-        images=args.images, format=args.format, labels=args.labels, names=args.names,
-        predictions=args.predictions, pred_format=args.pred_format,
-        pred_names=args.pred_names, model=args.model,
+        images=args.images,
+        format=args.format,
+        labels=args.labels,
+        names=args.names,
+        predictions=args.predictions,
+        pred_format=args.pred_format,
+        pred_names=args.pred_names,
+        model=args.model,
     )
-    version = import_version(spec, args.to or settings.datasets, args.version, kind=args.kind,
-                             reference=args.reference, description=args.description,
-                             overwrite=args.overwrite)
+    version = import_version(
+        spec,
+        args.to or settings.datasets,
+        args.version,
+        kind=args.kind,
+        reference=args.reference,
+        description=args.description,
+        overwrite=args.overwrite,
+    )
     print(f"imported {version.url}")
     return 0
 
@@ -101,9 +118,15 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
     from qm_dagster.layout import register_folder
 
-    version = register_folder(args.folder, args.to or settings.datasets, args.version,
-                              kind=args.kind, reference=args.reference,
-                              description=args.description, overwrite=args.overwrite)
+    version = register_folder(
+        args.folder,
+        args.to or settings.datasets,
+        args.version,
+        kind=args.kind,
+        reference=args.reference,
+        description=args.description,
+        overwrite=args.overwrite,
+    )
     print(f"registered {version.url}")
     return 0
 
@@ -123,7 +146,7 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from qm_dagster.api import load
-    from qm_dagster.show import select_rows
+    from qm_dagster.show import select_rows, to_json
 
     frame = load(args.asset, args.version, settings)
     if args.asset.startswith("data/") and args.asset != "data/embeddings":
@@ -133,7 +156,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "csv":
         print(rows.to_csv(index=False), end="")
     elif args.format == "json":
-        print(rows.to_json(orient="records", indent=2))
+        print(to_json(rows))
     else:
         print(rows.to_string(index=False))
     return 0
@@ -142,8 +165,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     project = Path(os.environ.get("QM_PROJECT", ".")).resolve()
     if not (project / "definitions.py").is_file():
-        raise QmError(f"no definitions.py in {project}: run qm materialize from the project "
-                      "folder (where workspace.yaml is) or set QM_PROJECT")
+        raise QmError(
+            f"no definitions.py in {project}: run qm materialize from the project "
+            "folder (where workspace.yaml is) or set QM_PROJECT"
+        )
     sys.path.insert(0, str(project))
     from qm_dagster.cli_dagster import materialize_version
 
@@ -152,8 +177,12 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {
-    "demo": cmd_demo, "import": cmd_import, "register": cmd_register, "versions": cmd_versions,
-    "materialize": cmd_materialize, "show": cmd_show,
+    "demo": cmd_demo,
+    "import": cmd_import,
+    "register": cmd_register,
+    "versions": cmd_versions,
+    "materialize": cmd_materialize,
+    "show": cmd_show,
 }
 
 if __name__ == "__main__":

@@ -66,7 +66,10 @@ def materialize_version(project: Path, settings: Settings, version: str, pattern
         watcher.start()
         try:
             result = job.execute_in_process(
-                instance=instance, partition_key=version, asset_selection=keys, run_id=run_id,
+                instance=instance,
+                partition_key=version,
+                asset_selection=keys,
+                run_id=run_id,
                 raise_on_error=False,
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 tags={"qm/launched_by": "cli"},
@@ -74,8 +77,11 @@ def materialize_version(project: Path, settings: Settings, version: str, pattern
         finally:
             stop.set()
             watcher.join()
-    print(f"{'SUCCESS' if result.success else 'FAILURE'}: {len(result.get_asset_materialization_events())} "
-          f"materializations; storage {settings.storage}", flush=True)
+    print(
+        f"{'SUCCESS' if result.success else 'FAILURE'}: {len(result.get_asset_materialization_events())} "
+        f"materializations; storage {settings.storage}",
+        flush=True,
+    )
     return result.success
 
 

@@ -22,12 +22,35 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 IMAGE_COLUMNS = ["image_id", "file_name", "coco_width", "coco_height", "video_id", "frame_index"]
 ANNOTATION_COLUMNS = [
-    "annotation_id", "image_id", "category_id", "category", "bbox_x", "bbox_y", "bbox_w",
-    "bbox_h", "area", "iscrowd", "segmentation", "track_id", "keypoints", "annotator", "created",
+    "annotation_id",
+    "image_id",
+    "category_id",
+    "category",
+    "bbox_x",
+    "bbox_y",
+    "bbox_w",
+    "bbox_h",
+    "area",
+    "iscrowd",
+    "segmentation",
+    "track_id",
+    "keypoints",
+    "annotator",
+    "created",
 ]
 PREDICTION_COLUMNS = [
-    "prediction_id", "image_id", "category_id", "category", "bbox_x", "bbox_y", "bbox_w",
-    "bbox_h", "score", "segmentation", "track_id", "scores",
+    "prediction_id",
+    "image_id",
+    "category_id",
+    "category",
+    "bbox_x",
+    "bbox_y",
+    "bbox_w",
+    "bbox_h",
+    "score",
+    "segmentation",
+    "track_id",
+    "scores",
 ]
 
 
@@ -113,7 +136,9 @@ def _segmentation(value: Any, file: str, where: str) -> str | None:
             coords = _list(poly, file, pw)
             if len(coords) < 6 or len(coords) % 2:
                 raise DatasetError(
-                    file, pw, f"a polygon needs an even number (>= 6) of coordinates, got {len(coords)}"
+                    file,
+                    pw,
+                    f"a polygon needs an even number (>= 6) of coordinates, got {len(coords)}",
                 )
             for c in coords:
                 _number(c, file, pw)
@@ -121,7 +146,9 @@ def _segmentation(value: Any, file: str, where: str) -> str | None:
         size = _need(value, "size", file, where)
         counts = _need(value, "counts", file, where)
         if not (isinstance(size, list) and len(size) == 2):
-            raise DatasetError(file, f"{where}.size", f"RLE size must be [height, width], got {size!r}")
+            raise DatasetError(
+                file, f"{where}.size", f"RLE size must be [height, width], got {size!r}"
+            )
         for v in size:
             _int(v, file, f"{where}.size", minimum=0)
         if isinstance(counts, list):
@@ -129,7 +156,8 @@ def _segmentation(value: Any, file: str, where: str) -> str | None:
                 _int(v, file, f"{where}.counts", minimum=0)
             if sum(counts) != size[0] * size[1]:
                 raise DatasetError(
-                    file, f"{where}.counts",
+                    file,
+                    f"{where}.counts",
                     f"uncompressed RLE counts sum to {sum(counts)}, expected {size[0] * size[1]}",
                 )
         elif not isinstance(counts, str):
@@ -149,7 +177,9 @@ def _keypoints(value: Any, file: str, where: str) -> str | None:
         _number(kps[i], file, f"{where}[{i}]")
         _number(kps[i + 1], file, f"{where}[{i + 1}]")
         if kps[i + 2] not in (0, 1, 2):
-            raise DatasetError(file, f"{where}[{i + 2}]", f"visibility must be 0, 1 or 2, got {kps[i + 2]!r}")
+            raise DatasetError(
+                file, f"{where}[{i + 2}]", f"visibility must be 0, 1 or 2, got {kps[i + 2]!r}"
+            )
     return json.dumps(kps, separators=(",", ":"))
 
 
@@ -173,15 +203,22 @@ def parse_categories(data: dict[str, Any], file: str) -> pd.DataFrame:
         name = _need(cat, "name", file, where)
         if not isinstance(name, str) or not name:
             raise DatasetError(file, f"{where}.name", f"expected a non-empty string, got {name!r}")
-        rows.append({"category_id": cid, "category": name,
-                     "supercategory": str(cat.get("supercategory") or "")})
+        rows.append(
+            {
+                "category_id": cid,
+                "category": name,
+                "supercategory": str(cat.get("supercategory") or ""),
+            }
+        )
     return pd.DataFrame(rows, columns=["category_id", "category", "supercategory"])
 
 
 def parse_instances(data: Any, file: str) -> CocoTables:
     """Validate a COCO instances document (images, annotations, categories)."""
     if not isinstance(data, dict):
-        raise DatasetError(file, "", f"expected a COCO object at the top level, got {type(data).__name__}")
+        raise DatasetError(
+            file, "", f"expected a COCO object at the top level, got {type(data).__name__}"
+        )
     categories = parse_categories(data, file)
     cat_names = dict(zip(categories.category_id, categories.category, strict=True))
     images = []
@@ -199,15 +236,18 @@ def parse_instances(data: Any, file: str) -> CocoTables:
         names.add(name)
         w = img.get("width")
         h = img.get("height")
-        images.append({
-            "image_id": iid,
-            "file_name": name,
-            "coco_width": None if w is None else _int(w, file, f"{where}.width", minimum=1),
-            "coco_height": None if h is None else _int(h, file, f"{where}.height", minimum=1),
-            "video_id": _track(img.get("video_id"), file, f"{where}.video_id"),
-            "frame_index": None if img.get("frame_index") is None
-            else _int(img["frame_index"], file, f"{where}.frame_index", minimum=0),
-        })
+        images.append(
+            {
+                "image_id": iid,
+                "file_name": name,
+                "coco_width": None if w is None else _int(w, file, f"{where}.width", minimum=1),
+                "coco_height": None if h is None else _int(h, file, f"{where}.height", minimum=1),
+                "video_id": _track(img.get("video_id"), file, f"{where}.video_id"),
+                "frame_index": None
+                if img.get("frame_index") is None
+                else _int(img["frame_index"], file, f"{where}.frame_index", minimum=0),
+            }
+        )
     annotations = []
     ann_ids: set[int] = set()
     for i, ann in enumerate(_list(data.get("annotations", []), file, "annotations")):
@@ -221,26 +261,35 @@ def parse_instances(data: Any, file: str) -> CocoTables:
             raise DatasetError(file, f"{where}.image_id", f"image id {iid} is not in images")
         cid = _int(_need(ann, "category_id", file, where), file, f"{where}.category_id")
         if cid not in cat_names:
-            raise DatasetError(file, f"{where}.category_id", f"category id {cid} is not in categories")
+            raise DatasetError(
+                file, f"{where}.category_id", f"category id {cid} is not in categories"
+            )
         x, y, w, h = _bbox(_need(ann, "bbox", file, where), file, f"{where}.bbox")
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1):
             raise DatasetError(file, f"{where}.iscrowd", f"expected 0 or 1, got {crowd!r}")
         area = ann.get("area")
-        annotations.append({
-            "annotation_id": aid,
-            "image_id": iid,
-            "category_id": cid,
-            "category": cat_names[cid],
-            "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
-            "area": None if area is None else _number(area, file, f"{where}.area", minimum=0),
-            "iscrowd": int(crowd),
-            "segmentation": _segmentation(ann.get("segmentation"), file, f"{where}.segmentation"),
-            "track_id": _track(ann.get("track_id"), file, f"{where}.track_id"),
-            "keypoints": _keypoints(ann.get("keypoints"), file, f"{where}.keypoints"),
-            "annotator": None if ann.get("annotator") is None else str(ann["annotator"]),
-            "created": None if ann.get("created") is None else str(ann["created"]),
-        })
+        annotations.append(
+            {
+                "annotation_id": aid,
+                "image_id": iid,
+                "category_id": cid,
+                "category": cat_names[cid],
+                "bbox_x": x,
+                "bbox_y": y,
+                "bbox_w": w,
+                "bbox_h": h,
+                "area": None if area is None else _number(area, file, f"{where}.area", minimum=0),
+                "iscrowd": int(crowd),
+                "segmentation": _segmentation(
+                    ann.get("segmentation"), file, f"{where}.segmentation"
+                ),
+                "track_id": _track(ann.get("track_id"), file, f"{where}.track_id"),
+                "keypoints": _keypoints(ann.get("keypoints"), file, f"{where}.keypoints"),
+                "annotator": None if ann.get("annotator") is None else str(ann["annotator"]),
+                "created": None if ann.get("created") is None else str(ann["created"]),
+            }
+        )
     return CocoTables(
         images=pd.DataFrame(images, columns=IMAGE_COLUMNS),
         annotations=pd.DataFrame(annotations, columns=ANNOTATION_COLUMNS),
@@ -262,25 +311,36 @@ def parse_results(
         where = f"[{i}]"
         iid = _int(_need(det, "image_id", file, where), file, f"{where}.image_id")
         if known_images is not None and iid not in known_images:
-            raise DatasetError(file, f"{where}.image_id", f"image id {iid} is not in the version's images")
+            raise DatasetError(
+                file, f"{where}.image_id", f"image id {iid} is not in the version's images"
+            )
         cid = _int(_need(det, "category_id", file, where), file, f"{where}.category_id")
         if cat_names and cid not in cat_names:
-            raise DatasetError(file, f"{where}.category_id", f"category id {cid} is not in categories")
+            raise DatasetError(
+                file, f"{where}.category_id", f"category id {cid} is not in categories"
+            )
         x, y, w, h = _bbox(_need(det, "bbox", file, where), file, f"{where}.bbox")
         score = _number(_need(det, "score", file, where), file, f"{where}.score")
         scores = det.get("scores")
         if scores is not None:
             for j, s in enumerate(_list(scores, file, f"{where}.scores")):
                 _number(s, file, f"{where}.scores[{j}]", minimum=0)
-        rows.append({
-            "prediction_id": i + 1,
-            "image_id": iid,
-            "category_id": cid,
-            "category": cat_names.get(cid, str(cid)),
-            "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
-            "score": score,
-            "segmentation": _segmentation(det.get("segmentation"), file, f"{where}.segmentation"),
-            "track_id": _track(det.get("track_id"), file, f"{where}.track_id"),
-            "scores": None if scores is None else json.dumps(scores),
-        })
+        rows.append(
+            {
+                "prediction_id": i + 1,
+                "image_id": iid,
+                "category_id": cid,
+                "category": cat_names.get(cid, str(cid)),
+                "bbox_x": x,
+                "bbox_y": y,
+                "bbox_w": w,
+                "bbox_h": h,
+                "score": score,
+                "segmentation": _segmentation(
+                    det.get("segmentation"), file, f"{where}.segmentation"
+                ),
+                "track_id": _track(det.get("track_id"), file, f"{where}.track_id"),
+                "scores": None if scores is None else json.dumps(scores),
+            }
+        )
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)

@@ -24,7 +24,9 @@ def check_version_name(name: str) -> str:
             f"version name {name!r} is invalid: use 1-128 characters from A-Z a-z 0-9 . _ -"
         )
     if set(name) == {"."} or "..." in name:
-        raise VersionNameError(f"version name {name!r} is invalid: it may not be dots only or contain '...'")
+        raise VersionNameError(
+            f"version name {name!r} is invalid: it may not be dots only or contain '...'"
+        )
     return name
 
 
@@ -117,13 +119,20 @@ class Version:
         if coco is not None:
             return coco.images
         names = [
-            rel for rel in storage.walk_files(self.images_url)
+            rel
+            for rel in storage.walk_files(self.images_url)
             if rel.lower().endswith(IMAGE_EXTENSIONS)
         ]
-        return pd.DataFrame({
-            "image_id": names, "file_name": names, "coco_width": None, "coco_height": None,
-            "video_id": None, "frame_index": None,
-        })
+        return pd.DataFrame(
+            {
+                "image_id": names,
+                "file_name": names,
+                "coco_width": None,
+                "coco_height": None,
+                "video_id": None,
+                "frame_index": None,
+            }
+        )
 
     def prediction_files(self) -> dict[str, str]:
         """``{model: url}`` for every ``predictions/<model>.json``."""

@@ -18,8 +18,21 @@ from qm_dagster.dataset import Version
 from qm_dagster.layout import VersionWriter
 
 CATEGORIES = ["box", "disc", "triangle"]
-PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
-          "retina", "rocket", "camera", "coins", "moon", "grass", "gravel", "brick")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "rocket",
+    "camera",
+    "coins",
+    "moon",
+    "grass",
+    "gravel",
+    "brick",
+)
 SCENE_SIZE = (480, 640)  # height, width
 
 
@@ -51,8 +64,12 @@ def _shape_polygon(rng: np.random.Generator, category: str, w: int, h: int) -> l
     cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
     if category == "box":
         bw, bh = size, size * rng.uniform(0.5, 1.5)
-        pts = [(cx - bw / 2, cy - bh / 2), (cx + bw / 2, cy - bh / 2), (cx + bw / 2, cy + bh / 2),
-               (cx - bw / 2, cy + bh / 2)]
+        pts = [
+            (cx - bw / 2, cy - bh / 2),
+            (cx + bw / 2, cy - bh / 2),
+            (cx + bw / 2, cy + bh / 2),
+            (cx - bw / 2, cy + bh / 2),
+        ]
     elif category == "disc":
         angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
         pts = [(cx + size / 2 * np.cos(a), cy + size / 2 * np.sin(a)) for a in angles]
@@ -102,15 +119,33 @@ def _detections(rng, image_id, objects, recall, score_hi, jitter):
         dx, dy = rng.normal(0, jitter * w), rng.normal(0, jitter * h)
         wrong = rng.random() < 0.08
         cat = CATEGORIES[int(rng.integers(0, 3))] if wrong else category
-        dets.append({"image_id": image_id, "category_id": CATEGORIES.index(cat) + 1,
-                     "bbox": [round(x + dx, 2), round(y + dy, 2),
-                              round(w * rng.uniform(0.9, 1.1), 2), round(h * rng.uniform(0.9, 1.1), 2)],
-                     "score": round(float(rng.uniform(0.5, score_hi)), 4)})
+        dets.append(
+            {
+                "image_id": image_id,
+                "category_id": CATEGORIES.index(cat) + 1,
+                "bbox": [
+                    round(x + dx, 2),
+                    round(y + dy, 2),
+                    round(w * rng.uniform(0.9, 1.1), 2),
+                    round(h * rng.uniform(0.9, 1.1), 2),
+                ],
+                "score": round(float(rng.uniform(0.5, score_hi)), 4),
+            }
+        )
     for _ in range(int(rng.integers(0, 3))):
-        dets.append({"image_id": image_id, "category_id": int(rng.integers(1, 4)),
-                     "bbox": [round(float(rng.uniform(0, 500)), 2), round(float(rng.uniform(0, 380)), 2),
-                              round(float(rng.uniform(20, 120)), 2), round(float(rng.uniform(20, 100)), 2)],
-                     "score": round(float(rng.uniform(0.05, 0.5)), 4)})
+        dets.append(
+            {
+                "image_id": image_id,
+                "category_id": int(rng.integers(1, 4)),
+                "bbox": [
+                    round(float(rng.uniform(0, 500)), 2),
+                    round(float(rng.uniform(0, 380)), 2),
+                    round(float(rng.uniform(20, 120)), 2),
+                    round(float(rng.uniform(20, 100)), 2),
+                ],
+                "score": round(float(rng.uniform(0.05, 0.5)), 4),
+            }
+        )
     return dets
 
 
@@ -128,15 +163,33 @@ class DemoVersion:
 
 VERSIONS = (
     DemoVersion("train", "train", None, 1, 40, None, 0.9, "Training data: photos and scenes"),
-    DemoVersion("validation", "validation", "train", 2, 25, None, 0.9,
-                "Held-out data from the training distribution"),
-    DemoVersion("production", "production", "train", 3, 40, darker_blurrier, 0.6,
-                "Production batch: darker, blurrier camera"),
+    DemoVersion(
+        "validation",
+        "validation",
+        "train",
+        2,
+        25,
+        None,
+        0.9,
+        "Held-out data from the training distribution",
+    ),
+    DemoVersion(
+        "production",
+        "production",
+        "train",
+        3,
+        40,
+        darker_blurrier,
+        0.6,
+        "Production batch: darker, blurrier camera",
+    ),
 )
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -157,29 +210,53 @@ def write_version(root: str, spec: DemoVersion, overwrite: bool = False) -> Vers
         pixels = shift(np.ascontiguousarray(crop))
         file_name = f"photos/{name}.jpg"
         writer.add_image(file_name, _encode_jpeg(pixels))
-        images.append({"id": len(images) + 1, "file_name": file_name,
-                       "width": pixels.shape[1], "height": pixels.shape[0]})
+        images.append(
+            {
+                "id": len(images) + 1,
+                "file_name": file_name,
+                "width": pixels.shape[1],
+                "height": pixels.shape[0],
+            }
+        )
     for i in range(spec.scenes):
         s = scene(rng)
         pixels = shift(s.rgb)
         image_id = len(images) + 1
         file_name = f"scenes/scene_{i:03d}.jpg"
         writer.add_image(file_name, _encode_jpeg(pixels))
-        images.append({"id": image_id, "file_name": file_name,
-                       "width": pixels.shape[1], "height": pixels.shape[0]})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": pixels.shape[1],
+                "height": pixels.shape[0],
+            }
+        )
         for category, poly in s.objects:
             mask = np.zeros(pixels.shape[:2], np.uint8)
             cv2.fillPoly(mask, [np.round(np.array(poly).reshape(-1, 2)).astype(np.int32)], 1)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": CATEGORIES.index(category) + 1,
-                                "bbox": _bbox(poly), "segmentation": [poly],
-                                "area": float(mask.sum()), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORIES.index(category) + 1,
+                    "bbox": _bbox(poly),
+                    "segmentation": [poly],
+                    "area": float(mask.sum()),
+                    "iscrowd": 0,
+                }
+            )
         score_hi = 0.99 if spec.transform is None else 0.8
         dets += _detections(rng, image_id, s.objects, spec.recall, score_hi, 0.04)
-    writer.write_annotations({
-        "images": images, "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)],
-    })
+    writer.write_annotations(
+        {
+            "images": images,
+            "annotations": annotations,
+            "categories": [
+                {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)
+            ],
+        }
+    )
     writer.write_predictions("demo_detector", dets)
     return writer.commit(kind=spec.kind, reference=spec.reference, description=spec.description)
 

@@ -53,8 +53,12 @@ def measure_images(
         keys = [s.asset_key for s in pixel_specs]
         by_chunk: dict[int, list[tuple[object, list[float]]]] = {}
         for idx, (rows, fails, n) in map_chunks(
-            measure_chunk, chunked(items, chunk_size), (keys,), workers,
-            init_worker, (tuple(sorted({s.fn.__module__ for s in pixel_specs})),),
+            measure_chunk,
+            chunked(items, chunk_size),
+            (keys,),
+            workers,
+            init_worker,
+            (tuple(sorted({s.fn.__module__ for s in pixel_specs})),),
         ):
             by_chunk[idx] = rows
             failures.extend(fails)

@@ -17,7 +17,9 @@ class VersionWriter:
     def __init__(self, root: str, name: str, overwrite: bool = False):
         self.version = Version(root, check_version_name(name))
         if self.version.is_complete() and not overwrite:
-            raise QmError(f"version {name!r} already exists at {self.version.url} (use --overwrite)")
+            raise QmError(
+                f"version {name!r} already exists at {self.version.url} (use --overwrite)"
+            )
 
     def add_image(self, rel_path: str, data: bytes) -> None:
         storage.write_bytes_atomic(storage.join(self.version.url, "images", rel_path), data)
@@ -76,6 +78,7 @@ def register_folder(
     writer = VersionWriter(root, name, overwrite=overwrite)
     for rel in storage.walk_files(folder):
         if rel != "version.json":
-            storage.write_bytes_atomic(storage.join(writer.version.url, rel),
-                                       storage.read_bytes(storage.join(folder, rel)))
+            storage.write_bytes_atomic(
+                storage.join(writer.version.url, rel), storage.read_bytes(storage.join(folder, rel))
+            )
     return writer.commit(kind=kind, reference=reference, description=description)

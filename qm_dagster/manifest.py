@@ -23,8 +23,17 @@ from qm_dagster.dataset import Version
 Image.MAX_IMAGE_PIXELS = None
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "WEBP"}
 MANIFEST_COLUMNS = [
-    "image_id", "file_name", "url", "bytes", "content_hash", "width", "height", "format",
-    "video_id", "frame_index", "ok",
+    "image_id",
+    "file_name",
+    "url",
+    "bytes",
+    "content_hash",
+    "width",
+    "height",
+    "format",
+    "video_id",
+    "frame_index",
+    "ok",
 ]
 ISSUE_COLUMNS = ["image_id", "file_name", "stage", "severity", "reason"]
 
@@ -133,7 +142,9 @@ def build_manifest(
     ]
     issues += _size_mismatches(images)
     return Manifest(
-        images=images[MANIFEST_COLUMNS].astype({"bytes": "Int64", "width": "Int64", "height": "Int64"}),
+        images=images[MANIFEST_COLUMNS].astype(
+            {"bytes": "Int64", "width": "Int64", "height": "Int64"}
+        ),
         issues=pd.DataFrame(issues, columns=ISSUE_COLUMNS),
     )
 
@@ -142,8 +153,13 @@ def _size_mismatches(images: pd.DataFrame) -> list[tuple[object, str, str, str, 
     rows = images[images.ok & images.coco_width.notna()]
     bad = rows[(rows.coco_width != rows.width) | (rows.coco_height != rows.height)]
     return [
-        (r.image_id, r.file_name, "manifest", "warning",
-         f"annotations.json says {int(r.coco_width)}x{int(r.coco_height)}, "
-         f"the file is {r.width}x{r.height}; measured as the file is")
+        (
+            r.image_id,
+            r.file_name,
+            "manifest",
+            "warning",
+            f"annotations.json says {int(r.coco_width)}x{int(r.coco_height)}, "
+            f"the file is {r.width}x{r.height}; measured as the file is",
+        )
         for r in bad.itertuples()
     ]

@@ -35,8 +35,9 @@ def map_chunks(
             yield i, fn(chunk, *args)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer,
-                             initargs=initargs) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=initializer, initargs=initargs
+    ) as pool:
         pending: dict[Future[Any], int] = {}
         source = enumerate(chunks)
         for i, chunk in source:

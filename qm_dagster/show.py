@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pandas as pd
 
 from qm_dagster.errors import QmError
@@ -25,3 +28,12 @@ def select_rows(
             raise QmError(f"--by {by!r}: no such column; columns are {list(frame.columns)}")
         frame = frame.sort_values(by, ascending=sort == "asc", kind="stable")
     return frame.head(limit) if limit else frame
+
+
+def to_json(frame: pd.DataFrame) -> str:
+    """Records as JSON with floats at full precision (pandas' to_json rounds to 15 digits)."""
+    records = [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+    return json.dumps(records, indent=2, default=str)

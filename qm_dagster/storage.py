@@ -6,7 +6,6 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator
-
 from typing import TYPE_CHECKING
 
 import fsspec
@@ -79,14 +78,14 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def write_parquet(url: str, frame: "pd.DataFrame") -> None:
+def write_parquet(url: str, frame: pd.DataFrame) -> None:
     """Serialise ``frame`` to Parquet in memory, then write it atomically."""
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     write_bytes_atomic(url, buf.getvalue())
 
 
-def read_parquet(url: str) -> "pd.DataFrame":
+def read_parquet(url: str) -> pd.DataFrame:
     import pandas as pd  # lazy: image-pass workers use this module without pandas
 
     fs, path = filesystem(url)

@@ -27,7 +27,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         if not isinstance(obj, pd.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a DataFrame, got {type(obj)}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: expected a DataFrame, got {type(obj)}"
+            )
         url = self._url(context)
         storage.write_parquet(url, obj)
         context.add_output_metadata({"dagster/uri": dg.MetadataValue.path(url)})

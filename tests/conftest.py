@@ -24,11 +24,17 @@ def shared(name: str) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(datasets=str(tmp_path / "datasets"), storage=str(tmp_path / "storage"),
-                    workers=1, chunk_size=8)
+    return Settings(
+        datasets=str(tmp_path / "datasets"),
+        storage=str(tmp_path / "storage"),
+        workers=1,
+        chunk_size=8,
+    )
 
 
-def materialize_version(settings: Settings, version: str, selection=None) -> dg.ExecuteInProcessResult:
+def materialize_version(
+    settings: Settings, version: str, selection=None
+) -> dg.ExecuteInProcessResult:
     """Materialize (a selection of) the graph for one version through Dagster."""
     from definitions import build_definitions
 
@@ -36,5 +42,6 @@ def materialize_version(settings: Settings, version: str, selection=None) -> dg.
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("dataset_versions", [version])
-        return job.execute_in_process(instance=instance, partition_key=version,
-                                      asset_selection=selection)
+        return job.execute_in_process(
+            instance=instance, partition_key=version, asset_selection=selection
+        )

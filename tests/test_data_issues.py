@@ -37,8 +37,11 @@ def corrupt_version(settings):
 def test_inspect_bytes_reasons():
     assert inspect_bytes(b"", 100).problem == "empty file (0 bytes)"
     assert "not an image" in inspect_bytes(b"hello", 100).problem
-    assert "above the max_pixels limit 100000000" in inspect_bytes(png_with_header(20000, 20000), 10**8).problem
-    ok, buf = cv2.imencode(".jpg", real_photos()["astronaut"])
+    assert (
+        "above the max_pixels limit 100000000"
+        in inspect_bytes(png_with_header(20000, 20000), 10**8).problem
+    )
+    _, buf = cv2.imencode(".jpg", real_photos()["astronaut"])
     assert inspect_bytes(buf.tobytes(), 10**8).problem is None
     assert "truncated JPEG" in inspect_bytes(buf.tobytes()[:5000], 10**8).problem
     assert inspect_bytes(buf.tobytes() + b"trailing vendor data", 10**8).problem is None
@@ -67,7 +70,9 @@ def test_corrupt_files_become_issues_and_good_values_are_exact(settings, corrupt
         expected = reference_values(rgb)
         got = {m: measured[m][name] for m in measured}
         assert got == pytest.approx({m: expected[m] for m in measured}, rel=1e-9, abs=1e-12)
-    decoded = [m.event_specific_data.materialization.metadata["images decoded"].value
-               for m in result.get_asset_materialization_events()
-               if m.asset_key.path[0] == "data" and m.asset_key.path[1] == "brightness"]
+    decoded = [
+        m.event_specific_data.materialization.metadata["images decoded"].value
+        for m in result.get_asset_materialization_events()
+        if m.asset_key.path[0] == "data" and m.asset_key.path[1] == "brightness"
+    ]
     assert decoded == [5]  # the huge header was never decoded

@@ -13,13 +13,30 @@ from qm_dagster.errors import DatasetError, VersionNameError
 from tests.images import commit
 
 GOOD = {
-    "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 8},
-               {"id": 2, "file_name": "sub/b.png"}],
+    "images": [
+        {"id": 1, "file_name": "a.jpg", "width": 10, "height": 8},
+        {"id": 2, "file_name": "sub/b.png"},
+    ],
     "annotations": [
-        {"id": 7, "image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4], "area": 12, "iscrowd": 0,
-         "segmentation": [[1, 2, 4, 2, 4, 6]], "track_id": 5, "keypoints": [1, 1, 2, 0, 0, 0]},
-        {"id": 8, "image_id": 2, "category_id": 3, "bbox": [0, 0, 2, 2], "iscrowd": 1,
-         "segmentation": {"size": [8, 10], "counts": [10, 70]}},
+        {
+            "id": 7,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [1, 2, 3, 4],
+            "area": 12,
+            "iscrowd": 0,
+            "segmentation": [[1, 2, 4, 2, 4, 6]],
+            "track_id": 5,
+            "keypoints": [1, 1, 2, 0, 0, 0],
+        },
+        {
+            "id": 8,
+            "image_id": 2,
+            "category_id": 3,
+            "bbox": [0, 0, 2, 2],
+            "iscrowd": 1,
+            "segmentation": {"size": [8, 10], "counts": [10, 70]},
+        },
     ],
     "categories": [{"id": 3, "name": "cat"}],
 }
@@ -45,25 +62,37 @@ def _broken(path: list, value) -> dict:
     return doc
 
 
-@pytest.mark.parametrize(("path", "value", "where", "words"), [
-    (["annotations", 0, "bbox"], [1, 2, 3], "annotations[0].bbox", "bbox must be"),
-    (["annotations", 0, "bbox"], [1, 2, -3, 4], "annotations[0].bbox", ">= 0"),
-    (["annotations", 1, "image_id"], 99, "annotations[1].image_id", "not in images"),
-    (["annotations", 1, "category_id"], 4, "annotations[1].category_id", "not in categories"),
-    (["annotations", 1, "id"], 7, "annotations[1].id", "duplicate annotation id"),
-    (["annotations", 0, "segmentation"], [[1, 2, 3]], "annotations[0].segmentation[0]", "even number"),
-    (["annotations", 1, "segmentation"], {"size": [8, 10], "counts": [1, 2]},
-     "annotations[1].segmentation.counts", "sum to 3"),
-    (["annotations", 0, "keypoints"], [1, 1, 5], "annotations[0].keypoints[2]", "visibility"),
-    (["annotations", 0, "iscrowd"], 2, "annotations[0].iscrowd", "0 or 1"),
-    (["images", 0, "file_name"], "../etc/passwd", "images[0].file_name", "escapes"),
-    (["images", 0, "file_name"], "/abs/a.jpg", "images[0].file_name", "relative path"),
-    (["images", 0, "file_name"], "https://x.org/a.jpg", "images[0].file_name", "relative path"),
-    (["images", 0, "file_name"], "a/../../b.jpg", "images[0].file_name", "escapes"),
-    (["images", 1, "id"], 1, "images[1].id", "duplicate image id"),
-    (["images", 0, "width"], 0, "images[0].width", ">= 1"),
-    (["images", 0, "id"], KeyError, "images[0]", "missing required field 'id'"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "where", "words"),
+    [
+        (["annotations", 0, "bbox"], [1, 2, 3], "annotations[0].bbox", "bbox must be"),
+        (["annotations", 0, "bbox"], [1, 2, -3, 4], "annotations[0].bbox", ">= 0"),
+        (["annotations", 1, "image_id"], 99, "annotations[1].image_id", "not in images"),
+        (["annotations", 1, "category_id"], 4, "annotations[1].category_id", "not in categories"),
+        (["annotations", 1, "id"], 7, "annotations[1].id", "duplicate annotation id"),
+        (
+            ["annotations", 0, "segmentation"],
+            [[1, 2, 3]],
+            "annotations[0].segmentation[0]",
+            "even number",
+        ),
+        (
+            ["annotations", 1, "segmentation"],
+            {"size": [8, 10], "counts": [1, 2]},
+            "annotations[1].segmentation.counts",
+            "sum to 3",
+        ),
+        (["annotations", 0, "keypoints"], [1, 1, 5], "annotations[0].keypoints[2]", "visibility"),
+        (["annotations", 0, "iscrowd"], 2, "annotations[0].iscrowd", "0 or 1"),
+        (["images", 0, "file_name"], "../etc/passwd", "images[0].file_name", "escapes"),
+        (["images", 0, "file_name"], "/abs/a.jpg", "images[0].file_name", "relative path"),
+        (["images", 0, "file_name"], "https://x.org/a.jpg", "images[0].file_name", "relative path"),
+        (["images", 0, "file_name"], "a/../../b.jpg", "images[0].file_name", "escapes"),
+        (["images", 1, "id"], 1, "images[1].id", "duplicate image id"),
+        (["images", 0, "width"], 0, "images[0].width", ">= 1"),
+        (["images", 0, "id"], KeyError, "images[0]", "missing required field 'id'"),
+    ],
+)
 def test_malformed_instances_name_file_record_and_problem(path, value, where, words):
     with pytest.raises(DatasetError) as err:
         parse_instances(_broken(path, value), "v1/annotations.json")
@@ -75,13 +104,16 @@ def test_malformed_instances_name_file_record_and_problem(path, value, where, wo
 
 def test_results_validation_and_pycocotools_ids():
     t = parse_instances(GOOD, "a.json")
-    dets = [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5},
-            {"image_id": 2, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.9,
-             "scores": [0.1, 0.9]}]
+    dets = [
+        {"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5},
+        {"image_id": 2, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.9, "scores": [0.1, 0.9]},
+    ]
     table = parse_results(dets, "p.json", t.images.image_id, t.categories)
     assert list(table.prediction_id) == [1, 2]  # pycocotools loadRes numbers results from 1
     with pytest.raises(DatasetError, match=r"p.json at \[1\].image_id: image id 5"):
-        parse_results([dets[0], {**dets[1], "image_id": 5}], "p.json", t.images.image_id, t.categories)
+        parse_results(
+            [dets[0], {**dets[1], "image_id": 5}], "p.json", t.images.image_id, t.categories
+        )
     with pytest.raises(DatasetError, match=r"\[0\].score"):
         parse_results([{**dets[0], "score": "high"}], "p.json", t.images.image_id, t.categories)
 

@@ -16,8 +16,19 @@ from tests.conftest import shared
 from tests.images import checkerboard, solid
 
 load_metrics()
-PIXEL_METRICS = ["brightness", "contrast", "sharpness", "blur", "colorfulness", "red", "green",
-                 "blue", "saturation", "entropy", "clipping"]
+PIXEL_METRICS = [
+    "brightness",
+    "contrast",
+    "sharpness",
+    "blur",
+    "colorfulness",
+    "red",
+    "green",
+    "blue",
+    "saturation",
+    "entropy",
+    "clipping",
+]
 
 
 def value(name: str, rgb: np.ndarray) -> float:
@@ -26,8 +37,19 @@ def value(name: str, rgb: np.ndarray) -> float:
 
 def test_black_image_by_hand():
     black = solid((0, 0, 0))
-    expected = {"brightness": 0, "contrast": 0, "sharpness": 0, "blur": 1, "colorfulness": 0,
-                "red": 0, "green": 0, "blue": 0, "saturation": 0, "entropy": 0, "clipping": 1}
+    expected = {
+        "brightness": 0,
+        "contrast": 0,
+        "sharpness": 0,
+        "blur": 1,
+        "colorfulness": 0,
+        "red": 0,
+        "green": 0,
+        "blue": 0,
+        "saturation": 0,
+        "entropy": 0,
+        "clipping": 1,
+    }
     assert {m: value(m, black) for m in PIXEL_METRICS} == pytest.approx(expected, abs=1e-12)
 
 
@@ -36,7 +58,9 @@ def test_checkerboard_by_hand():
     # every 4-neighbour has the opposite colour (also across the reflect-101 border), so the
     # Laplacian is -1020 on white and +1020 on black: variance 1020^2
     assert value("sharpness", board) == pytest.approx(1020.0**2, rel=1e-12)
-    assert value("blur", board) == pytest.approx(BLUR_HALF_SHARPNESS / (BLUR_HALF_SHARPNESS + 1020.0**2))
+    assert value("blur", board) == pytest.approx(
+        BLUR_HALF_SHARPNESS / (BLUR_HALF_SHARPNESS + 1020.0**2)
+    )
     assert value("brightness", board) == pytest.approx(0.5)
     assert value("contrast", board) == pytest.approx(0.5)
     assert value("entropy", board) == pytest.approx(1.0)
@@ -57,8 +81,9 @@ def test_pure_red_by_hand():
     assert value("colorfulness", red) == pytest.approx(0.3 * math.hypot(255, 127.5))
 
 
-@pytest.mark.parametrize(("rgb", "band"), [((0, 255, 0), "green"), ((0, 0, 255), "blue"),
-                                           ((255, 0, 0), "red")])
+@pytest.mark.parametrize(
+    ("rgb", "band"), [((0, 255, 0), "green"), ((0, 0, 255), "blue"), ((255, 0, 0), "red")]
+)
 def test_hue_bands_and_their_saturation_value_floors(rgb, band):
     assert value(band, solid(rgb)) == 1.0
     dark = tuple(int(c * 30 / 255) for c in rgb)  # V = 30 < 40
@@ -117,8 +142,10 @@ def reference_values(rgb: np.ndarray) -> dict[str, float]:
 def test_real_photos_match_numpy_reference():
     folder = shared("coco-val2014-fake100") / "images"
     for path in sorted(folder.glob("*.jpg"))[:12]:
-        rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
-                           cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(
+            cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
+            cv2.COLOR_BGR2RGB,
+        )
         view = ImageView.from_rgb(rgb)
         ours = {m: get(m).fn(view) for m in PIXEL_METRICS}
         assert ours == pytest.approx(reference_values(rgb), rel=1e-9, abs=1e-12), path.name

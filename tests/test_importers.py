@@ -14,7 +14,9 @@ from tests.conftest import shared
 
 
 def _lines(folder) -> int:
-    return sum(1 for f in folder.glob("*.txt") for line in f.read_text().splitlines() if line.strip())
+    return sum(
+        1 for f in folder.glob("*.txt") for line in f.read_text().splitlines() if line.strip()
+    )
 
 
 def _imported(tmp_path, spec: ImportSpec, name: str = "v1"):
@@ -27,26 +29,51 @@ def _imported(tmp_path, spec: ImportSpec, name: str = "v1"):
 
 def test_cartucho_txt(tmp_path):
     src = shared("cartucho-voc85") / "input"
-    coco, preds = _imported(tmp_path, ImportSpec(
-        images=str(src / "images-optional"), format="txt-xyxy", labels=str(src / "ground-truth"),
-        predictions=str(src / "detection-results"), pred_format="txt-xyxy", model="detector"))
+    coco, preds = _imported(
+        tmp_path,
+        ImportSpec(
+            images=str(src / "images-optional"),
+            format="txt-xyxy",
+            labels=str(src / "ground-truth"),
+            predictions=str(src / "detection-results"),
+            pred_format="txt-xyxy",
+            model="detector",
+        ),
+    )
     assert len(coco.images) == 85
     assert len(coco.annotations) == _lines(src / "ground-truth") == 686
     assert len(preds) == _lines(src / "detection-results") == 494
     first = (src / "ground-truth" / "2007_000027.txt").read_text().split()
     row = coco.annotations[coco.annotations.image_id == 1].iloc[0]
     name, x1, y1, x2, y2 = first[0], *map(float, first[1:5])
-    assert (row.category, row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h) == (name, x1, y1, x2 - x1, y2 - y1)
+    assert (row.category, row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h) == (
+        name,
+        x1,
+        y1,
+        x2 - x1,
+        y2 - y1,
+    )
 
 
 def test_voc_xml_with_difficult(tmp_path):
     src = shared("rafael-db-voc100")
-    coco, preds = _imported(tmp_path, ImportSpec(
-        images=str(src / "images"), format="voc", labels=str(src / "gts" / "pascalvoc_format"),
-        predictions=str(src / "dets" / "abs_xyx2y2"), pred_format="txt-xyxy",
-        pred_names=str(src / "voc.names"), model="det"))
-    objects = [o for f in (src / "gts" / "pascalvoc_format").glob("*.xml")
-               for o in ET.parse(f).getroot().iter("object")]
+    coco, preds = _imported(
+        tmp_path,
+        ImportSpec(
+            images=str(src / "images"),
+            format="voc",
+            labels=str(src / "gts" / "pascalvoc_format"),
+            predictions=str(src / "dets" / "abs_xyx2y2"),
+            pred_format="txt-xyxy",
+            pred_names=str(src / "voc.names"),
+            model="det",
+        ),
+    )
+    objects = [
+        o
+        for f in (src / "gts" / "pascalvoc_format").glob("*.xml")
+        for o in ET.parse(f).getroot().iter("object")
+    ]
     assert len(coco.annotations) == len(objects) == 273
     assert len(preds) == _lines(src / "dets" / "abs_xyx2y2") == 452
     raw = json.loads((tmp_path / "v1" / "annotations.json").read_text())
@@ -55,13 +82,25 @@ def test_voc_xml_with_difficult(tmp_path):
 
 def test_yolo_matches_voc_boxes(tmp_path):
     src = shared("rafael-db-voc100")
-    voc, _ = _imported(tmp_path / "a", ImportSpec(
-        images=str(src / "images"), format="voc", labels=str(src / "gts" / "pascalvoc_format")))
-    yolo, preds = _imported(tmp_path / "b", ImportSpec(
-        images=str(src / "images"), format="yolo", labels=str(src / "gts" / "yolo_format" / "obj_train_data"),
-        names=str(src / "gts" / "yolo_format" / "obj.names"),
-        predictions=str(src / "dets" / "rel_xywh"), pred_format="yolo",
-        pred_names=str(src / "voc.names"), model="det"))
+    voc, _ = _imported(
+        tmp_path / "a",
+        ImportSpec(
+            images=str(src / "images"), format="voc", labels=str(src / "gts" / "pascalvoc_format")
+        ),
+    )
+    yolo, preds = _imported(
+        tmp_path / "b",
+        ImportSpec(
+            images=str(src / "images"),
+            format="yolo",
+            labels=str(src / "gts" / "yolo_format" / "obj_train_data"),
+            names=str(src / "gts" / "yolo_format" / "obj.names"),
+            predictions=str(src / "dets" / "rel_xywh"),
+            pred_format="yolo",
+            pred_names=str(src / "voc.names"),
+            model="det",
+        ),
+    )
     assert len(yolo.annotations) == 273 and len(preds) == 452
     key = ["image_id", "category"]
     a = voc.annotations.sort_values([*key, "bbox_x", "bbox_y"]).reset_index(drop=True)
@@ -74,18 +113,33 @@ def test_yolo_matches_voc_boxes(tmp_path):
 
 def test_voc_toy_and_images_without_labels(tmp_path):
     src = shared("rafael-toy-voc10")
-    coco, preds = _imported(tmp_path, ImportSpec(
-        images=str(src / "images"), format="voc", labels=str(src / "gts_vocpascal_format"),
-        predictions=str(src / "dets_classname_abs_xyx2y2"), pred_format="txt-xyxy", model="toy"))
+    coco, preds = _imported(
+        tmp_path,
+        ImportSpec(
+            images=str(src / "images"),
+            format="voc",
+            labels=str(src / "gts_vocpascal_format"),
+            predictions=str(src / "dets_classname_abs_xyx2y2"),
+            pred_format="txt-xyxy",
+            model="toy",
+        ),
+    )
     assert len(coco.images) == 12 and len(coco.annotations) == 12 and len(preds) == 12
 
 
 def test_coco_keeps_every_record(tmp_path):
     src = shared("coco-val2014-fake100")
-    coco, preds = _imported(tmp_path, ImportSpec(
-        images=str(src / "images"), format="coco", labels=str(src / "instances_val2014_100.json"),
-        predictions=str(src / "results" / "instances_val2014_fakebbox100_results.json"),
-        pred_format="coco", model="fake"))
+    coco, preds = _imported(
+        tmp_path,
+        ImportSpec(
+            images=str(src / "images"),
+            format="coco",
+            labels=str(src / "instances_val2014_100.json"),
+            predictions=str(src / "results" / "instances_val2014_fakebbox100_results.json"),
+            pred_format="coco",
+            model="fake",
+        ),
+    )
     assert (len(coco.images), len(coco.annotations), len(preds)) == (100, 839, 734)
     assert len(list((tmp_path / "v1" / "images").glob("*.jpg"))) == 54
 
@@ -93,8 +147,13 @@ def test_coco_keeps_every_record(tmp_path):
 def test_odm_txt_xywh_without_pixels_is_refused_clearly(tmp_path):
     src = shared("rafael-odm-7-noimages")
     with pytest.raises(DatasetError, match="has no image"):
-        import_version(ImportSpec(images=str(src / "aux_images"), format="txt-xywh",
-                                  labels=str(src / "groundtruths")), str(tmp_path), "v1")
+        import_version(
+            ImportSpec(
+                images=str(src / "aux_images"), format="txt-xywh", labels=str(src / "groundtruths")
+            ),
+            str(tmp_path),
+            "v1",
+        )
     assert DatasetRoot(str(tmp_path)).listing().complete == []
 
 
@@ -104,5 +163,10 @@ def test_bad_label_line_names_file_and_line(tmp_path):
     (tmp_path / "img" / "a.jpg").write_bytes(b"")
     (tmp_path / "lbl" / "a.txt").write_text("cat 1 2 3 4\ndog 1 two 3 4\n")
     with pytest.raises(DatasetError, match=r"a.txt at line 2: expected numbers"):
-        import_version(ImportSpec(images=str(tmp_path / "img"), format="txt-xyxy",
-                                  labels=str(tmp_path / "lbl")), str(tmp_path / "root"), "v1")
+        import_version(
+            ImportSpec(
+                images=str(tmp_path / "img"), format="txt-xyxy", labels=str(tmp_path / "lbl")
+            ),
+            str(tmp_path / "root"),
+            "v1",
+        )

@@ -19,17 +19,25 @@ from tests.test_image_metrics import reference_values
 
 
 def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    events = [e for e in result.get_asset_materialization_events()
-              if e.asset_key.to_user_string() == key]
+    events = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key
+    ]
     assert len(events) == 1
     return {k: v.value for k, v in events[0].event_specific_data.materialization.metadata.items()}
 
 
 def test_coco_version_from_shared_data(settings):
     src = shared("coco-val2014-fake100")
-    import_version(ImportSpec(images=str(src / "images"), format="coco",
-                              labels=str(src / "instances_val2014_100.json")),
-                   settings.datasets, "coco100", kind="validation")
+    import_version(
+        ImportSpec(
+            images=str(src / "images"),
+            format="coco",
+            labels=str(src / "instances_val2014_100.json"),
+        ),
+        settings.datasets,
+        "coco100",
+        kind="validation",
+    )
     settings = dataclasses.replace(settings, workers=2)
     result = materialize_version(settings, "coco100")
     assert result.success
@@ -44,8 +52,10 @@ def test_coco_version_from_shared_data(settings):
     ok = manifest[manifest.ok].set_index("image_id")
     assert sorted(brightness.index) == sorted(ok.index)
     for image_id in list(ok.index)[::9]:
-        bgr = cv2.imread(str(src / "images" / ok.loc[image_id, "file_name"]),
-                         cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        bgr = cv2.imread(
+            str(src / "images" / ok.loc[image_id, "file_name"]),
+            cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+        )
         ref = reference_values(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         assert brightness[image_id] == pytest.approx(ref["brightness"], rel=1e-9)
         assert sharp[image_id] == pytest.approx(ref["sharpness"], rel=1e-9)
@@ -80,12 +90,13 @@ def test_subset_computes_only_what_is_selected(settings):
     assert keys == ["data/brightness"]
     n = len(load("dataset/manifest", "validation", settings))
     assert _metadata(result, "data/brightness")["images decoded"] == n
-    header_only = materialize_version(settings, "validation",
-                                      [dg.AssetKey(["data", "width"]), dg.AssetKey(["data", "area"])])
+    header_only = materialize_version(
+        settings, "validation", [dg.AssetKey(["data", "width"]), dg.AssetKey(["data", "area"])]
+    )
     assert _metadata(header_only, "data/area")["images decoded"] == 0
 
 
-CUSTOM = '''
+CUSTOM = """
 import numpy as np
 from qm_dagster import metric
 
@@ -99,7 +110,7 @@ def picky(image):
     if image.shape[0] > image.shape[1]:
         raise ValueError("tall")
     return 1.0
-'''
+"""
 
 
 def test_custom_metric_joins_the_single_pass(settings, tmp_path, monkeypatch):

@@ -38,7 +38,8 @@ def _image_files(folder: str) -> list[str]:
     if not base.is_dir():
         raise QmError(f"images folder {folder} does not exist")
     return sorted(
-        p.relative_to(base).as_posix() for p in base.rglob("*")
+        p.relative_to(base).as_posix()
+        for p in base.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
 
@@ -58,9 +59,16 @@ def _read_boxes(kind: str, source: str, with_score: bool, names, sizes) -> dict[
     return read_txt_dir(source, layout, with_score, names, sizes)
 
 
-def _coco_from_boxes(files: list[str], sizes, gt: dict[str, list[Box]] | None,
-                     dets: dict[str, list[Box]] | None, names: list[str] | None):
-    stems = {Path(f).with_suffix("").as_posix().rsplit("/", 1)[-1]: i + 1 for i, f in enumerate(files)}
+def _coco_from_boxes(
+    files: list[str],
+    sizes,
+    gt: dict[str, list[Box]] | None,
+    dets: dict[str, list[Box]] | None,
+    names: list[str] | None,
+):
+    stems = {
+        Path(f).with_suffix("").as_posix().rsplit("/", 1)[-1]: i + 1 for i, f in enumerate(files)
+    }
     for source in (gt or {}), (dets or {}):
         for stem in source:
             if stem not in stems:
@@ -80,18 +88,32 @@ def _coco_from_boxes(files: list[str], sizes, gt: dict[str, list[Box]] | None,
     annotations = []
     for stem, boxes in sorted((gt or {}).items()):
         for b in boxes:
-            ann = {"id": len(annotations) + 1, "image_id": stems[stem], "category_id": cat_id[b.category],
-                   "bbox": [b.x, b.y, b.w, b.h], "area": b.w * b.h, "iscrowd": 0}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": stems[stem],
+                "category_id": cat_id[b.category],
+                "bbox": [b.x, b.y, b.w, b.h],
+                "area": b.w * b.h,
+                "iscrowd": 0,
+            }
             if b.difficult:
                 ann["difficult"] = 1
             annotations.append(ann)
     results = [
-        {"image_id": stems[stem], "category_id": cat_id[b.category], "bbox": [b.x, b.y, b.w, b.h],
-         "score": b.score}
-        for stem, boxes in sorted((dets or {}).items()) for b in boxes
+        {
+            "image_id": stems[stem],
+            "category_id": cat_id[b.category],
+            "bbox": [b.x, b.y, b.w, b.h],
+            "score": b.score,
+        }
+        for stem, boxes in sorted((dets or {}).items())
+        for b in boxes
     ]
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
+    }
     return coco, results
 
 
@@ -110,7 +132,9 @@ def import_version(
     if spec.predictions and spec.pred_format not in PREDICTION_FORMATS:
         raise QmError(f"prediction format {spec.pred_format!r} is not one of {PREDICTION_FORMATS}")
     if spec.predictions and spec.format == "none":
-        raise QmError("predictions refer to COCO image ids: import them with labels (or --format coco)")
+        raise QmError(
+            "predictions refer to COCO image ids: import them with labels (or --format coco)"
+        )
     writer = VersionWriter(root, name, overwrite=overwrite)
     base = Path(spec.images)
     files = _image_files(spec.images)
@@ -126,7 +150,11 @@ def import_version(
             parse_results(results, spec.predictions, tables.images.image_id, tables.categories)
         files = [f for f in tables.images.file_name if (base / f).is_file()]
     else:
-        gt = None if spec.format == "none" else _read_boxes(spec.format, spec.labels, False, names, sizes)
+        gt = (
+            None
+            if spec.format == "none"
+            else _read_boxes(spec.format, spec.labels, False, names, sizes)
+        )
         dets = None
         if spec.predictions:
             pred_names = read_names(spec.pred_names) if spec.pred_names else names

@@ -33,14 +33,20 @@ def _class_name(token: str, names: list[str] | None, file: str, line: int) -> st
     try:
         return names[int(token)]
     except (ValueError, IndexError) as exc:
-        raise DatasetError(file, f"line {line}", f"class {token!r} is not an index into the names file ({len(names)} names)") from exc
+        raise DatasetError(
+            file,
+            f"line {line}",
+            f"class {token!r} is not an index into the names file ({len(names)} names)",
+        ) from exc
 
 
 def _floats(tokens: list[str], file: str, line: int) -> list[float]:
     try:
         return [float(t) for t in tokens]
     except ValueError as exc:
-        raise DatasetError(file, f"line {line}", f"expected numbers, got {' '.join(tokens)!r}") from exc
+        raise DatasetError(
+            file, f"line {line}", f"expected numbers, got {' '.join(tokens)!r}"
+        ) from exc
 
 
 def read_voc_dir(folder: str) -> dict[str, list[Box]]:
@@ -61,7 +67,9 @@ def read_voc_dir(folder: str) -> dict[str, list[Box]]:
             try:
                 x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
             except (TypeError, ValueError) as exc:
-                raise DatasetError(str(path), f"{where}.bndbox", "xmin/ymin/xmax/ymax must be numbers") from exc
+                raise DatasetError(
+                    str(path), f"{where}.bndbox", "xmin/ymin/xmax/ymax must be numbers"
+                ) from exc
             if x2 < x1 or y2 < y1:
                 raise DatasetError(str(path), f"{where}.bndbox", f"max < min in {x1, y1, x2, y2}")
             difficult = (obj.findtext("difficult") or "0").strip() == "1"
@@ -93,7 +101,7 @@ def read_txt_dir(
             if len(tokens) < need:
                 raise DatasetError(str(path), f"line {n}", f"expected {need} fields, got {raw!r}")
             # class names may contain spaces only in name-mode files; numbers are the last fields
-            nums = _floats(tokens[-(need - 1):], str(path), n)
+            nums = _floats(tokens[-(need - 1) :], str(path), n)
             cls = _class_name(" ".join(tokens[: len(tokens) - (need - 1)]), names, str(path), n)
             score = nums.pop(0) if with_score else None
             boxes.append(_to_xywh(cls, nums, layout, score, sizes, path, n))
@@ -109,7 +117,9 @@ def _to_xywh(cls, nums, layout, score, sizes, path, n) -> Box:
         return Box(cls, a, b, c, d, score)
     if layout == "yolo":
         if sizes is None or path.stem not in sizes:
-            raise DatasetError(str(path), f"line {n}", "relative YOLO boxes need the image; none found")
+            raise DatasetError(
+                str(path), f"line {n}", "relative YOLO boxes need the image; none found"
+            )
         w_img, h_img = sizes[path.stem]
         return Box(cls, (a - c / 2) * w_img, (b - d / 2) * h_img, c * w_img, d * h_img, score)
     raise ValueError(f"unknown box layout {layout!r}")

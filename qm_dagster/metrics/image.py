@@ -61,20 +61,26 @@ def colorfulness(view: ImageView) -> float:
     return float(np.hypot(sd_rg, sd_yb) + 0.3 * np.hypot(mean_rg, mean_yb))
 
 
-@metric("image", "Share of red pixels (H in [0,10] or [170,179], S>=50, V>=40)", reads="view",
-        value_range=(0, 1))
+@metric(
+    "image",
+    "Share of red pixels (H in [0,10] or [170,179], S>=50, V>=40)",
+    reads="view",
+    value_range=(0, 1),
+)
 def red(view: ImageView) -> float:
     return view.hsv_band_fraction((0, 10), (170, 179))
 
 
-@metric("image", "Share of green pixels (H in [35,75], S>=50, V>=40)", reads="view",
-        value_range=(0, 1))
+@metric(
+    "image", "Share of green pixels (H in [35,75], S>=50, V>=40)", reads="view", value_range=(0, 1)
+)
 def green(view: ImageView) -> float:
     return view.hsv_band_fraction((35, 75))
 
 
-@metric("image", "Share of blue pixels (H in [90,130], S>=50, V>=40)", reads="view",
-        value_range=(0, 1))
+@metric(
+    "image", "Share of blue pixels (H in [90,130], S>=50, V>=40)", reads="view", value_range=(0, 1)
+)
 def blue(view: ImageView) -> float:
     return view.hsv_band_fraction((90, 130))
 
@@ -84,28 +90,37 @@ def saturation(view: ImageView) -> float:
     return float(cv2.mean(view.hsv)[1] / 255.0)
 
 
-@metric("image", "Shannon entropy of the 256-bin gray histogram, bits", reads="view",
-        value_range=(0, 8), unit="bits")
+@metric(
+    "image",
+    "Shannon entropy of the 256-bin gray histogram, bits",
+    reads="view",
+    value_range=(0, 8),
+    unit="bits",
+)
 def entropy(view: ImageView) -> float:
     p = view.gray_hist[view.gray_hist > 0] / view.pixels
     return float(-(p * np.log2(p)).sum())
 
 
-@metric("image", "Share of gray pixels <= 2 or >= 253 (crushed shadows, blown highlights)",
-        reads="view", value_range=(0, 1))
+@metric(
+    "image",
+    "Share of gray pixels <= 2 or >= 253 (crushed shadows, blown highlights)",
+    reads="view",
+    value_range=(0, 1),
+)
 def clipping(view: ImageView) -> float:
     hist = view.gray_hist
     return float((hist[:3].sum() + hist[253:].sum()) / view.pixels)
 
 
-@metric("image", "Image width in pixels (header)", reads="header", value_range=(1, None),
-        unit="px")
+@metric("image", "Image width in pixels (header)", reads="header", value_range=(1, None), unit="px")
 def width(header: Header) -> float:
     return float(header.width)
 
 
-@metric("image", "Image height in pixels (header)", reads="header", value_range=(1, None),
-        unit="px")
+@metric(
+    "image", "Image height in pixels (header)", reads="header", value_range=(1, None), unit="px"
+)
 def height(header: Header) -> float:
     return float(header.height)
 
@@ -115,7 +130,8 @@ def aspect_ratio(header: Header) -> float:
     return header.width / header.height
 
 
-@metric("image", "Width * height in pixels (header)", reads="header", value_range=(1, None),
-        unit="px")
+@metric(
+    "image", "Width * height in pixels (header)", reads="header", value_range=(1, None), unit="px"
+)
 def area(header: Header) -> float:
     return float(header.width * header.height)

@@ -1,0 +1,76 @@
+"""The same path through the S3 protocol: a moto server on 127.0.0.1 holds datasets and storage."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+import s3fs
+
+from qm_dagster import load
+from qm_dagster.config import Settings
+from qm_dagster.dataset import DatasetRoot
+from qm_dagster.importers import ImportSpec, import_version
+from tests.conftest import materialize_version, shared
+from tests.images import real_photos, write_image
+from tests.s3server import moto_server
+from tests.test_image_metrics import reference_values
+
+BUCKET = "qm-test"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    with moto_server() as endpoint:
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_materialize_from_and_to_s3(s3, tmp_path):
+    photos = real_photos()
+    for name, rgb in photos.items():
+        write_image(tmp_path / "src" / f"{name}.png", rgb)
+    settings = Settings(
+        datasets=f"s3://{BUCKET}/datasets",
+        storage=f"s3://{BUCKET}/storage",
+        workers=2,
+        chunk_size=2,
+    )
+    import_version(ImportSpec(images=str(tmp_path / "src")), settings.datasets, "v1", kind="train")
+    (tmp_path / "src" / "x.png").write_bytes(b"")  # a half-written version: no version.json
+    fs = s3fs.S3FileSystem()
+    fs.put_file(str(tmp_path / "src" / "x.png"), f"{BUCKET}/datasets/v2/images/x.png")
+    listing = DatasetRoot(settings.datasets).listing()
+    assert (listing.complete, listing.incomplete) == (["v1"], ["v2"])
+
+    assert materialize_version(settings, "v1").success
+    assert fs.exists(f"{BUCKET}/storage/data/brightness/v1.parquet")
+    assert not [p for p in fs.find(f"{BUCKET}/storage") if ".tmp" in p]
+    values = load("data/colorfulness", "v1", settings).set_index("image_id").value
+    for name, rgb in photos.items():
+        assert values[f"{name}.png"] == pytest.approx(
+            reference_values(rgb)["colorfulness"], rel=1e-9
+        )
+
+
+def test_shared_dataset_through_s3(s3):
+    src = shared("rafael-toy-voc10")
+    settings = Settings(datasets=f"s3://{BUCKET}/d", storage=f"s3://{BUCKET}/s", workers=1)
+    import_version(
+        ImportSpec(
+            images=str(src / "images"), format="voc", labels=str(src / "gts_vocpascal_format")
+        ),
+        settings.datasets,
+        "toy",
+    )
+    assert materialize_version(settings, "toy").success
+    assert len(load("data/sharpness", "toy", settings)) == 12
+    assert len(load("dataset/annotations", "toy", settings)) == 12
