@@ -17,7 +17,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.load()
     load_metrics(settings.metric_modules)
     return dg.Definitions(
-        assets=[dataset_manifest, build_image_metrics_asset()],
+        assets=[dataset_manifest, build_image_metrics_asset(settings.metric_modules)],
         resources={
             "qm": QmResource(
                 datasets=settings.datasets,

@@ -35,9 +35,9 @@ def metric_out(spec: MetricSpec) -> dg.AssetOut:
     )
 
 
-def build_image_metrics_asset() -> dg.AssetsDefinition:
-    """The multi-asset over every registered image metric (built-in and custom alike)."""
-    specs = {spec.name: spec for spec in metrics("image")}
+def build_image_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.AssetsDefinition:
+    """The multi-asset over the built-in image metrics and those of ``metric_modules``."""
+    specs = {spec.name: spec for spec in metrics("image", metric_modules)}
 
     @dg.multi_asset(
         name="image_metrics",

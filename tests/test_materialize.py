@@ -136,4 +136,7 @@ def test_custom_metric_joins_the_single_pass(settings, tmp_path, monkeypatch):
     assert picky.set_index("image_id").value[tall].isna().all()  # the failure lost only its value
     assert _metadata(result, "data/picky")["failures"] == len(tall) > 0
     assert load("data/brightness", "validation", settings).value.notna().all()
+    # regression: a configuration without the module must not inherit metrics this process imported
+    plain = build_definitions(dataclasses.replace(settings, metric_modules=()))
+    assert dg.AssetKey(["data", "redness_share"]) not in plain.resolve_asset_graph().get_all_asset_keys()
     sys.modules.pop("my_metrics_mod", None)

@@ -116,10 +116,23 @@ def load_metrics(modules: tuple[str, ...] | list[str] = ()) -> None:
             raise MetricError(f"metric module {module!r} cannot be imported: {exc}") from exc
 
 
-def metrics(level: str | None = None) -> list[MetricSpec]:
-    """Registered metrics, optionally of one level, in a stable order (built-ins first)."""
+def metrics(
+    level: str | None = None, modules: tuple[str, ...] | list[str] | None = None
+) -> list[MetricSpec]:
+    """Registered metrics in a stable order (built-ins first), optionally of one level.
+
+    With ``modules``, only built-ins and metrics defined in those modules (or their sub-modules):
+    what a configuration asked for, whatever else this process happened to import.
+    """
     specs = [s for s in _REGISTRY.values() if level is None or s.level == level]
+    if modules is not None:
+        specs = [s for s in specs if s.builtin or _defined_in(s, modules)]
     return sorted(specs, key=lambda s: (not s.builtin, s.level, s.name))
+
+
+def _defined_in(spec: MetricSpec, modules: tuple[str, ...] | list[str]) -> bool:
+    where = spec.fn.__module__
+    return any(where == m or where.startswith(f"{m}.") for m in modules)
 
 
 def get(asset_key_or_name: str, level: str = "image") -> MetricSpec:
