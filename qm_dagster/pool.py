@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
@@ -22,21 +24,27 @@ def map_chunks(
     workers: int,
     initializer: Callable[..., None],
     initargs: tuple[Any, ...],
+    preload: Sequence[str] = (),
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(chunk index, fn(chunk, *args))`` as chunks finish.
 
     With ``workers == 1`` everything runs in this process. Otherwise at most ``2 * workers`` chunks
-    are in flight, so memory is bounded by the chunk size, not the dataset. Workers are spawned
-    (not forked) because the caller may be a threaded Dagster process.
+    are in flight, so memory is bounded by the chunk size, not the dataset. Workers come from a
+    fork server that has preloaded ``preload`` (the caller may be a threaded Dagster process, so
+    no plain fork; and spawn would re-import the caller's ``__main__``, e.g. all of Dagster, per
+    worker). The fork server outlives one call, so ``initializer`` gets this process's current
+    ``sys.path`` and environment to apply first.
     """
     if workers <= 1:
         initializer(*initargs)
         for i, chunk in enumerate(chunks):
             yield i, fn(chunk, *args)
         return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))
+    context = (list(sys.path), dict(os.environ), initializer, initargs)
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=initializer, initargs=initargs
+        workers, mp_context=ctx, initializer=_init_with_context, initargs=context
     ) as pool:
         pending: dict[Future[Any], int] = {}
         source = enumerate(chunks)
@@ -52,3 +60,15 @@ def map_chunks(
                 nxt = next(source, None)
                 if nxt is not None:
                     pending[pool.submit(fn, nxt[1], *args)] = nxt[0]
+
+
+def _init_with_context(
+    path: list[str],
+    environ: dict[str, str],
+    initializer: Callable[..., None],
+    initargs: tuple[Any, ...],
+) -> None:
+    sys.path[:] = path
+    os.environ.clear()
+    os.environ.update(environ)
+    initializer(*initargs)

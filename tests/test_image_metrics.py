@@ -151,6 +151,16 @@ def test_real_photos_match_numpy_reference():
         assert ours == pytest.approx(reference_values(rgb), rel=1e-9, abs=1e-12), path.name
 
 
+def test_histograms_stay_exact_above_float32_counts():
+    # regression: cv2.calcHist counts are float32, inexact past 2**24 pixels in one bin
+    img = solid((200, 30, 30), h=4201, w=4201)  # 17,648,401 pixels, an odd count
+    view = ImageView.from_rgb(img)
+    gray = int(cv2.cvtColor(img[:1, :1], cv2.COLOR_RGB2GRAY)[0, 0])
+    assert get("brightness").fn(view) == gray / 255
+    assert get("red").fn(view) == 1.0
+    assert get("contrast").fn(view) == 0.0
+
+
 def test_view_caches_planes_once():
     view = ImageView.from_rgb(checkerboard())
     assert view.gray is view.gray

@@ -138,5 +138,8 @@ def test_custom_metric_joins_the_single_pass(settings, tmp_path, monkeypatch):
     assert load("data/brightness", "validation", settings).value.notna().all()
     # regression: a configuration without the module must not inherit metrics this process imported
     plain = build_definitions(dataclasses.replace(settings, metric_modules=()))
-    assert dg.AssetKey(["data", "redness_share"]) not in plain.resolve_asset_graph().get_all_asset_keys()
+    assert (
+        dg.AssetKey(["data", "redness_share"])
+        not in plain.resolve_asset_graph().get_all_asset_keys()
+    )
     sys.modules.pop("my_metrics_mod", None)

@@ -21,9 +21,7 @@ def brightness(view: ImageView) -> float:
 
 @metric("image", "Standard deviation of gray levels / 255", reads="view", value_range=(0, 0.5))
 def contrast(view: ImageView) -> float:
-    hist = view.gray_hist
-    mean = hist @ _LEVELS / view.pixels
-    return float(np.sqrt(hist @ (_LEVELS - mean) ** 2 / view.pixels) / 255.0)
+    return float(np.sqrt(view.gray_variance) / 255.0)
 
 
 @metric(
@@ -53,12 +51,8 @@ def blur(view: ImageView) -> float:
     value_range=(0, None),
 )
 def colorfulness(view: ImageView) -> float:
-    b, g, r = cv2.split(view.bgr)
-    rg = cv2.subtract(r, g, dtype=cv2.CV_32F)
-    yb = cv2.subtract(cv2.addWeighted(r, 0.5, g, 0.5, 0.0, dtype=cv2.CV_32F), b, dtype=cv2.CV_32F)
-    mean_rg, sd_rg = (float(v[0, 0]) for v in cv2.meanStdDev(rg))
-    mean_yb, sd_yb = (float(v[0, 0]) for v in cv2.meanStdDev(yb))
-    return float(np.hypot(sd_rg, sd_yb) + 0.3 * np.hypot(mean_rg, mean_yb))
+    mean_rg, var_rg, mean_yb, var_yb = view.opponent_moments
+    return float(np.sqrt(var_rg + var_yb) + 0.3 * np.hypot(mean_rg, mean_yb))
 
 
 @metric(
@@ -68,26 +62,26 @@ def colorfulness(view: ImageView) -> float:
     value_range=(0, 1),
 )
 def red(view: ImageView) -> float:
-    return view.hsv_band_fraction((0, 10), (170, 179))
+    return view.hue_fraction((0, 10), (170, 179))
 
 
 @metric(
     "image", "Share of green pixels (H in [35,75], S>=50, V>=40)", reads="view", value_range=(0, 1)
 )
 def green(view: ImageView) -> float:
-    return view.hsv_band_fraction((35, 75))
+    return view.hue_fraction((35, 75))
 
 
 @metric(
     "image", "Share of blue pixels (H in [90,130], S>=50, V>=40)", reads="view", value_range=(0, 1)
 )
 def blue(view: ImageView) -> float:
-    return view.hsv_band_fraction((90, 130))
+    return view.hue_fraction((90, 130))
 
 
 @metric("image", "Mean HSV saturation / 255", reads="view", value_range=(0, 1))
 def saturation(view: ImageView) -> float:
-    return float(cv2.mean(view.hsv)[1] / 255.0)
+    return float(cv2.mean(view.hsv_planes[1])[0] / 255.0)
 
 
 @metric(

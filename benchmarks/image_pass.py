@@ -1,0 +1,204 @@
+"""Benchmark of the image pass on real JPEGs from ../shared/data, all ratios measured in one run.
+
+Prints images/s and:
+  (a) whole metric pass / decode-only pass          (1 worker; cost of the metrics over decoding)
+  (b) one pass per metric / our single pass         (1 worker; the Encord Active way vs ours)
+  (c) 1 worker / all workers                        (full pass through the process pool)
+  peak RSS of the full pass at two dataset sizes    (fresh process per size)
+
+Usage: python benchmarks/image_pass.py [--data ../shared/data] [--repeat 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Only the standard library at module level: pool workers re-import the main script (CPython's
+# forkserver/spawn do), and a heavy main would be charged to every worker start.
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def real_jpegs(data: Path) -> list[str]:
+    files = sorted(str(p) for p in data.rglob("*.jpg"))
+    if not files:
+        sys.exit(f"no JPEGs under {data}")
+    return files
+
+
+def manifest(files: list[str], repeat: int):
+    import pandas as pd
+    from PIL import Image
+
+    sizes = {}
+    for f in files:
+        with Image.open(f) as img:
+            sizes[f] = img.size
+    rows = [
+        {"image_id": f"{i}:{f}", "url": f, "ok": True, "width": sizes[f][0], "height": sizes[f][1]}
+        for i in range(repeat)
+        for f in files
+    ]
+    return pd.DataFrame(rows)
+
+
+def best_of(runs: int, *fns) -> list[float]:
+    """Best wall time of each function over ``runs`` rounds, the functions interleaved in each
+    round so that drifts in machine speed hit all of them alike."""
+    best = [float("inf")] * len(fns)
+    for _ in range(runs):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def decode_only(items) -> None:
+    from qm_dagster.decode import decode
+    from qm_dagster.storage import read_bytes
+
+    for _, url in items:
+        decode(read_bytes(url))
+
+
+def rss_of_full_pass(data: str, repeat: int) -> dict[str, float]:
+    """Run the full pass in a fresh process (``--rss-probe``) and read its peak RSS."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--data", data, "--rss-probe", str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss_mb(pids: set[int]) -> dict[int, float]:
+    """VmHWM (peak resident set) of each live process in ``pids``, in MB."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        out[pid] = int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    found, frontier = set(), [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as fh:
+                kids = {int(k) for k in fh.read().split()}
+        except OSError:
+            kids = set()
+        frontier.extend(kids - found)
+        found |= kids
+    return found
+
+
+def rss_probe(files: list[str], repeat: int) -> None:
+    """Full pass with all workers; a thread samples every process's peak RSS from /proc."""
+    import threading
+
+    from qm_dagster.image_pass import measure_images
+    from qm_dagster.metrics import load_metrics, metrics
+
+    load_metrics()
+    frame = manifest(files, repeat)
+    peaks: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peaks.update(_peak_rss_mb(_descendants(os.getpid())))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    result = measure_images(frame, metrics("image"), workers=os.cpu_count() or 1, chunk_size=32)
+    done.set()
+    sampler.join()
+    workers = sorted(peaks.values())
+    print(
+        json.dumps(
+            {
+                "images": len(frame),
+                "seconds": result.seconds,
+                "self_mb": _peak_rss_mb({os.getpid()})[os.getpid()],
+                "child_mb": max(workers, default=0.0),
+            }
+        )
+    )
+
+
+def main() -> None:
+    import cv2
+    from PIL import Image
+
+    from qm_dagster.decode import init_worker, measure_chunk
+    from qm_dagster.image_pass import measure_images
+    from qm_dagster.metrics import load_metrics, metrics
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--repeat", type=int, default=4, help="copies of the set for (c) and RSS")
+    parser.add_argument("--runs", type=int, default=3, help="timings per measurement (best kept)")
+    parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_probe:
+        return rss_probe(real_jpegs(Path(args.data)), args.rss_probe)
+
+    load_metrics()
+    files = real_jpegs(Path(args.data))
+    cores = os.cpu_count() or 1
+    pixel_keys = [s.asset_key for s in metrics("image") if s.reads != "header"]
+    items = [(f, f) for f in files]
+    init_worker(())
+    w, h = zip(*(Image.open(f).size for f in files), strict=True)
+    print(
+        f"{len(files)} real JPEGs, mean {sum(w) / len(w):.0f}x{sum(h) / len(h):.0f}; "
+        f"{len(pixel_keys)} pixel metrics; OpenCV {cv2.__version__}; {cores} cores"
+    )
+
+    t_decode, t_single = best_of(
+        args.runs, lambda: decode_only(items), lambda: measure_chunk(items, pixel_keys)
+    )
+    t_each = sum(best_of(args.runs, *(lambda k=k: measure_chunk(items, [k]) for k in pixel_keys)))
+    print(f"decode only          : {len(files) / t_decode:7.1f} images/s")
+    print(f"single pass, 1 worker: {len(files) / t_single:7.1f} images/s")
+    print(f"(a) full pass / decode-only        = {t_single / t_decode:.2f}  (target <= 2.0)")
+    print(f"(b) pass per metric / single pass  = {t_each / t_single:.2f}  (target >= 6)")
+
+    big = manifest(files, args.repeat)
+    specs = metrics("image")
+    t1, tn = best_of(
+        args.runs,
+        lambda: measure_images(big, specs, workers=1, chunk_size=32),
+        lambda: measure_images(big, specs, workers=cores, chunk_size=32),
+    )
+    print(
+        f"full pass, {len(big)} images: 1 worker {len(big) / t1:.1f} images/s, "
+        f"{cores} workers {len(big) / tn:.1f} images/s"
+    )
+    print(f"(c) 1 worker / {cores} workers        = {t1 / tn:.2f}  (target >= 1.8 on 2 cores)")
+
+    for repeat in (1, args.repeat * 4):
+        r = rss_of_full_pass(args.data, repeat)
+        print(
+            f"peak RSS, {r['images']:5d} images, {cores} workers: parent {r['self_mb']:.0f} MB, "
+            f"largest other process {r['child_mb']:.0f} MB ({r['seconds']:.1f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
