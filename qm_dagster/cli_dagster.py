@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import shutil
 import threading
 import uuid
 from pathlib import Path
@@ -25,7 +24,7 @@ _SHOWN = {
 
 
 def dagster_home(project: Path) -> Path:
-    """``DAGSTER_HOME``, defaulting to ``<project>/.qm/dagster_home`` linked to the project's dagster.yaml."""
+    """``DAGSTER_HOME``, defaulting to ``<project>/.qm/dagster_home`` with the project's dagster.yaml linked in."""
     home = os.environ.get("DAGSTER_HOME")
     if home:
         return Path(home)
@@ -33,7 +32,7 @@ def dagster_home(project: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     link = path / "dagster.yaml"
     if not link.exists() and (project / "dagster.yaml").is_file():
-        shutil.copyfile(project / "dagster.yaml", link)
+        link.symlink_to(os.path.relpath(project / "dagster.yaml", path))
     os.environ["DAGSTER_HOME"] = str(path)
     return path
 

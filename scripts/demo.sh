@@ -3,13 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source .venv/bin/activate
 export DAGSTER_HOME="$PWD/.qm/dagster_home"
 export QM_DATASETS="${QM_DATASETS:-$PWD/.qm/datasets}"
 export QM_STORAGE="${QM_STORAGE:-$PWD/.qm/storage}"
 PORT="${QM_PORT:-3000}"
-.venv/bin/qm demo
+qm demo
 for version in train validation production; do
-  .venv/bin/qm materialize "$version"
+  qm materialize "$version"
 done
 cat <<MSG
 
@@ -19,4 +20,4 @@ Demo ready.
   try      : .venv/bin/qm show production --asset data/brightness --sort asc --limit 5
   UI       : http://127.0.0.1:$PORT  (Assets -> data/brightness -> Partitions); Ctrl-C stops it
 MSG
-exec .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$PORT"
+exec dg dev --host 127.0.0.1 --port "$PORT"

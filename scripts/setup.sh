@@ -13,5 +13,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+# DAGSTER_HOME for the demo and `qm materialize`; its dagster.yaml is the project's, linked.
 mkdir -p .qm/dagster_home
-cp -f dagster.yaml .qm/dagster_home/dagster.yaml
+ln -sfn ../../dagster.yaml .qm/dagster_home/dagster.yaml
