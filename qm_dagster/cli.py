@@ -18,6 +18,15 @@ def _add_version_meta(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
 
 
+def _version_meta(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "kind": args.kind,
+        "reference": args.reference,
+        "description": args.description,
+        "overwrite": args.overwrite,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,13 +112,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         model=args.model,
     )
     version = import_version(
-        spec,
-        args.to or settings.datasets,
-        args.version,
-        kind=args.kind,
-        reference=args.reference,
-        description=args.description,
-        overwrite=args.overwrite,
+        spec, args.to or settings.datasets, args.version, **_version_meta(args)
     )
     print(f"imported {version.url}")
     return 0
@@ -119,13 +122,7 @@ def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
     from qm_dagster.layout import register_folder
 
     version = register_folder(
-        args.folder,
-        args.to or settings.datasets,
-        args.version,
-        kind=args.kind,
-        reference=args.reference,
-        description=args.description,
-        overwrite=args.overwrite,
+        args.folder, args.to or settings.datasets, args.version, **_version_meta(args)
     )
     print(f"registered {version.url}")
     return 0

@@ -191,15 +191,21 @@ def _track(value: Any, file: str, where: str) -> str | None:
     return str(value)
 
 
+def _new_id(record: Any, seen: set[int], file: str, where: str, what: str) -> int:
+    """The record's integer ``id``, which must not repeat within its list."""
+    value = _int(_need(record, "id", file, where), file, f"{where}.id")
+    if value in seen:
+        raise DatasetError(file, f"{where}.id", f"duplicate {what} id {value}")
+    seen.add(value)
+    return value
+
+
 def parse_categories(data: dict[str, Any], file: str) -> pd.DataFrame:
     rows = []
     seen: set[int] = set()
     for i, cat in enumerate(_list(data.get("categories", []), file, "categories")):
         where = f"categories[{i}]"
-        cid = _int(_need(cat, "id", file, where), file, f"{where}.id")
-        if cid in seen:
-            raise DatasetError(file, f"{where}.id", f"duplicate category id {cid}")
-        seen.add(cid)
+        cid = _new_id(cat, seen, file, where, "category")
         name = _need(cat, "name", file, where)
         if not isinstance(name, str) or not name:
             raise DatasetError(file, f"{where}.name", f"expected a non-empty string, got {name!r}")
@@ -226,10 +232,7 @@ def parse_instances(data: Any, file: str) -> CocoTables:
     names: set[str] = set()
     for i, img in enumerate(_list(_need(data, "images", file, ""), file, "images")):
         where = f"images[{i}]"
-        iid = _int(_need(img, "id", file, where), file, f"{where}.id")
-        if iid in image_ids:
-            raise DatasetError(file, f"{where}.id", f"duplicate image id {iid}")
-        image_ids.add(iid)
+        iid = _new_id(img, image_ids, file, where, "image")
         name = safe_relative_path(_need(img, "file_name", file, where), file, f"{where}.file_name")
         if name in names:
             raise DatasetError(file, f"{where}.file_name", f"file {name!r} is listed twice")
@@ -252,10 +255,7 @@ def parse_instances(data: Any, file: str) -> CocoTables:
     ann_ids: set[int] = set()
     for i, ann in enumerate(_list(data.get("annotations", []), file, "annotations")):
         where = f"annotations[{i}]"
-        aid = _int(_need(ann, "id", file, where), file, f"{where}.id")
-        if aid in ann_ids:
-            raise DatasetError(file, f"{where}.id", f"duplicate annotation id {aid}")
-        ann_ids.add(aid)
+        aid = _new_id(ann, ann_ids, file, where, "annotation")
         iid = _int(_need(ann, "image_id", file, where), file, f"{where}.image_id")
         if iid not in image_ids:
             raise DatasetError(file, f"{where}.image_id", f"image id {iid} is not in images")

@@ -14,24 +14,9 @@ from definitions import build_definitions
 from qm_dagster.config import Settings
 from qm_dagster.metrics import metrics
 from tests.conftest import PROJECT
+from tests.test_image_metrics import PIXEL_METRICS
 
-EXPECTED_IMAGE_METRICS = {
-    "brightness",
-    "contrast",
-    "sharpness",
-    "blur",
-    "colorfulness",
-    "red",
-    "green",
-    "blue",
-    "saturation",
-    "entropy",
-    "clipping",
-    "width",
-    "height",
-    "aspect_ratio",
-    "area",
-}
+EXPECTED_IMAGE_METRICS = {*PIXEL_METRICS, "width", "height", "aspect_ratio", "area"}
 
 
 def test_definitions_load_with_every_image_metric(tmp_path):
