@@ -28,12 +28,6 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(url)
 
 
-def is_local(url: str) -> bool:
-    """True when ``url`` is a plain path or ``file://`` URL."""
-    fs, _ = filesystem(url)
-    return "file" in _protocols(fs)
-
-
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
