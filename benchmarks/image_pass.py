@@ -152,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--repeat", type=int, default=4, help="copies of the set for (c) and RSS")
-    parser.add_argument("--runs", type=int, default=3, help="timings per measurement (best kept)")
+    parser.add_argument("--runs", type=int, default=5, help="timings per measurement (best kept)")
     parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_probe:
