@@ -6,6 +6,12 @@ import dagster as dg
 
 from assets.dataset import dataset_manifest
 from assets.image_metrics import build_image_metrics_asset
+from assets.similarity import analysis_duplicates, data_uniqueness
+from assets.table_metrics import (
+    build_label_metrics_asset,
+    build_model_metrics_asset,
+    dataset_predictions,
+)
 from qm_dagster.config import Settings
 from qm_dagster.metrics import load_metrics
 from resources.dataset import QmResource
@@ -17,10 +23,19 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.load()
     load_metrics(settings.metric_modules)
     return dg.Definitions(
-        assets=[dataset_manifest, build_image_metrics_asset(settings.metric_modules)],
+        assets=[
+            dataset_manifest,
+            dataset_predictions,
+            build_image_metrics_asset(settings.metric_modules),
+            build_label_metrics_asset(settings.metric_modules),
+            build_model_metrics_asset(settings.metric_modules),
+            data_uniqueness,
+            analysis_duplicates,
+        ],
         resources={
             "qm": QmResource(
                 datasets=settings.datasets,
+                storage=settings.storage,
                 workers=settings.workers,
                 chunk_size=settings.chunk_size,
                 max_pixels=settings.max_pixels,

@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.metadata import table_preview
 from assets.partitions import dataset_versions
-from qm_dagster.coco import empty_annotations
+from qm_dagster.coco import empty_annotations, empty_categories
 from qm_dagster.manifest import build_manifest
 from resources.dataset import QmResource
 
@@ -31,6 +31,13 @@ CODE_VERSION = "1"
             key=["dataset", "data_issues"],
             description="Files that could not be measured (missing, empty, not an image, "
             "truncated, above the pixel limit) and header/annotation mismatches.",
+            code_version=CODE_VERSION,
+            kinds={"python", "parquet"},
+            is_required=False,
+        ),
+        "categories": dg.AssetOut(
+            key=["dataset", "categories"],
+            description="The version's categories: id, name, supercategory.",
             code_version=CODE_VERSION,
             kinds={"python", "parquet"},
             is_required=False,
@@ -90,6 +97,10 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
             "dagster/row_count": len(annotations),
             "categories": len(coco.categories) if coco is not None else 0,
         },
+    )
+    categories = coco.categories if coco is not None else empty_categories()
+    outputs["categories"] = dg.Output(
+        categories, output_name="categories", metadata={"dagster/row_count": len(categories)}
     )
     for name, output in outputs.items():
         if name in selected:

@@ -68,6 +68,14 @@ def empty_annotations() -> pd.DataFrame:
     return pd.DataFrame(columns=ANNOTATION_COLUMNS)
 
 
+def empty_categories() -> pd.DataFrame:
+    return pd.DataFrame(columns=["category_id", "category", "supercategory"])
+
+
+def empty_predictions() -> pd.DataFrame:
+    return pd.DataFrame(columns=["model", *PREDICTION_COLUMNS])
+
+
 def safe_relative_path(name: Any, file: str, where: str) -> str:
     """``name`` as a normalised relative path, or an error if it escapes its folder."""
     if not isinstance(name, str) or not name:

@@ -30,6 +30,8 @@ MANIFEST_COLUMNS = [
     "content_hash",
     "width",
     "height",
+    "coco_width",
+    "coco_height",
     "format",
     "video_id",
     "frame_index",
@@ -143,7 +145,13 @@ def build_manifest(
     issues += _size_mismatches(images)
     return Manifest(
         images=images[MANIFEST_COLUMNS].astype(
-            {"bytes": "Int64", "width": "Int64", "height": "Int64"}
+            {
+                "bytes": "Int64",
+                "width": "Int64",
+                "height": "Int64",
+                "coco_width": "Int64",
+                "coco_height": "Int64",
+            }
         ),
         issues=pd.DataFrame(issues, columns=ISSUE_COLUMNS),
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dagster as dg
+import pandas as pd
 
+from qm_dagster import storage
 from qm_dagster.dataset import DatasetRoot, Version
 
 
@@ -11,6 +13,7 @@ class QmResource(dg.ConfigurableResource):
     """Where dataset versions live (``QM_DATASETS``) and how the image pass runs."""
 
     datasets: str
+    storage: str = ""
     workers: int = 1
     chunk_size: int = 32
     max_pixels: int = 100_000_000
@@ -20,3 +23,8 @@ class QmResource(dg.ConfigurableResource):
 
     def version(self, name: str) -> Version:
         return self.root().version(name)
+
+    def stored(self, asset: str, version: str) -> pd.DataFrame | None:
+        """Another partition's stored table (e.g. the reference version's), or None if absent."""
+        url = storage.asset_url(self.storage, asset, version)
+        return storage.read_parquet(url) if storage.exists(url) else None

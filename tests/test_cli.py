@@ -41,7 +41,7 @@ def test_demo_materialize_show(tmp_path):
 
     out = run(["materialize", "validation"], env).stdout
     assert "step dataset_manifest: done" in out
-    assert "step image_metrics: done" in out
+    assert "step image_pass: done" in out
     assert "materialized data/brightness" in out
     assert out.rstrip().splitlines()[-1].startswith("SUCCESS")
 

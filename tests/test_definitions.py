@@ -16,7 +16,15 @@ from qm_dagster.metrics import metrics
 from tests.conftest import PROJECT
 from tests.test_image_metrics import PIXEL_METRICS
 
-EXPECTED_IMAGE_METRICS = {*PIXEL_METRICS, "width", "height", "aspect_ratio", "area"}
+EXPECTED_IMAGE_METRICS = {
+    *PIXEL_METRICS,
+    "width",
+    "height",
+    "aspect_ratio",
+    "area",
+    "object_count",
+    "object_density",
+}
 
 
 def test_definitions_load_with_every_image_metric(tmp_path):

@@ -84,7 +84,11 @@ def test_demo_versions(settings):
 
 def test_subset_computes_only_what_is_selected(settings):
     write_demo(settings.datasets)
-    materialize_version(settings, "validation", [dg.AssetKey(["dataset", "manifest"])])
+    materialize_version(
+        settings,
+        "validation",
+        [dg.AssetKey(["dataset", "manifest"]), dg.AssetKey(["dataset", "annotations"])],
+    )
     result = materialize_version(settings, "validation", [dg.AssetKey(["data", "brightness"])])
     keys = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
     assert keys == ["data/brightness"]

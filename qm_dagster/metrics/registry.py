@@ -15,9 +15,20 @@ from dataclasses import dataclass
 from qm_dagster.errors import MetricError
 
 LEVELS = ("image", "object", "prediction")
-# What an image-level metric reads: the header only (no decode), the RGB array (custom default),
-# or the shared ImageView with cached gray/HSV planes (built-ins, and custom metrics that ask).
-READS = ("header", "rgb", "view")
+# What a metric's function receives, per level (the first is the default, what custom metrics get):
+#   image:      rgb (RGB array) | view (shared ImageView) | header (size only, no decode)
+#               | table (the version's tables, no decode: e.g. object_count)
+#   object:     crop (RGB crop, boolean mask, annotation dict) | view (ObjectView, shared planes)
+#               | table (the version's tables, vectorised over annotations)
+#   prediction: row (prediction dict, match dict) | table (vectorised over predictions)
+READS = {
+    "image": ("rgb", "view", "header", "table"),
+    "object": ("crop", "view", "table"),
+    "prediction": ("row", "table"),
+}
+# What one row of the metric's table is; by default the level's own data point.
+INDEXES = ("image", "object", "prediction")
+PIXEL_READS = ("rgb", "view", "crop")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -30,10 +41,16 @@ class MetricSpec:
     fn: Callable[..., float]
     description: str
     reads: str = "rgb"
+    index: str = ""
     value_range: tuple[float | None, float | None] = (None, None)
     unit: str = ""
     builtin: bool = False
     code_version: str = "1"
+
+    @property
+    def reads_pixels(self) -> bool:
+        """Whether the metric runs inside the decode pass."""
+        return self.reads in PIXEL_READS
 
     @property
     def asset_key(self) -> str:
@@ -52,8 +69,13 @@ def register(spec: MetricSpec) -> MetricSpec:
         )
     if spec.level not in LEVELS:
         raise MetricError(f"metric {spec.name!r}: level {spec.level!r} is not one of {LEVELS}")
-    if spec.reads not in READS:
-        raise MetricError(f"metric {spec.name!r}: reads={spec.reads!r} is not one of {READS}")
+    if spec.reads not in READS[spec.level]:
+        raise MetricError(
+            f"metric {spec.name!r}: reads={spec.reads!r} is not one of {READS[spec.level]} "
+            f"for level {spec.level!r}"
+        )
+    if spec.index not in INDEXES:
+        raise MetricError(f"metric {spec.name!r}: index {spec.index!r} is not one of {INDEXES}")
     key = spec.asset_key
     existing = _REGISTRY.get(key)
     if existing is not None and existing.fn is not spec.fn:
@@ -73,15 +95,20 @@ def metric(
     description: str | None = None,
     *,
     name: str | None = None,
-    reads: str = "rgb",
+    reads: str | None = None,
+    index: str | None = None,
     value_range: tuple[float | None, float | None] = (None, None),
     unit: str = "",
     code_version: str = "1",
 ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register the decorated per-data-point function as a metric (and so as a Dagster asset).
 
-    ``level="image"`` functions receive the RGB ``uint8`` array of one image (or the shared
-    :class:`~qm_dagster.metrics.view.ImageView` with ``reads="view"``) and return a float.
+    ``level="image"``: ``fn(image)`` with the RGB ``uint8`` array of one image.
+    ``level="object"``: ``fn(crop, mask, annotation)`` with the object's RGB crop (its box), a
+    boolean mask of the same shape (the polygon/RLE, or the whole box) and the annotation dict.
+    ``level="prediction"``: ``fn(prediction, match)`` with the prediction dict and its COCO match
+    (``status``, ``iou``, ``gt_id``). Each returns a float; ``reads`` picks another input (see
+    ``READS``).
     """
 
     def decorate(fn: Callable[..., float]) -> Callable[..., float]:
@@ -92,7 +119,8 @@ def metric(
                 level=level,
                 fn=fn,
                 description=description or doc or fn.__name__,
-                reads=reads,
+                reads=reads or READS.get(level, ("",))[0],
+                index=index or level,
                 value_range=value_range,
                 unit=unit,
                 builtin=fn.__module__.startswith("qm_dagster.metrics."),
@@ -104,7 +132,13 @@ def metric(
     return decorate
 
 
-BUILTIN_MODULES = ("qm_dagster.metrics.image",)
+BUILTIN_MODULES = (
+    "qm_dagster.metrics.image",
+    "qm_dagster.metrics.label",
+    "qm_dagster.metrics.objects",
+    "qm_dagster.metrics.sequence",
+    "qm_dagster.metrics.model",
+)
 
 
 def load_metrics(modules: tuple[str, ...] | list[str] = ()) -> None:

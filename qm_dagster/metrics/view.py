@@ -113,12 +113,31 @@ class ImageView:
         return variance(self.pixels, int(counts @ levels), int(counts @ (levels * levels)))
 
     @cached_property
+    def laplacian(self) -> np.ndarray:
+        """``cv2.Laplacian(gray)``; its 16-bit output holds the CV_64F values exactly."""
+        return cv2.Laplacian(self.gray, cv2.CV_16S)
+
+    @cached_property
     def laplacian_variance(self) -> float:
-        """Variance of ``cv2.Laplacian(gray, CV_64F)``; the 16-bit output holds it exactly."""
-        lap = cv2.Laplacian(self.gray, cv2.CV_16S)
+        """Variance of ``cv2.Laplacian(gray, CV_64F)``, from exact integer sums."""
+        lap = self.laplacian
         return variance(
             self.pixels, _int(cv2.sumElems(lap)[0]), _int(cv2.norm(lap, cv2.NORM_L2SQR))
         )
+
+    @cached_property
+    def opponent_planes(self) -> tuple[np.ndarray, np.ndarray]:
+        """rg = R - G and yb2 = R + G - 2B (= 2 yb) as exact int16 planes, for masked statistics."""
+        b, g, r = self.bgr_planes
+        rg = cv2.subtract(r, g, dtype=cv2.CV_16S)
+        yb2 = cv2.subtract(
+            cv2.add(r, g, dtype=cv2.CV_16S), cv2.add(b, b, dtype=cv2.CV_16S), dtype=cv2.CV_16S
+        )
+        return rg, yb2
+
+    @cached_property
+    def bgr_planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(_planes(self.bgr))
 
     @cached_property
     def hsv_planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,7 +159,7 @@ class ImageView:
     @cached_property
     def opponent_moments(self) -> tuple[float, float, float, float]:
         """Mean and variance of rg = R-G and yb = (R+G)/2-B, from exact channel sums."""
-        b, g, r = _planes(self.bgr)
+        b, g, r = self.bgr_planes
         sb, sg, sr = (_int(s) for s in cv2.sumElems(self.bgr)[:3])
         qb, qg, qr = (_int(cv2.norm(p, cv2.NORM_L2SQR)) for p in (b, g, r))
         d_rg = _int(cv2.norm(r, g, cv2.NORM_L2SQR))

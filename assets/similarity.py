@@ -1,0 +1,70 @@
+"""Uniqueness and duplicate groups, from the embeddings and content hashes."""
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import table_preview, value_summary
+from assets.partitions import dataset_versions
+from qm_dagster.similarity import duplicate_groups, uniqueness
+from resources.dataset import QmResource
+
+
+@dg.asset(
+    key=["data", "uniqueness"],
+    partitions_def=dataset_versions,
+    group_name="data",
+    ins={"embeddings": dg.AssetIn(key=["data", "embeddings"])},
+    code_version="1",
+    kinds={"python", "scikitlearn"},
+    tags={"qm/level": "image", "qm/reads": "embeddings", "qm/origin": "builtin"},
+)
+def data_uniqueness(embeddings: pd.DataFrame):
+    """Distance from each image's embedding to its nearest other image in the version
+    (0 = exact duplicate; nearest-neighbour search, no all-pairs matrix)."""
+    frame = pd.DataFrame({"image_id": embeddings.image_id, "value": uniqueness(embeddings)})
+    return dg.Output(frame, metadata=value_summary(frame))
+
+
+@dg.asset(
+    key=["analysis", "duplicates"],
+    partitions_def=dataset_versions,
+    group_name="analysis",
+    ins={
+        "manifest": dg.AssetIn(key=["dataset", "manifest"]),
+        "embeddings": dg.AssetIn(key=["data", "embeddings"]),
+    },
+    code_version="1",
+    kinds={"python", "scikitlearn"},
+)
+def analysis_duplicates(context: dg.AssetExecutionContext, qm: QmResource, manifest, embeddings):
+    """Groups of exact (same content hash) and near duplicates (perceptual hash or embedding
+    distance) within the version and against its reference version."""
+    version = context.partition_key
+    images = [manifest.assign(version=version)]
+    vectors = [embeddings.assign(version=version)]
+    reference = qm.version(version).meta().reference
+    if reference:
+        ref_manifest = qm.stored("dataset/manifest", reference)
+        ref_embeddings = qm.stored("data/embeddings", reference)
+        if ref_manifest is None or ref_embeddings is None:
+            context.log.warning(f"reference {reference!r} has no stored manifest/embeddings yet")
+        else:
+            images.append(ref_manifest.assign(version=reference))
+            vectors.append(ref_embeddings.assign(version=reference))
+    columns = ["version", "image_id", "file_name", "content_hash"]
+    groups = duplicate_groups(
+        pd.concat([i[columns] for i in images], ignore_index=True),
+        pd.concat(vectors, ignore_index=True),
+    )
+    involving = groups[groups.group.isin(groups[groups.version == version].group)]
+    return dg.Output(
+        involving,
+        metadata={
+            "dagster/row_count": len(involving),
+            "groups": int(involving.group.nunique()),
+            "exact groups": int(involving[involving.kind == "exact"].group.nunique()),
+            "near groups": int(involving[involving.kind == "near"].group.nunique()),
+            "reference": reference or "",
+            "groups preview": table_preview(involving),
+        },
+    )

@@ -1,0 +1,103 @@
+"""Metrics read from tables, no pixels: label/sequence metrics and object counts (one multi-asset),
+model metrics for every model after one COCO matching each (another); and the predictions table."""
+
+import dagster as dg
+import pandas as pd
+
+from assets.image_metrics import metric_out
+from assets.metadata import value_summary
+from assets.partitions import dataset_versions
+from qm_dagster.coco import empty_predictions
+from qm_dagster.metrics.registry import metrics
+from qm_dagster.table_pass import model_metrics, table_metrics
+from resources.dataset import QmResource
+
+
+def _outs(specs):
+    return {s.asset_key.replace("/", "__"): metric_out(s) for s in specs}
+
+
+def build_label_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.AssetsDefinition:
+    """Image- and object-level metrics computed from the annotation table."""
+    specs = [
+        s
+        for s in metrics(None, metric_modules)
+        if s.level in ("image", "object") and s.reads == "table"
+    ]
+    by_out = dict(zip(_outs(specs), specs, strict=True))
+
+    @dg.multi_asset(
+        name="label_tables",
+        partitions_def=dataset_versions,
+        can_subset=True,
+        ins={
+            "manifest": dg.AssetIn(key=["dataset", "manifest"]),
+            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+        },
+        outs=_outs(specs),
+    )
+    def label_tables(context: dg.AssetExecutionContext, manifest, annotations):
+        """Label, sequence and object-count metrics from the annotations (no image decode)."""
+        selected = {"/".join(k.path) for k in context.selected_asset_keys}
+        chosen = [s for s in by_out.values() if s.asset_key in selected]
+        for key, frame in table_metrics(chosen, manifest, annotations).items():
+            yield dg.Output(
+                frame, output_name=key.replace("/", "__"), metadata=value_summary(frame)
+            )
+
+    return label_tables
+
+
+@dg.asset(
+    key=["dataset", "predictions"],
+    partitions_def=dataset_versions,
+    group_name="dataset",
+    deps=[dg.AssetKey(["dataset", "annotations"])],
+    code_version="1",
+    kinds={"python", "parquet"},
+)
+def dataset_predictions(context: dg.AssetExecutionContext, qm: QmResource):
+    """Every model's predictions (predictions/<model>.json), validated against the version's
+    images and categories, one row per prediction with a ``model`` column."""
+    version = qm.version(context.partition_key)
+    coco = version.instances()
+    frames = [version.predictions(model, coco) for model in sorted(version.prediction_files())]
+    frame = pd.concat(frames, ignore_index=True) if frames else empty_predictions()
+    counts = frame.groupby("model").size().to_dict() if len(frame) else {}
+    return dg.Output(
+        frame, metadata={"dagster/row_count": len(frame), "models": dg.MetadataValue.json(counts)}
+    )
+
+
+def build_model_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.AssetsDefinition:
+    """Prediction-level metrics of every model: reads tables only, so new predictions never
+    re-decode an image."""
+    specs = [s for s in metrics("prediction", metric_modules)]
+    by_out = dict(zip(_outs(specs), specs, strict=True))
+
+    @dg.multi_asset(
+        name="model_tables",
+        partitions_def=dataset_versions,
+        can_subset=True,
+        ins={
+            "manifest": dg.AssetIn(key=["dataset", "manifest"]),
+            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+            "categories": dg.AssetIn(key=["dataset", "categories"]),
+            "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+        },
+        outs=_outs(specs),
+    )
+    def model_tables(
+        context: dg.AssetExecutionContext, manifest, annotations, categories, predictions
+    ):
+        """Match each model's predictions to the ground truth once (COCO, pycocotools) and
+        compute every selected prediction-level metric."""
+        selected = {"/".join(k.path) for k in context.selected_asset_keys}
+        chosen = [s for s in by_out.values() if s.asset_key in selected]
+        tables = model_metrics(chosen, manifest, annotations, categories, predictions)
+        for key, frame in tables.items():
+            yield dg.Output(
+                frame, output_name=key.replace("/", "__"), metadata=value_summary(frame)
+            )
+
+    return model_tables

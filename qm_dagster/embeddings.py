@@ -1,0 +1,65 @@
+"""A deterministic image embedding that needs no downloaded weights, and a perceptual hash.
+
+The embedding concatenates L2-normalised blocks computed on a 64x64 area-averaged thumbnail:
+a 4x4x4 colour histogram (64), the 8x8 low-frequency DCT of the gray 32x32 thumbnail without
+its DC term (63), an 8-bin gradient-orientation histogram weighted by magnitude (8) and the
+channel means and deviations (6); blocks are weighted equally and the result is L2-normalised.
+Other embeddings (a model of your own) can replace it: see ``embedding_provider`` in the configuration.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from qm_dagster.metrics.view import ImageView
+
+DIM = 64 + 63 + 8 + 6
+THUMB = 64
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def thumbnail(bgr: np.ndarray, size: int = THUMB) -> np.ndarray:
+    return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _dct_gray(bgr_thumb: np.ndarray) -> np.ndarray:
+    gray = cv2.cvtColor(
+        cv2.resize(bgr_thumb, (32, 32), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+    )
+    return cv2.dct(gray.astype(np.float32))[:8, :8]
+
+
+def embed_bgr(bgr: np.ndarray) -> np.ndarray:
+    """The embedding (float32, length ``DIM``, unit norm) of a BGR image or crop."""
+    if bgr.size == 0:
+        return np.zeros(DIM, np.float32)
+    thumb = thumbnail(bgr)
+    color = cv2.calcHist([thumb], [0, 1, 2], None, [4, 4, 4], [0, 256, 0, 256, 0, 256]).ravel()
+    dct = _dct_gray(thumb).ravel()[1:]
+    gray = cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    gx, gy = cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1)
+    magnitude, angle = cv2.cartToPolar(gx, gy)
+    bins = np.minimum((angle.ravel() % np.pi) / np.pi * 8, 7).astype(int)
+    orient = np.bincount(bins, weights=magnitude.ravel(), minlength=8)
+    mean, std = cv2.meanStdDev(thumb)
+    stats = np.concatenate([mean.ravel(), std.ravel()]) / 255.0
+    blocks = [_unit(np.asarray(b, np.float64)) for b in (color, dct, orient, stats)]
+    return _unit(np.concatenate(blocks)).astype(np.float32)
+
+
+def embed(view: ImageView) -> np.ndarray:
+    return embed_bgr(view.bgr)
+
+
+def phash(bgr: np.ndarray) -> int:
+    """64-bit perceptual hash: signs of the 8x8 low-frequency DCT of the 32x32 gray thumbnail
+    against its median (DC excluded from the median), as a signed int64."""
+    dct = _dct_gray(thumbnail(bgr)).ravel()
+    bits = dct > np.median(dct[1:])
+    value = int(np.packbits(bits).view(">u8")[0])
+    return value - (1 << 64) if value >= 1 << 63 else value

@@ -1,0 +1,59 @@
+"""Boxes and masks of COCO objects, through pycocotools' own RLE code (so IoUs and areas are COCO's)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
+
+
+def boxes(frame: pd.DataFrame) -> np.ndarray:
+    """``N x 4`` float64 array of COCO ``[x, y, w, h]`` boxes."""
+    return frame[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy(dtype=np.float64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
+    """IoU matrix of xywh boxes as pycocotools computes it (``crowd`` marks ``b`` entries whose
+    IoU is intersection over the area of the ``a`` box, COCO's crowd rule)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    flags = np.zeros(len(b), np.uint8) if crowd is None else np.asarray(crowd, np.uint8)
+    return np.asarray(mask_utils.iou(a.tolist(), b.tolist(), flags.tolist()), dtype=np.float64)
+
+
+def rle(segmentation: str | None, bbox: np.ndarray, height: int, width: int) -> dict:
+    """The object's RLE at image size: its polygons or RLE, or its box when it has no mask."""
+    if segmentation is None:
+        return mask_utils.frPyObjects(np.asarray([bbox], dtype=np.float64), height, width)[0]
+    seg = json.loads(segmentation)
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, height, width)
+    return {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+
+
+def mask_iou(rles: list[dict], others: list[dict] | None = None) -> np.ndarray:
+    """Mask IoU matrix (pycocotools ``mask.iou``, no crowd rule)."""
+    others = rles if others is None else others
+    if not rles or not others:
+        return np.zeros((len(rles), len(others)))
+    return np.asarray(mask_utils.iou(rles, others, [0] * len(others)), dtype=np.float64)
+
+
+def area(rle_: dict) -> float:
+    return float(mask_utils.area(rle_))
+
+
+def union_area(rles: list[dict]) -> float:
+    """Pixels covered by any of ``rles``."""
+    if not rles:
+        return 0.0
+    return float(mask_utils.area(mask_utils.merge(rles, intersect=0)))
+
+
+def decode(rle_: dict) -> np.ndarray:
+    """Boolean mask (H x W) of an RLE."""
+    return mask_utils.decode(rle_).astype(bool)

@@ -1,0 +1,150 @@
+"""Built-in label (object-level) metrics read from the annotation table: no pixels needed.
+
+Each returns one value per annotation row (or, for ``index="image"``, per manifest row).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from qm_dagster import geometry
+from qm_dagster.metrics.registry import metric
+from qm_dagster.metrics.tables import Tables
+
+
+@metric(
+    "object",
+    "Object area in pixels: COCO `area` where given, else mask (or box) area",
+    reads="table",
+    value_range=(0, None),
+    unit="px",
+)
+def object_area(t: Tables) -> np.ndarray:
+    given = t.annotations.area.to_numpy(dtype=float)
+    missing = np.isnan(given)
+    for i in np.flatnonzero(missing):
+        rle = t.rles[i]
+        given[i] = np.nan if rle is None else geometry.area(rle)
+    return given
+
+
+@metric("object", "Object area / image area", reads="table", value_range=(0, None))
+def relative_area(t: Tables) -> np.ndarray:
+    w, h = t.sizes_of(t.annotations)
+    return object_area(t) / (w * h)
+
+
+@metric("object", "Box width / box height", reads="table", value_range=(0, None))
+def object_aspect_ratio(t: Tables) -> np.ndarray:
+    b = geometry.boxes(t.annotations)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b[:, 3] > 0, b[:, 2] / np.where(b[:, 3] > 0, b[:, 3], 1), np.nan)
+
+
+@metric(
+    "object",
+    "max(x2/W, y2/H, 1-x1/W, 1-y1/H): 1 = the box touches a border",
+    reads="table",
+    value_range=(0, 1),
+)
+def border_proximity(t: Tables) -> np.ndarray:
+    b = geometry.boxes(t.annotations)
+    w, h = t.sizes_of(t.annotations)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    return np.max(np.stack([x2 / w, y2 / h, 1 - x1 / w, 1 - y1 / h]), axis=0)
+
+
+def _pair_ious(t: Tables, rows: np.ndarray) -> np.ndarray:
+    """IoU between the annotations ``rows`` of one image: mask IoU where both have a mask,
+    box IoU otherwise (pycocotools, no crowd rule)."""
+    ious = geometry.box_iou(
+        geometry.boxes(t.annotations.iloc[rows]), geometry.boxes(t.annotations.iloc[rows])
+    )
+    masked = rows[t.has_mask[rows]]
+    if len(masked) > 1 and all(t.rles[i] is not None for i in masked):
+        pos = np.flatnonzero(t.has_mask[rows])
+        ious[np.ix_(pos, pos)] = geometry.mask_iou([t.rles[i] for i in masked])
+    np.fill_diagonal(ious, -np.inf)
+    return ious
+
+
+def _max_iou(t: Tables, same_class: bool) -> np.ndarray:
+    out = np.zeros(len(t.annotations))
+    categories = t.annotations.category_id.to_numpy()
+    for rows in t.groups(t.annotations):
+        if len(rows) < 2:
+            continue
+        ious = _pair_ious(t, rows)
+        if same_class:
+            cats = categories[rows]
+            ious = np.where(cats[:, None] == cats[None, :], ious, -np.inf)
+        out[rows] = np.maximum(ious.max(axis=1), 0.0)
+    return out
+
+
+@metric(
+    "object",
+    "Max IoU with another annotation of the same class in the image",
+    reads="table",
+    value_range=(0, 1),
+)
+def annotation_duplicate(t: Tables) -> np.ndarray:
+    return _max_iou(t, same_class=True)
+
+
+@metric(
+    "object", "Max IoU with any other annotation in the image", reads="table", value_range=(0, 1)
+)
+def overlap(t: Tables) -> np.ndarray:
+    return _max_iou(t, same_class=False)
+
+
+@metric(
+    "object",
+    "Share of the object's class among the version's annotations",
+    reads="table",
+    value_range=(0, 1),
+)
+def class_frequency(t: Tables) -> np.ndarray:
+    shares = t.annotations.category_id.value_counts(normalize=True)
+    return t.annotations.category_id.map(shares).to_numpy(dtype=float)
+
+
+@metric(
+    "object",
+    "Share of the object's keypoints that are not visible (v != 2)",
+    reads="table",
+    value_range=(0, 1),
+)
+def keypoint_occlusion(t: Tables) -> np.ndarray:
+    out = np.full(len(t.annotations), np.nan)
+    for i, kps in enumerate(t.annotations.keypoints):
+        if kps is not None:
+            v = np.asarray(json.loads(kps), dtype=float)[2::3]
+            if v.size:
+                out[i] = float(np.mean(v != 2))
+    return out
+
+
+@metric("image", "Number of annotated objects in the image", reads="table", value_range=(0, None))
+def object_count(t: Tables) -> np.ndarray:
+    counts = t.annotations.image_id.value_counts()
+    return t.images.image_id.map(counts).fillna(0).to_numpy(dtype=float)
+
+
+@metric(
+    "image",
+    "Union of the object masks (boxes where no mask) / image area",
+    reads="table",
+    value_range=(0, 1),
+)
+def object_density(t: Tables) -> np.ndarray:
+    covered: dict[object, float] = {}
+    ids = t.annotations.image_id.to_numpy()
+    for rows in t.groups(t.annotations):
+        rles = [t.rles[i] for i in rows if t.rles[i] is not None]
+        covered[ids[rows[0]]] = geometry.union_area(rles)
+    w, h = t.sizes_of(t.images)
+    return t.images.image_id.map(covered).fillna(0).to_numpy(dtype=float) / (w * h)

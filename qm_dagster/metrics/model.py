@@ -1,0 +1,174 @@
+"""Built-in prediction (model-level) metrics, one model at a time, from tables only (no pixels).
+
+``t.predictions`` holds one model's predictions with their COCO match (``status``, ``gt_id``);
+acquisition functions (``index="image"``) aggregate each image's predictions by their mean.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from qm_dagster import geometry
+from qm_dagster.metrics.registry import metric
+from qm_dagster.metrics.tables import Tables
+
+
+@metric("prediction", "The prediction's score", reads="table", value_range=(0, 1))
+def confidence(t: Tables) -> np.ndarray:
+    return t.predictions.score.to_numpy(dtype=float)
+
+
+def best_iou(t: Tables, same_class: bool) -> np.ndarray:
+    """Per prediction, the best COCO IoU (crowd rule included) with a ground truth of the same
+    class (``same_class``) or of another class."""
+    out = np.zeros(len(t.predictions))
+    if t.annotations.empty:
+        return np.full(len(t.predictions), np.nan)
+    gt_by_image = t.annotations.groupby("image_id").indices
+    pred_cats = t.predictions.category_id.to_numpy()
+    gt_cats = t.annotations.category_id.to_numpy()
+    crowd = t.annotations.iscrowd.to_numpy()
+    gt_boxes = geometry.boxes(t.annotations)
+    for image_id, rows in t.predictions.groupby("image_id").indices.items():
+        g = gt_by_image.get(image_id)
+        if g is None:
+            continue
+        ious = geometry.box_iou(geometry.boxes(t.predictions.iloc[rows]), gt_boxes[g], crowd[g])
+        same = pred_cats[rows][:, None] == gt_cats[g][None, :]
+        ious = np.where(same if same_class else ~same, ious, 0.0)
+        out[rows] = ious.max(axis=1)
+    return out
+
+
+@metric(
+    "prediction",
+    "Best IoU with a ground-truth object of the same class",
+    reads="table",
+    value_range=(0, 1),
+)
+def iou(t: Tables) -> np.ndarray:
+    return best_iou(t, same_class=True)
+
+
+@metric(
+    "prediction",
+    "1 = true positive under COCO matching at IoU 0.5 (maxDets 100), "
+    "0 = false positive; NaN = matched a crowd region or beyond maxDets",
+    reads="table",
+    value_range=(0, 1),
+)
+def match(t: Tables) -> np.ndarray:
+    return t.predictions.status.map({"tp": 1.0, "fp": 0.0}).to_numpy(dtype=float)
+
+
+@metric(
+    "prediction",
+    "1 = a false positive overlapping (IoU >= 0.5) a ground truth of another class",
+    reads="table",
+    value_range=(0, 1),
+)
+def class_confusion(t: Tables) -> np.ndarray:
+    if t.annotations.empty:
+        return np.full(len(t.predictions), np.nan)
+    other = best_iou(t, same_class=False)
+    return ((t.predictions.status.to_numpy() == "fp") & (other >= 0.5)).astype(float)
+
+
+@metric(
+    "prediction",
+    "Ground-truth objects of the image the model missed (COCO, IoU 0.5)",
+    reads="table",
+    index="image",
+    value_range=(0, None),
+)
+def missed(t: Tables) -> np.ndarray:
+    missing = t.annotations[~t.extra["gt_found"] & ~t.extra["gt_ignored"]]
+    counts = missing.image_id.value_counts()
+    return t.images.image_id.map(counts).fillna(0).to_numpy(dtype=float)
+
+
+def distributions(predictions: pd.DataFrame) -> list[np.ndarray]:
+    """Each prediction's class-probability vector: ``scores`` when given (normalised), else
+    the binary distribution [score, 1 - score]."""
+    out = []
+    for score, scores in zip(predictions.score, predictions.scores, strict=True):
+        p = np.asarray(json.loads(scores), float) if scores else np.array([score, 1 - score])
+        total = p.sum()
+        out.append(p / total if total > 0 else p)
+    return out
+
+
+def _per_image(t: Tables, per_prediction: np.ndarray) -> np.ndarray:
+    means = (
+        pd.Series(per_prediction, index=t.predictions.index).groupby(t.predictions.image_id).mean()
+    )
+    return t.images.image_id.map(means).to_numpy(dtype=float)
+
+
+def _entropy(p: np.ndarray) -> float:
+    q = p[p > 0]
+    return float(-(q * np.log2(q)).sum())
+
+
+def _margin(p: np.ndarray) -> float:
+    top = np.sort(p)[::-1]
+    return float(top[0] - (top[1] if len(top) > 1 else 0.0))
+
+
+@metric(
+    "prediction",
+    "Mean Shannon entropy (bits) of the image's prediction distributions",
+    reads="table",
+    index="image",
+    value_range=(0, None),
+    unit="bits",
+)
+def entropy(t: Tables) -> np.ndarray:
+    return _per_image(t, np.array([_entropy(p) for p in distributions(t.predictions)]))
+
+
+@metric(
+    "prediction",
+    "Mean of 1 - max class probability over the image's predictions",
+    reads="table",
+    index="image",
+    value_range=(0, 1),
+)
+def least_confidence(t: Tables) -> np.ndarray:
+    return _per_image(t, np.array([1 - p.max() for p in distributions(t.predictions)]))
+
+
+@metric(
+    "prediction",
+    "Mean gap between the two most likely classes (small = uncertain)",
+    reads="table",
+    index="image",
+    value_range=(0, 1),
+)
+def margin(t: Tables) -> np.ndarray:
+    return _per_image(t, np.array([_margin(p) for p in distributions(t.predictions)]))
+
+
+@metric(
+    "prediction",
+    "Mean variance of the image's prediction distributions",
+    reads="table",
+    index="image",
+    value_range=(0, None),
+)
+def variance(t: Tables) -> np.ndarray:
+    return _per_image(t, np.array([p.var() for p in distributions(t.predictions)]))
+
+
+@metric(
+    "prediction",
+    "Mean score of the image's predictions",
+    reads="table",
+    index="image",
+    value_range=(0, 1),
+)
+def mean_confidence(t: Tables) -> np.ndarray:
+    return _per_image(t, t.predictions.score.to_numpy(dtype=float))

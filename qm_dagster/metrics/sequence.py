@@ -1,0 +1,85 @@
+"""Sequence metrics: objects with a ``track_id`` on images with ``video_id`` + ``frame_index``.
+
+Each annotation is compared with its track's previous appearance; rows without a track are NaN.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from qm_dagster import geometry
+from qm_dagster.metrics.registry import metric
+from qm_dagster.metrics.tables import Tables
+
+
+def track_order(t: Tables) -> pd.DataFrame:
+    """Tracked annotations with their frame, sorted by (video, track, frame); ``prev`` is the row
+    position of the same track's previous appearance (-1 for the first)."""
+    frames = t.images.set_index("image_id")[["video_id", "frame_index"]]
+    ann = t.annotations[["image_id", "category_id", "track_id"]].join(frames, on="image_id")
+    ann = ann.assign(row=np.arange(len(ann)))
+    tracked = ann[ann.track_id.notna() & ann.frame_index.notna()]
+    tracked = tracked.sort_values(["video_id", "track_id", "frame_index"], kind="stable")
+    first = tracked.groupby(["video_id", "track_id"], sort=False).cumcount() == 0
+    prev = tracked.row.shift(1).where(~first, -1).fillna(-1).astype(int)
+    return tracked.assign(prev=prev.to_numpy())
+
+
+def _crop_mask(t: Tables, row: int) -> np.ndarray:
+    x, y, w, h = geometry.boxes(t.annotations.iloc[[row]])[0]
+    mask = geometry.decode(t.rles[row])
+    y0, x0 = int(np.floor(y)), int(np.floor(x))
+    return mask[y0 : int(np.ceil(y + h)) + 1, x0 : int(np.ceil(x + w)) + 1].astype(np.uint8)
+
+
+def _shape(t: Tables, prev: int, row: int) -> float:
+    distance = cv2.matchShapes(_crop_mask(t, prev), _crop_mask(t, row), cv2.CONTOURS_MATCH_I1, 0)
+    return float(1.0 / (1.0 + distance))
+
+
+def _by_track(t: Tables, values: pd.Series, tracked: pd.DataFrame) -> np.ndarray:
+    out = np.full(len(t.annotations), np.nan)
+    out[tracked.row.to_numpy()] = values.to_numpy(dtype=float)
+    return out
+
+
+@metric(
+    "object",
+    "Frames the track is missing between its previous appearance and this one",
+    reads="table",
+    value_range=(0, None),
+    unit="frames",
+)
+def track_gap(t: Tables) -> np.ndarray:
+    tracked = track_order(t)
+    step = tracked.groupby(["video_id", "track_id"], sort=False).frame_index.diff() - 1
+    return _by_track(t, step.fillna(0), tracked)
+
+
+@metric(
+    "object",
+    "1 if the track's class differs from its previous appearance",
+    reads="table",
+    value_range=(0, 1),
+)
+def class_flip(t: Tables) -> np.ndarray:
+    tracked = track_order(t)
+    before = tracked.groupby(["video_id", "track_id"], sort=False).category_id.shift(1)
+    return _by_track(t, (before.notna() & (before != tracked.category_id)).astype(float), tracked)
+
+
+@metric(
+    "object",
+    "Hu-moment similarity of the mask with the track's previous appearance "
+    "(1 / (1 + matchShapes I1); 1 = same shape)",
+    reads="table",
+    value_range=(0, 1),
+)
+def shape_similarity(t: Tables) -> np.ndarray:
+    tracked = track_order(t)
+    values = [
+        np.nan if p < 0 else _shape(t, p, r) for p, r in zip(tracked.prev, tracked.row, strict=True)
+    ]
+    return _by_track(t, pd.Series(values), tracked)
