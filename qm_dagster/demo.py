@@ -56,7 +56,7 @@ class Scene:
     """A generated RGB image with its objects: (category, polygon [x0,y0,x1,y1,...])."""
 
     rgb: np.ndarray
-    objects: list[tuple[str, list[float]]] = field(default_factory=list)
+    objects: list[tuple] = field(default_factory=list)  # (category, polygon[, track id])
 
 
 def _shape_polygon(rng: np.random.Generator, category: str, w: int, h: int) -> list[float]:
@@ -97,6 +97,60 @@ def scene(rng: np.random.Generator) -> Scene:
         cv2.fillPoly(img, [pts], color)
         objects.append((category, poly))
     return Scene(img, objects)
+
+
+def sequence(rng: np.random.Generator, frames: int = 8) -> list[Scene]:
+    """A short video: three tracked shapes moving right. Track 1 is missing in frame 4 (a gap),
+    track 2 is labelled ``disc`` then ``box`` from frame 5 (a class flip), track 3 turns from a
+    triangle into a box at frame 6 (a shape change). Objects carry their track id."""
+    h, w = SCENE_SIZE
+    background = scene(rng).rgb
+    background[:] = cv2.GaussianBlur(background, (0, 0), 3)
+    out = []
+    for f in range(frames):
+        img = background.copy()
+        objects = []
+        tracks = [
+            (1, "box", [(60, 60), (140, 60), (140, 140), (60, 140)], f != 4),
+            (
+                2,
+                "disc" if f < 5 else "box",
+                [
+                    (300 + 40 * np.cos(a), 240 + 40 * np.sin(a))
+                    for a in np.linspace(0, 2 * np.pi, 24, endpoint=False)
+                ],
+                True,
+            ),
+            (
+                3,
+                "triangle" if f < 6 else "box",
+                [(450, 420), (500, 340), (550, 420)]
+                if f < 6
+                else [(450, 340), (550, 340), (550, 420), (450, 420)],
+                True,
+            ),
+        ]
+        for track, category, pts, visible in tracks:
+            if not visible:
+                continue
+            poly = [
+                round(
+                    float(
+                        np.clip(c + (12 * f if i % 2 == 0 else 0), 0, (w if i % 2 == 0 else h) - 1)
+                    ),
+                    2,
+                )
+                for p in pts
+                for i, c in enumerate(p)
+            ]
+            cv2.fillPoly(
+                img,
+                [np.round(np.array(poly).reshape(-1, 2)).astype(np.int32)],
+                (200, 60 + 50 * track, 40),
+            )
+            objects.append((category, poly, track))
+        out.append(Scene(img, objects))
+    return out
 
 
 def darker_blurrier(rgb: np.ndarray) -> np.ndarray:
@@ -159,10 +213,21 @@ class DemoVersion:
     transform: Callable[[np.ndarray], np.ndarray] | None
     recall: float
     description: str
+    with_sequence: bool = False
 
 
 VERSIONS = (
-    DemoVersion("train", "train", None, 1, 40, None, 0.9, "Training data: photos and scenes"),
+    DemoVersion(
+        "train",
+        "train",
+        None,
+        1,
+        40,
+        None,
+        0.9,
+        "Training data: photos, scenes and a short tracked sequence",
+        with_sequence=True,
+    ),
     DemoVersion(
         "validation",
         "validation",
@@ -218,11 +283,15 @@ def write_version(root: str, spec: DemoVersion, overwrite: bool = False) -> Vers
                 "height": pixels.shape[0],
             }
         )
-    for i in range(spec.scenes):
-        s = scene(rng)
+    generated = [(f"scenes/scene_{i:03d}.jpg", scene(rng), {}) for i in range(spec.scenes)]
+    if spec.with_sequence:
+        generated += [
+            (f"sequence/frame_{f:03d}.jpg", s, {"video_id": "demo_cam", "frame_index": f})
+            for f, s in enumerate(sequence(rng))
+        ]
+    for file_name, s, extra in generated:
         pixels = shift(s.rgb)
         image_id = len(images) + 1
-        file_name = f"scenes/scene_{i:03d}.jpg"
         writer.add_image(file_name, _encode_jpeg(pixels))
         images.append(
             {
@@ -230,9 +299,10 @@ def write_version(root: str, spec: DemoVersion, overwrite: bool = False) -> Vers
                 "file_name": file_name,
                 "width": pixels.shape[1],
                 "height": pixels.shape[0],
+                **extra,
             }
         )
-        for category, poly in s.objects:
+        for category, poly, *track in s.objects:
             mask = np.zeros(pixels.shape[:2], np.uint8)
             cv2.fillPoly(mask, [np.round(np.array(poly).reshape(-1, 2)).astype(np.int32)], 1)
             annotations.append(
@@ -244,10 +314,11 @@ def write_version(root: str, spec: DemoVersion, overwrite: bool = False) -> Vers
                     "segmentation": [poly],
                     "area": float(mask.sum()),
                     "iscrowd": 0,
+                    **({"track_id": track[0]} if track else {}),
                 }
             )
         score_hi = 0.99 if spec.transform is None else 0.8
-        dets += _detections(rng, image_id, s.objects, spec.recall, score_hi, 0.04)
+        dets += _detections(rng, image_id, [o[:2] for o in s.objects], spec.recall, score_hi, 0.04)
     writer.write_annotations(
         {
             "images": images,

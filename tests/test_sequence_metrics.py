@@ -1,0 +1,95 @@
+"""Sequence metrics on a generated sequence with a known gap, class flip and shape change."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qm_dagster.metrics import get, load_metrics
+from qm_dagster.metrics.tables import Tables
+
+load_metrics()
+SQUARE = [10, 10, 50, 10, 50, 50, 10, 50]
+TRIANGLE = [10, 50, 30, 10, 50, 50]
+
+
+def sequence() -> Tables:
+    images = pd.DataFrame(
+        {
+            "image_id": range(1, 7),
+            "video_id": "cam",
+            "frame_index": range(6),
+            "width": 100,
+            "height": 100,
+            "coco_width": 100,
+            "coco_height": 100,
+        }
+    )
+    rows = []
+
+    def add(frame, track, cat, poly, dx=0):
+        poly = [c + dx if i % 2 == 0 else c for i, c in enumerate(poly)]
+        xs, ys = poly[0::2], poly[1::2]
+        rows.append(
+            {
+                "annotation_id": len(rows) + 1,
+                "image_id": frame + 1,
+                "category_id": cat,
+                "category": str(cat),
+                "bbox_x": min(xs),
+                "bbox_y": min(ys),
+                "bbox_w": max(xs) - min(xs),
+                "bbox_h": max(ys) - min(ys),
+                "area": None,
+                "iscrowd": 0,
+                "segmentation": json.dumps([poly]),
+                "track_id": str(track),
+                "keypoints": None,
+            }
+        )
+
+    for f in (0, 1, 2, 4, 5):  # track 1 is missing in frame 3: a gap of one frame
+        add(f, 1, 1, SQUARE, dx=f)
+    for f in range(4):  # track 2 flips class at frame 3
+        add(f, 2, 1 if f < 3 else 2, SQUARE, dx=40)
+    for f in range(3):  # track 3 changes shape at frame 2
+        add(f, 3, 1, SQUARE if f < 2 else TRIANGLE)
+    ann = pd.DataFrame(rows)
+    ann.loc[len(ann)] = {**rows[0], "annotation_id": 99, "track_id": None}  # untracked
+    return Tables(images, ann)
+
+
+def by_track(name: str, t: Tables) -> dict[tuple[str, int], float]:
+    values = get(name, "object").fn(t)
+    frames = t.annotations.image_id - 1
+    return {
+        (tr, f): v
+        for tr, f, v in zip(t.annotations.track_id, frames, values, strict=True)
+        if tr is not None
+    }
+
+
+def test_track_gap():
+    t = sequence()
+    gap = by_track("track_gap", t)
+    assert gap[("1", 4)] == 1.0
+    assert [gap[("1", f)] for f in (0, 1, 2, 5)] == [0.0, 0.0, 0.0, 0.0]
+    assert all(gap[("2", f)] == 0.0 for f in range(4))
+    assert np.isnan(get("track_gap", "object").fn(t)[-1])  # no track
+
+
+def test_class_flip():
+    flip = by_track("class_flip", sequence())
+    assert [flip[("2", f)] for f in range(4)] == [0.0, 0.0, 0.0, 1.0]
+    assert all(flip[("1", f)] == 0.0 for f in (0, 1, 2, 4, 5))
+
+
+def test_shape_similarity():
+    shape = by_track("shape_similarity", sequence())
+    assert np.isnan(shape[("3", 0)])  # nothing to compare with
+    assert shape[("3", 1)] == pytest.approx(1.0)  # the same square
+    assert shape[("1", 1)] == pytest.approx(1.0, abs=1e-6)  # the square moved one pixel
+    assert shape[("3", 2)] < 0.9  # square -> triangle
