@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from qm_dagster import storage
-from qm_dagster.embeddings import embed_bgr, phash
+from qm_dagster.embeddings import embed_bgr, gray_thumbnail, phash
 from qm_dagster.metrics.objects import ObjectView
 from qm_dagster.metrics.registry import MetricSpec, get, load_metrics
 from qm_dagster.metrics.view import ImageView
@@ -59,7 +59,7 @@ class PassRequest:
 class ChunkResult:
     images: list[tuple[object, list[float]]] = field(default_factory=list)
     objects: list[tuple[int, object, list[float]]] = field(default_factory=list)
-    embeddings: list[tuple[object, int, np.ndarray]] = field(default_factory=list)
+    embeddings: list[tuple[object, int, np.ndarray, bytes]] = field(default_factory=list)
     object_embeddings: list[tuple[int, object, np.ndarray]] = field(default_factory=list)
     failures: list[tuple[object, str, str]] = field(default_factory=list)
     decoded: int = 0
@@ -127,7 +127,7 @@ def measure_chunk(items: Sequence[ImageItem], request: PassRequest) -> ChunkResu
             values = _values(image_specs, apply_metric, (view,), out.failures, item.image_id)
             out.images.append((item.image_id, values))
         if request.embeddings:
-            out.embeddings.append((item.image_id, phash(bgr), embed_bgr(bgr)))
+            out.embeddings.append((item.image_id, phash(bgr), embed_bgr(bgr), gray_thumbnail(bgr)))
         if request.needs_objects:
             _measure_objects(item, view, object_specs, request, out)
     return out

@@ -157,6 +157,7 @@ def _collect(chunks: list[ChunkResult], image_specs, object_specs, annotations, 
             "image_id": [r[0] for r in emb],
             "phash": np.array([r[1] for r in emb], dtype=np.int64),
             "vector": [r[2] for r in emb],
+            "thumb": [r[3] for r in emb],
         }
     )
     obj_emb = [row for c in chunks for row in c.object_embeddings]
