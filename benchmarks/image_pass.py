@@ -4,6 +4,8 @@ Prints images/s and:
   (a) whole metric pass / decode-only pass          (1 worker; cost of the metrics over decoding)
   (b) one pass per metric / our single pass         (1 worker; the Encord Active way vs ours)
   (c) 1 worker / all workers                        (full pass through the process pool)
+  (d) image + object metrics / image metrics        (1 worker; coco-val2014-fake100 with its
+                                                     839 objects, polygons and RLE)
   peak RSS of the full pass at two dataset sizes    (fresh process per size)
 
 Usage: python benchmarks/image_pass.py [--data ../shared/data] [--repeat 4]
@@ -23,6 +25,7 @@ from pathlib import Path
 # forkserver/spawn do), and a heavy main would be charged to every worker start.
 
 ROOT = Path(__file__).resolve().parents[1]
+ARGS = argparse.Namespace(data=str(ROOT.parent / "shared" / "data"))
 
 
 def real_jpegs(data: Path) -> list[str]:
@@ -60,12 +63,35 @@ def best_of(runs: int, *fns) -> list[float]:
     return best
 
 
+def coco_items():
+    """The coco-val2014-fake100 images present offline, each with its annotated objects."""
+    from qm_dagster.coco import load_json, parse_instances
+    from qm_dagster.decode import ImageItem, ObjectItem
+
+    folder = Path(ARGS.data) / "coco-val2014-fake100"
+    path = folder / "instances_val2014_100.json"
+    coco = parse_instances(load_json(path.read_bytes(), str(path)), str(path))
+    items = []
+    for image_id, name in zip(coco.images.image_id, coco.images.file_name, strict=True):
+        if not (folder / "images" / name).is_file():
+            continue
+        anns = coco.annotations[coco.annotations.image_id == image_id]
+        objects = tuple(
+            ObjectItem(
+                int(a.annotation_id), (a.bbox_x, a.bbox_y, a.bbox_w, a.bbox_h), a.segmentation, {}
+            )
+            for a in anns.itertuples()
+        )
+        items.append(ImageItem(image_id, str(folder / "images" / name), objects))
+    return items
+
+
 def decode_only(items) -> None:
     from qm_dagster.decode import decode
     from qm_dagster.storage import read_bytes
 
-    for _, url in items:
-        decode(read_bytes(url))
+    for item in items:
+        decode(read_bytes(item.url))
 
 
 def rss_of_full_pass(data: str, repeat: int) -> dict[str, float]:
@@ -125,7 +151,8 @@ def rss_probe(files: list[str], repeat: int) -> None:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    result = measure_images(frame, metrics("image"), workers=os.cpu_count() or 1, chunk_size=32)
+    specs = [s for s in metrics("image", ()) if s.reads_pixels or s.reads == "header"]
+    result = measure_images(frame, specs, workers=os.cpu_count() or 1, chunk_size=32)
     done.set()
     sampler.join()
     workers = sorted(peaks.values())
@@ -145,7 +172,7 @@ def main() -> None:
     import cv2
     from PIL import Image
 
-    from qm_dagster.decode import init_worker, measure_chunk
+    from qm_dagster.decode import ImageItem, PassRequest, init_worker, measure_chunk
     from qm_dagster.image_pass import measure_images
     from qm_dagster.metrics import load_metrics, metrics
 
@@ -155,14 +182,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timings per measurement (best kept)")
     parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global ARGS
+    ARGS = args
     if args.rss_probe:
         return rss_probe(real_jpegs(Path(args.data)), args.rss_probe)
 
     load_metrics()
     files = real_jpegs(Path(args.data))
     cores = os.cpu_count() or 1
-    pixel_keys = [s.asset_key for s in metrics("image") if s.reads != "header"]
-    items = [(f, f) for f in files]
+    pixel_keys = [s.asset_key for s in metrics("image", ()) if s.reads_pixels]
+    object_keys = [s.asset_key for s in metrics("object", ()) if s.reads_pixels]
+    items = [ImageItem(f, f) for f in files]
+    image_pass = PassRequest(image_keys=tuple(pixel_keys))
     init_worker(())
     w, h = zip(*(Image.open(f).size for f in files), strict=True)
     print(
@@ -171,16 +202,21 @@ def main() -> None:
     )
 
     t_decode, t_single = best_of(
-        args.runs, lambda: decode_only(items), lambda: measure_chunk(items, pixel_keys)
+        args.runs, lambda: decode_only(items), lambda: measure_chunk(items, image_pass)
     )
-    t_each = sum(best_of(args.runs, *(lambda k=k: measure_chunk(items, [k]) for k in pixel_keys)))
+    t_each = sum(
+        best_of(
+            args.runs,
+            *(lambda k=k: measure_chunk(items, PassRequest(image_keys=(k,))) for k in pixel_keys),
+        )
+    )
     print(f"decode only          : {len(files) / t_decode:7.1f} images/s")
     print(f"single pass, 1 worker: {len(files) / t_single:7.1f} images/s")
     print(f"(a) full pass / decode-only        = {t_single / t_decode:.2f}  (target <= 2.0)")
     print(f"(b) pass per metric / single pass  = {t_each / t_single:.2f}  (target >= 6)")
 
     big = manifest(files, args.repeat)
-    specs = metrics("image")
+    specs = [s for s in metrics("image", ()) if s.reads_pixels or s.reads == "header"]
     t1, tn = best_of(
         args.runs,
         lambda: measure_images(big, specs, workers=1, chunk_size=32),
@@ -191,6 +227,19 @@ def main() -> None:
         f"{cores} workers {len(big) / tn:.1f} images/s"
     )
     print(f"(c) 1 worker / {cores} workers        = {t1 / tn:.2f}  (target >= 1.8 on 2 cores)")
+
+    coco = coco_items()
+    with_objects = PassRequest(image_keys=tuple(pixel_keys), object_keys=tuple(object_keys))
+    t_img, t_obj = best_of(
+        args.runs,
+        lambda: measure_chunk(coco, image_pass),
+        lambda: measure_chunk(coco, with_objects),
+    )
+    n_obj = sum(len(i.objects) for i in coco)
+    print(
+        f"(d) image + {len(object_keys)} object metrics / image metrics = {t_obj / t_img:.2f}  "
+        f"(target <= 1.30; {len(coco)} images, {n_obj} objects)"
+    )
 
     for repeat in (1, args.repeat * 4):
         r = rss_of_full_pass(args.data, repeat)

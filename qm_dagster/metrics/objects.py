@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from qm_dagster.metrics.registry import metric
-from qm_dagster.metrics.view import ImageView
+from qm_dagster.metrics.view import LAPLACIAN_SHIFT, ImageView, cached_property, variance
 
 
 class ObjectView:
@@ -52,27 +52,57 @@ class ObjectView:
     def crop_rgb(self) -> np.ndarray:
         return np.ascontiguousarray(self.roi(self.image.bgr)[:, :, ::-1])
 
-    def masked_moments(self, plane: np.ndarray) -> tuple[float, float]:
-        """Mean and variance of ``plane`` over the mask (NaN for an empty mask)."""
-        if self.pixels == 0:
-            return math.nan, math.nan
-        mean, std = cv2.meanStdDev(self.roi(plane), mask=self.mask)
-        return float(mean[0, 0]), float(std[0, 0]) ** 2
+    def _sum(self, plane: np.ndarray) -> int:
+        """Masked sum of a never-negative plane (its L1 norm), exact. Masked norms are measured
+        10x faster than ``cv2.meanStdDev`` with a mask."""
+        return round(cv2.norm(self.roi(plane), cv2.NORM_L1, self.mask))
 
-    def hue_fraction(self, *bands: tuple[int, int]) -> float:
+    def _squares(self, plane: np.ndarray, other: np.ndarray | None = None) -> int:
+        """Masked sum of squares of ``plane`` (or of ``plane - other``), exact."""
+        if other is None:
+            return round(cv2.norm(self.roi(plane), cv2.NORM_L2SQR, self.mask))
+        return round(cv2.norm(self.roi(plane), self.roi(other), cv2.NORM_L2SQR, self.mask))
+
+    @cached_property
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Means and variances of (gray, Laplacian, rg, yb) over the mask, from exact sums."""
+        n = self.pixels
+        if n == 0:
+            return np.full(4, np.nan), np.full(4, np.nan)
+        image = self.image
+        s_gray, q_gray = self._sum(image.gray), self._squares(image.gray)
+        s_lap = self._sum(image.laplacian_shifted) - LAPLACIAN_SHIFT * n
+        q_lap = self._squares(image.laplacian)
+        b, g, r = image.bgr_planes
+        sb, sg, sr = self._sum(b), self._sum(g), self._sum(r)
+        d_rg, d_rb, d_gb = self._squares(r, g), self._squares(r, b), self._squares(g, b)
+        s_yb2 = sr + sg - 2 * sb  # yb2 = (R - B) + (G - B) = 2 yb
+        q_yb2 = 2 * d_rb + 2 * d_gb - d_rg  # since (R - B) - (G - B) = R - G
+        means = np.array([s_gray, s_lap, sr - sg, s_yb2 / 2]) / n
+        variances = np.array(
+            [
+                variance(n, s_gray, q_gray),
+                variance(n, s_lap, q_lap),
+                variance(n, sr - sg, d_rg),
+                variance(n, s_yb2, q_yb2) / 4,
+            ]
+        )
+        return means, variances
+
+    def hue_fraction(self, code: int) -> float:
+        """Share of the mask's pixels in hue band ``code`` (1 red, 2 green, 3 blue)."""
         if self.pixels == 0:
             return math.nan
-        hue = self.roi(self.image.lit_hue)
-        count = sum(
-            cv2.countNonZero(cv2.bitwise_and(cv2.inRange(hue, lo, hi), self.mask))
-            for lo, hi in bands
-        )
-        return count / self.pixels
+        plane = self.image.band_planes[code]
+        return round(cv2.norm(self.roi(plane), cv2.NORM_L1, self.mask)) / 255 / self.pixels
+
+
+GRAY, LAPLACIAN, RG, YB = range(4)
 
 
 @metric("object", "Mean gray level / 255 inside the object", reads="view", value_range=(0, 1))
 def object_brightness(o: ObjectView) -> float:
-    return o.masked_moments(o.image.gray)[0] / 255.0
+    return o.moments[0][GRAY] / 255.0
 
 
 @metric(
@@ -82,7 +112,7 @@ def object_brightness(o: ObjectView) -> float:
     value_range=(0, 0.5),
 )
 def object_contrast(o: ObjectView) -> float:
-    return math.sqrt(o.masked_moments(o.image.gray)[1]) / 255.0
+    return math.sqrt(o.moments[1][GRAY]) / 255.0
 
 
 @metric(
@@ -92,7 +122,7 @@ def object_contrast(o: ObjectView) -> float:
     value_range=(0, None),
 )
 def object_sharpness(o: ObjectView) -> float:
-    return o.masked_moments(o.image.laplacian)[1]
+    return float(o.moments[1][LAPLACIAN])
 
 
 @metric(
@@ -102,10 +132,8 @@ def object_sharpness(o: ObjectView) -> float:
     value_range=(0, None),
 )
 def object_colorfulness(o: ObjectView) -> float:
-    rg, yb2 = o.image.opponent_planes
-    mean_rg, var_rg = o.masked_moments(rg)
-    mean_yb2, var_yb2 = o.masked_moments(yb2)
-    return math.sqrt(var_rg + var_yb2 / 4) + 0.3 * math.hypot(mean_rg, mean_yb2 / 2)
+    mean, var = o.moments
+    return math.sqrt(var[RG] + var[YB]) + 0.3 * math.hypot(mean[RG], mean[YB])
 
 
 @metric(
@@ -115,14 +143,14 @@ def object_colorfulness(o: ObjectView) -> float:
     value_range=(0, 1),
 )
 def object_red(o: ObjectView) -> float:
-    return o.hue_fraction((0, 10), (170, 179))
+    return o.hue_fraction(1)
 
 
 @metric("object", "Share of the object's pixels that are green", reads="view", value_range=(0, 1))
 def object_green(o: ObjectView) -> float:
-    return o.hue_fraction((35, 75))
+    return o.hue_fraction(2)
 
 
 @metric("object", "Share of the object's pixels that are blue", reads="view", value_range=(0, 1))
 def object_blue(o: ObjectView) -> float:
-    return o.hue_fraction((90, 130))
+    return o.hue_fraction(3)

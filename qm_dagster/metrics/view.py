@@ -14,6 +14,12 @@ import cv2
 import numpy as np
 
 SAT_FLOOR, VAL_FLOOR = 50, 40  # a pixel has a colour (hue) only at S >= 50 and V >= 40
+LAPLACIAN_SHIFT = 1020  # |Laplacian| of 8-bit gray with the 4-neighbour kernel is at most 1020
+HUE_BANDS = {1: ((0, 10), (170, 179)), 2: ((35, 75),), 3: ((90, 130),)}  # red, green, blue
+HUE_BAND_CODES = np.zeros(256, np.uint8)
+for _code, _bands in HUE_BANDS.items():
+    for _lo, _hi in _bands:
+        HUE_BAND_CODES[_lo : _hi + 1] = _code
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,21 @@ class ImageView:
         return rg, yb2
 
     @cached_property
+    def laplacian_shifted(self) -> np.ndarray:
+        """Laplacian + 1020 (never negative), so a masked L1 norm is the masked sum."""
+        return cv2.add(self.laplacian, LAPLACIAN_SHIFT, dtype=cv2.CV_16S)
+
+    @cached_property
+    def band_planes(self) -> dict[int, np.ndarray]:
+        """For each hue band code, 255 where a pixel is in that band, else 0."""
+        return {code: cv2.compare(self.hue_codes, code, cv2.CMP_EQ) for code in HUE_BANDS}
+
+    @cached_property
+    def hue_codes(self) -> np.ndarray:
+        """Per pixel 1 = red, 2 = green, 3 = blue hue band (with the S, V floors), else 0."""
+        return cv2.LUT(self.lit_hue, HUE_BAND_CODES)
+
+    @cached_property
     def bgr_planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(_planes(self.bgr))
 
@@ -161,14 +182,12 @@ class ImageView:
         """Mean and variance of rg = R-G and yb = (R+G)/2-B, from exact channel sums."""
         b, g, r = self.bgr_planes
         sb, sg, sr = (_int(s) for s in cv2.sumElems(self.bgr)[:3])
-        qb, qg, qr = (_int(cv2.norm(p, cv2.NORM_L2SQR)) for p in (b, g, r))
         d_rg = _int(cv2.norm(r, g, cv2.NORM_L2SQR))
         d_rb = _int(cv2.norm(r, b, cv2.NORM_L2SQR))
         d_gb = _int(cv2.norm(g, b, cv2.NORM_L2SQR))
-        c_rg, c_rb, c_gb = (qr + qg - d_rg) // 2, (qr + qb - d_rb) // 2, (qg + qb - d_gb) // 2
         n = self.pixels
-        s_yb2 = sr + sg - 2 * sb  # yb2 = 2*yb = R + G - 2B, an integer
-        q_yb2 = qr + qg + 4 * qb + 2 * c_rg - 4 * c_rb - 4 * c_gb
+        s_yb2 = sr + sg - 2 * sb  # yb2 = 2 yb = (R - B) + (G - B), an integer
+        q_yb2 = 2 * d_rb + 2 * d_gb - d_rg  # sum of yb2^2, since (R - B) - (G - B) = R - G
         return (
             (sr - sg) / n,
             variance(n, sr - sg, d_rg),
