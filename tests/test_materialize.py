@@ -81,6 +81,36 @@ def test_demo_versions(settings):
     annotations = load("dataset/annotations", "train", settings)
     assert set(annotations.category) == {"box", "disc", "triangle"}
 
+    # the demo sequence: track 1 misses frame 4, track 2 turns disc -> box at frame 5,
+    # track 3 turns from a triangle into a box at frame 6
+    frames = load("dataset/manifest", "train", settings).set_index("image_id").frame_index
+    tracks = annotations.set_index("annotation_id").track_id
+
+    def flagged(asset: str) -> set[tuple[str, int]]:
+        table = load(asset, "train", settings)
+        hits = table[table.value > 0]
+        return {
+            (tracks[a], int(frames[i]))
+            for a, i in zip(hits.annotation_id, hits.image_id, strict=True)
+        }
+
+    assert flagged("label/track_gap") == {("1", 5)}
+    assert flagged("label/class_flip") == {("2", 5), ("3", 6)}
+    shape = load("label/shape_similarity", "train", settings).dropna()
+    worst = shape.sort_values("value").iloc[0]
+    assert (tracks[worst.annotation_id], int(frames[worst.image_id])) == ("3", 6)
+
+    # production photos are darkened, blurred, re-cropped copies of the training photos:
+    # found as near duplicates against the reference version
+    duplicates = load("analysis/duplicates", "production", settings)
+    crossing = duplicates.groupby("group").version.nunique()
+    assert (crossing == 2).sum() >= 5
+    assert set(duplicates.kind) == {"near"}
+    assert (
+        load("model/match", "production", settings).value.mean()
+        < load("model/match", "train", settings).value.mean()
+    )
+
 
 def test_subset_computes_only_what_is_selected(settings):
     write_demo(settings.datasets)
