@@ -39,6 +39,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 workers=settings.workers,
                 chunk_size=settings.chunk_size,
                 max_pixels=settings.max_pixels,
+                embedding_provider=settings.embedding_provider,
             ),
             "io_manager": ParquetIOManager(base_url=settings.storage),
         },

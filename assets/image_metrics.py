@@ -9,6 +9,7 @@ import dagster as dg
 
 from assets.metadata import value_summary
 from assets.partitions import dataset_versions
+from qm_dagster.embedding_providers import is_function, precomputed
 from qm_dagster.image_pass import measure_images
 from qm_dagster.metrics.registry import MetricSpec, metrics
 from resources.dataset import QmResource
@@ -99,7 +100,17 @@ def build_image_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.Assets
             annotations=annotations,
             embeddings="data/embeddings" in selected,
             object_embeddings="label/embeddings" in selected,
+            embedder=qm.embedding_provider if is_function(qm.embedding_provider) else "",
         )
+        if (
+            qm.embedding_provider
+            and not is_function(qm.embedding_provider)
+            and ("data/embeddings" in selected)
+        ):
+            names = manifest.set_index("image_id").file_name.reindex(result.embeddings.image_id)
+            result.embeddings["vector"] = precomputed(
+                qm.embedding_provider, context.partition_key, names.to_frame()
+            )
         context.log.info(
             f"{len(chosen)} metrics on {len(manifest)} images: {result.decoded} decoded in "
             f"{result.seconds:.1f}s, {len(result.failures)} failures"

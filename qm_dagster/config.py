@@ -3,7 +3,8 @@
 ``QM_DATASETS`` (dataset root URL), ``QM_STORAGE`` (output base URL), ``QM_CONFIG`` (YAML path,
 default ``qm.yaml`` in the working directory when present). YAML keys: ``datasets``, ``storage``,
 ``workers``, ``chunk_size``, ``max_pixels``, ``metric_modules`` (list of importable modules whose
-``@metric`` functions become assets).
+``@metric`` functions become assets), ``embedding_provider`` (``module:function`` called with each
+RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-in embedding).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Settings:
     chunk_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     metric_modules: tuple[str, ...] = ()
+    embedding_provider: str = ""
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -46,6 +48,7 @@ class Settings:
             "chunk_size": env.get("QM_CHUNK_SIZE"),
             "max_pixels": env.get("QM_MAX_PIXELS"),
             "metric_modules": env.get("QM_METRIC_MODULES"),
+            "embedding_provider": env.get("QM_EMBEDDING_PROVIDER"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from qm_dagster import storage
+from qm_dagster.embedding_providers import load_function
 from qm_dagster.embeddings import embed_bgr, gray_thumbnail, phash
 from qm_dagster.metrics.objects import ObjectView
 from qm_dagster.metrics.registry import MetricSpec, get, load_metrics
@@ -49,6 +50,7 @@ class PassRequest:
     object_keys: tuple[str, ...] = ()
     embeddings: bool = False
     object_embeddings: bool = False
+    embedder: str = ""  # "module:function" of the user's own embedding, else the built-in
 
     @property
     def needs_objects(self) -> bool:
@@ -127,7 +129,12 @@ def measure_chunk(items: Sequence[ImageItem], request: PassRequest) -> ChunkResu
             values = _values(image_specs, apply_metric, (view,), out.failures, item.image_id)
             out.images.append((item.image_id, values))
         if request.embeddings:
-            out.embeddings.append((item.image_id, phash(bgr), embed_bgr(bgr), gray_thumbnail(bgr)))
+            vector = (
+                np.asarray(load_function(request.embedder)(view.rgb), dtype=np.float32)
+                if request.embedder
+                else embed_bgr(bgr)
+            )
+            out.embeddings.append((item.image_id, phash(bgr), vector, gray_thumbnail(bgr)))
         if request.needs_objects:
             _measure_objects(item, view, object_specs, request, out)
     return out

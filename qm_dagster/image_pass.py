@@ -75,6 +75,7 @@ def measure_images(
     annotations: pd.DataFrame | None = None,
     embeddings: bool = False,
     object_embeddings: bool = False,
+    embedder: str = "",
 ) -> PassResult:
     """Compute ``specs`` (image and object level) for the measurable (``ok``) rows of ``manifest``.
 
@@ -96,6 +97,7 @@ def measure_images(
         tuple(s.asset_key for s in object_specs),
         embeddings,
         object_embeddings,
+        embedder,
     )
     result = PassResult(values, pd.DataFrame(columns=FAILURE_COLUMNS), 0, 0.0)
     if image_specs or object_specs or embeddings or object_embeddings:

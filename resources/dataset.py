@@ -17,6 +17,7 @@ class QmResource(dg.ConfigurableResource):
     workers: int = 1
     chunk_size: int = 32
     max_pixels: int = 100_000_000
+    embedding_provider: str = ""
 
     def root(self) -> DatasetRoot:
         return DatasetRoot(self.datasets)

@@ -111,3 +111,44 @@ def test_reference_version_duplicates_and_uniqueness(tmp_path):
     }
     u = uniqueness(pd.concat([ref_emb, cur_emb], ignore_index=True))
     assert u[0] == 0.0 and u[2] == 0.0 and u[1] > 0 and u[3] > 0
+
+
+PROVIDER = """
+import numpy as np
+
+def mean_color(image):
+    return image.reshape(-1, 3).mean(axis=0) / 255.0
+"""
+
+
+def test_embedding_provider_function_and_file(settings, tmp_path, monkeypatch):
+    import dataclasses
+
+    from qm_dagster import load
+    from tests.conftest import materialize_version
+    from tests.images import commit, real_photos, write_image
+
+    (tmp_path / "my_embedder.py").write_text(PROVIDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = Path(settings.datasets) / "v1"
+    photos = real_photos()
+    for name, rgb in photos.items():
+        write_image(folder / "images" / f"{name}.png", rgb)
+    commit(folder)
+    run = dataclasses.replace(settings, embedding_provider="my_embedder:mean_color", workers=2)
+    assert materialize_version(run, "v1").success
+    emb = load("data/embeddings", "v1", run).set_index("image_id")
+    for name, rgb in photos.items():
+        expected = rgb.reshape(-1, 3).mean(axis=0) / 255.0
+        assert np.asarray(emb.vector[f"{name}.png"]) == pytest.approx(expected, rel=1e-6)
+
+    names = sorted(f"{n}.png" for n in photos)
+    pd.DataFrame(
+        {"file_name": names, "vector": [[float(i), 1.0] for i in range(len(names))]}
+    ).to_parquet(tmp_path / "vectors-v1.parquet")
+    run = dataclasses.replace(
+        settings, embedding_provider=str(tmp_path / "vectors-{version}.parquet")
+    )
+    assert materialize_version(run, "v1").success
+    emb = load("data/embeddings", "v1", run).set_index("image_id")
+    assert [list(emb.vector[n]) for n in names] == [[float(i), 1.0] for i in range(len(names))]
