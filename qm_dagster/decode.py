@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from qm_dagster import storage
+from qm_dagster.allocator import tune_for_images
 from qm_dagster.embedding_providers import load_function
 from qm_dagster.embeddings import embed_bgr, gray_thumbnail, phash
 from qm_dagster.metrics.objects import ObjectView
@@ -73,8 +74,10 @@ def decode(data: bytes) -> np.ndarray | None:
 
 
 def init_worker(metric_modules: Sequence[str]) -> None:
-    """Pool initializer: one OpenCV thread per process, and the metric modules imported."""
+    """Pool initializer: one OpenCV thread per process, buffers reused across images, and the
+    metric modules imported."""
     cv2.setNumThreads(1)
+    tune_for_images()
     load_metrics(tuple(metric_modules))
 
 

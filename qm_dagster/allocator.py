@@ -1,0 +1,33 @@
+"""Keep glibc from returning large image buffers to the kernel after every image.
+
+By default glibc serves big allocations (a decoded image, its planes) with fresh ``mmap`` pages
+and unmaps them on free, so every image pays page faults and zeroing for each temporary. Raising
+the mmap and trim thresholds lets freed buffers be reused: measured on the 251 real JPEGs of
+../shared/data, the full metric pass went from 2.35x to 1.83x the decode-only pass. The cost is
+that a worker keeps up to ``TRIM_BYTES`` of freed memory instead of returning it at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_BYTES = 64 * 1024 * 1024  # larger single buffers (over 21 MP RGB) still get their own pages
+TRIM_BYTES = 256 * 1024 * 1024
+
+
+def tune_for_images() -> bool:
+    """Apply the thresholds to this process (glibc only); returns whether it did."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)
+    )
