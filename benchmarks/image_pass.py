@@ -21,10 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-# Only the standard library at module level: pool workers re-import the main script (CPython's
-# forkserver/spawn do), and a heavy main would be charged to every worker start.
+from qm_dagster.config import Settings
+
+# Only the standard library and the light config module at module level: pool workers re-import
+# the main script (CPython's forkserver and spawn do), so a heavy main is paid per worker start.
 
 ROOT = Path(__file__).resolve().parents[1]
+CHUNK = Settings().chunk_size
 ARGS = argparse.Namespace(data=str(ROOT.parent / "shared" / "data"))
 
 
@@ -152,7 +155,7 @@ def rss_probe(files: list[str], repeat: int) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     specs = [s for s in metrics("image", ()) if s.reads_pixels or s.reads == "header"]
-    result = measure_images(frame, specs, workers=os.cpu_count() or 1, chunk_size=32)
+    result = measure_images(frame, specs, workers=os.cpu_count() or 1, chunk_size=CHUNK)
     done.set()
     sampler.join()
     workers = sorted(peaks.values())
@@ -219,8 +222,8 @@ def main() -> None:
     specs = [s for s in metrics("image", ()) if s.reads_pixels or s.reads == "header"]
     t1, tn = best_of(
         args.runs,
-        lambda: measure_images(big, specs, workers=1, chunk_size=32),
-        lambda: measure_images(big, specs, workers=cores, chunk_size=32),
+        lambda: measure_images(big, specs, workers=1, chunk_size=CHUNK),
+        lambda: measure_images(big, specs, workers=cores, chunk_size=CHUNK),
     )
     print(
         f"full pass, {len(big)} images: 1 worker {len(big) / t1:.1f} images/s, "

@@ -28,7 +28,7 @@ class Settings:
     datasets: str = f"{DEFAULT_HOME}/datasets"
     storage: str = f"{DEFAULT_HOME}/storage"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    chunk_size: int = 32
+    chunk_size: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
     metric_modules: tuple[str, ...] = ()
     embedding_provider: str = ""

@@ -71,7 +71,7 @@ def measure_images(
     manifest: pd.DataFrame,
     specs: Sequence[MetricSpec],
     workers: int = 1,
-    chunk_size: int = 32,
+    chunk_size: int = 16,
     annotations: pd.DataFrame | None = None,
     embeddings: bool = False,
     object_embeddings: bool = False,

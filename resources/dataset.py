@@ -15,7 +15,7 @@ class QmResource(dg.ConfigurableResource):
     datasets: str
     storage: str = ""
     workers: int = 1
-    chunk_size: int = 32
+    chunk_size: int = 16
     max_pixels: int = 100_000_000
     embedding_provider: str = ""
 
