@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.analysis import build_analysis_assets
 from assets.dataset import dataset_manifest
 from assets.image_metrics import build_image_metrics_asset
 from assets.similarity import analysis_duplicates, data_uniqueness
@@ -31,6 +32,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             build_model_metrics_asset(settings.metric_modules),
             data_uniqueness,
             analysis_duplicates,
+            *build_analysis_assets(settings.metric_modules),
         ],
         resources={
             "qm": QmResource(

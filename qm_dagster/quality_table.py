@@ -1,0 +1,68 @@
+"""The wide quality tables users slice: one per level, every metric a column.
+
+``image``: the manifest's columns, every image-level metric, and per-image aggregates of the
+object and prediction metrics; ``object``: each annotation with its label metrics and its image's
+metrics; ``prediction``: each prediction with its model metrics and its image's metrics. Column
+names are asset keys (``data/brightness``); aggregates add ``:mean`` / ``:min`` / ``:max``, and
+model columns carry the model after ``@``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+IMAGE_BASE = ["image_id", "file_name", "width", "height", "ok", "video_id", "frame_index"]
+OBJECT_BASE = ["annotation_id", "image_id", "category", "iscrowd"]
+PREDICTION_BASE = ["model", "prediction_id", "image_id", "category", "score"]
+
+
+def _values(frame: pd.DataFrame, keys: list[str], name: str) -> pd.Series:
+    return frame.set_index(keys)["value"].rename(name)
+
+
+def image_table(manifest: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per image: base columns, image metrics, object and prediction aggregates."""
+    table = manifest[[c for c in IMAGE_BASE if c in manifest.columns]].set_index("image_id")
+    for key, frame in sorted(metrics.items()):
+        if frame.empty:
+            continue
+        if key.startswith("data/") and "value" in frame:
+            table = table.join(_values(frame, ["image_id"], key))
+        elif key.startswith("label/") and "annotation_id" in frame:
+            stats = frame.groupby("image_id").value.agg(["mean", "min", "max"])
+            table = table.join(stats.add_prefix(f"{key}:"))
+        elif key.startswith("model/"):
+            for model, rows in frame.groupby("model"):
+                if "prediction_id" in rows:
+                    stats = rows.groupby("image_id").value.agg(["mean", "min", "max"])
+                    table = table.join(stats.add_prefix(f"{key}@{model}:"))
+                else:
+                    table = table.join(_values(rows, ["image_id"], f"{key}@{model}"))
+    return table.reset_index()
+
+
+def object_table(annotations: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per annotation: base columns, label metrics, and its image's metrics."""
+    table = annotations[[c for c in OBJECT_BASE if c in annotations.columns]]
+    table = table.set_index("annotation_id")
+    for key, frame in sorted(metrics.items()):
+        if key.startswith("label/") and "annotation_id" in frame and not frame.empty:
+            table = table.join(_values(frame, ["annotation_id"], key))
+    return _with_image_metrics(table.reset_index(), metrics)
+
+
+def prediction_table(predictions: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per prediction of every model: base columns, model metrics, its image's metrics."""
+    table = predictions[[c for c in PREDICTION_BASE if c in predictions.columns]]
+    table = table.set_index(["model", "prediction_id"])
+    for key, frame in sorted(metrics.items()):
+        if key.startswith("model/") and "prediction_id" in frame and not frame.empty:
+            table = table.join(_values(frame, ["model", "prediction_id"], key))
+    return _with_image_metrics(table.reset_index(), metrics)
+
+
+def _with_image_metrics(table: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    for key, frame in sorted(metrics.items()):
+        if key.startswith("data/") and "value" in frame and not frame.empty:
+            table = table.join(_values(frame, ["image_id"], key), on="image_id")
+    return table
