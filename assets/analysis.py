@@ -5,9 +5,12 @@ import pandas as pd
 
 from assets.metadata import table_preview
 from assets.partitions import dataset_versions
+from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
+from qm_dagster.drift import domain_classifier, label_drift, table_drift
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.outliers import all_outliers, multivariate_scores
 from qm_dagster.quality_table import image_table, object_table, prediction_table
+from resources.dataset import QmResource
 
 EXTRA_METRIC_ASSETS = ("data/uniqueness",)
 
@@ -95,7 +98,7 @@ def build_analysis_assets(metric_modules: tuple[str, ...] = ()) -> list[dg.Asset
             },
         )
 
-    return [quality_tables, analysis_outliers]
+    return [quality_tables, analysis_outliers, analysis_drift]
 
 
 def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
@@ -112,4 +115,62 @@ def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.
             "value": scores.score.to_numpy()[hit],
             "severity": "moderate",
         }
+    )
+
+
+@dg.asset(
+    key=["analysis", "drift"],
+    partitions_def=dataset_versions,
+    group_name="analysis",
+    ins={
+        "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
+        "object_table": dg.AssetIn(key=["analysis", "quality_table", "object"]),
+    },
+    code_version="1",
+    kinds={"python", "scipy"},
+)
+def analysis_drift(context: dg.AssetExecutionContext, qm: QmResource, image_table, object_table):
+    """This version against its reference (version.json ``reference``): per metric KS, p-value,
+    Wasserstein/std, PSI and JS with a size-aware verdict; class shares; a domain classifier."""
+    reference = qm.version(context.partition_key).meta().reference
+    empty = pd.DataFrame(columns=DRIFT_COLUMNS)
+    if not reference:
+        return dg.Output(empty, metadata={"reference": "", "note": "no reference version"})
+    ref_images = qm.stored("analysis/quality_table/image", reference)
+    ref_objects = qm.stored("analysis/quality_table/object", reference)
+    if ref_images is None or ref_objects is None:
+        raise dg.Failure(
+            f"reference version {reference!r} has no quality tables yet: materialize it first"
+        )
+    image_cols = [
+        c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
+    ]
+    object_cols = [c for c in object_table.columns if c.startswith("label/")]
+    frame = pd.concat(
+        [
+            table_drift(ref_images, image_table, image_cols).assign(level="image"),
+            table_drift(ref_objects, object_table, object_cols).assign(level="object"),
+            pd.DataFrame([label_drift(ref_objects.category, object_table.category)]).assign(
+                level="object"
+            ),
+            pd.DataFrame([domain_classifier(ref_images, image_table, image_cols)]).assign(
+                level="image"
+            ),
+        ],
+        ignore_index=True,
+    )
+    drifted = frame[frame.verdict == "drift"].metric.tolist()
+    return dg.Output(
+        frame,
+        metadata={
+            "reference": reference,
+            "drifted": len(drifted),
+            "drifted metrics": dg.MetadataValue.md(", ".join(drifted) or "_none_"),
+            "table": table_preview(
+                frame[
+                    ["level", "metric", "statistic", "p_value", "psi", "wasserstein_std", "verdict"]
+                ],
+                limit=80,
+            ),
+        },
     )
