@@ -1,0 +1,97 @@
+"""Sliced evaluation equals pycocotools: the published cocoapi figures, an image slice against a
+fresh evaluation of that subset, COCO's own size buckets; VOC AP equals the published toy values."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from qm_dagster.evaluation import VocBox, area_buckets, evaluate, image_slice, voc_ap, whole
+from qm_dagster.importers.readers import read_txt_dir, read_voc_dir
+from tests.conftest import shared
+
+
+@pytest.fixture(scope="module")
+def coco():
+    src = shared("coco-val2014-fake100")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(src / "instances_val2014_100.json"))
+        dt = gt.loadRes(str(src / "results" / "instances_val2014_fakebbox100_results.json"))
+    reference = json.loads((src / "REFERENCE.json").read_text())["published"]
+    return gt, dt, reference["bbox_full_faster_coco_eval"]
+
+
+def test_whole_dataset_equals_published_cocoapi(coco):
+    gt, dt, published = coco
+    summary = whole(evaluate(gt, dt))
+    assert [summary[k] for k in ("AP", "AP50", "AP75")] == pytest.approx(published[:3], abs=1e-12)
+    assert summary["AR100"] == pytest.approx(published[8], abs=1e-12)
+
+
+def test_image_slice_equals_fresh_pycocotools_on_the_subset(coco):
+    gt, dt, _ = coco
+    ev = evaluate(gt, dt)
+    subset = sorted(gt.getImgIds())[::3]
+    ours = image_slice(ev, subset)
+    fresh = COCOeval(gt, dt, "bbox")
+    fresh.params.imgIds = subset
+    with contextlib.redirect_stdout(io.StringIO()):
+        fresh.evaluate()
+        fresh.accumulate()
+        fresh.summarize()
+    assert [ours[k] for k in ("AP", "AP50", "AP75", "AR100")] == pytest.approx(
+        [fresh.stats[0], fresh.stats[1], fresh.stats[2], fresh.stats[8]], abs=1e-12
+    )
+    # and it really is a different number from the whole version
+    assert abs(ours["AP"] - whole(evaluate(gt, dt))["AP"]) > 1e-3
+
+
+def test_object_area_buckets_reproduce_coco_small_medium_large(coco):
+    gt, dt, published = coco
+    gt_area = {i: a["area"] for i, a in gt.anns.items()}
+    dt_area = {i: a["area"] for i, a in dt.anns.items()}
+    buckets = area_buckets(gt, dt, gt_area, dt_area, [0, 32**2, 96**2, 1e5**2])
+    assert [b["AP"] for b in buckets] == pytest.approx(published[3:6], abs=1e-12)
+
+
+def _toy():
+    src = shared("rafael-toy-voc10")
+    gts = [
+        VocBox(img, b.category, (b.x, b.y, b.w, b.h), difficult=b.difficult)
+        for img, boxes in read_voc_dir(str(src / "gts_vocpascal_format")).items()
+        for b in boxes
+    ]
+    dets = [
+        VocBox(img, b.category, (b.x, b.y, b.w, b.h), score=b.score)
+        for img, boxes in read_txt_dir(str(src / "dets_classname_abs_xyx2y2"), "xyxy", True).items()
+        for b in boxes
+    ]
+    return gts, dets
+
+
+@pytest.mark.parametrize(
+    ("iou", "interpolation", "published"),
+    [(0.5, "11", 88.64), (0.5, "all", 89.58), (0.75, "11", 49.24), (0.75, "all", 50.97)],
+)
+def test_voc_ap_equals_published_toy_example(iou, interpolation, published):
+    gts, dets = _toy()
+    ap = voc_ap(gts, dets, iou=iou, interpolation=interpolation)
+    assert round(100 * ap["cat"], 2) == published
+
+
+def test_voc_all_point_by_hand():
+    gts = [VocBox(1, "a", (0, 0, 10, 10)), VocBox(2, "a", (0, 0, 10, 10))]
+    dets = [
+        VocBox(1, "a", (0, 0, 10, 10), 0.9),
+        VocBox(1, "a", (50, 50, 5, 5), 0.8),
+        VocBox(2, "a", (0, 0, 10, 10), 0.7),
+    ]
+    # precision/recall: (1, .5), (.5, .5), (.667, 1) -> all-point AP = .5*1 + .5*.667
+    assert voc_ap(gts, dets)["a"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert np.isfinite(voc_ap(gts, dets, interpolation="11")["a"])
