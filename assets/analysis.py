@@ -10,6 +10,7 @@ from qm_dagster.drift import domain_classifier, label_drift, table_drift
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.outliers import all_outliers, multivariate_scores
 from qm_dagster.quality_table import image_table, object_table, prediction_table
+from qm_dagster.sliced import sliced_evaluation
 from resources.dataset import QmResource
 
 EXTRA_METRIC_ASSETS = ("data/uniqueness",)
@@ -98,7 +99,7 @@ def build_analysis_assets(metric_modules: tuple[str, ...] = ()) -> list[dg.Asset
             },
         )
 
-    return [quality_tables, analysis_outliers, analysis_drift]
+    return [quality_tables, analysis_outliers, analysis_drift, analysis_sliced_evaluation]
 
 
 def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
@@ -171,6 +172,38 @@ def analysis_drift(context: dg.AssetExecutionContext, qm: QmResource, image_tabl
                     ["level", "metric", "statistic", "p_value", "psi", "wasserstein_std", "verdict"]
                 ],
                 limit=80,
+            ),
+        },
+    )
+
+
+@dg.asset(
+    key=["analysis", "sliced_evaluation"],
+    partitions_def=dataset_versions,
+    group_name="analysis",
+    ins={
+        "manifest": dg.AssetIn(key=["dataset", "manifest"]),
+        "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+        "categories": dg.AssetIn(key=["dataset", "categories"]),
+        "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+        "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
+    },
+    code_version="1",
+    kinds={"python", "pycocotools"},
+)
+def analysis_sliced_evaluation(manifest, annotations, categories, predictions, image_table):
+    """Per model: COCO AP, AP50, AP75, AR100 and TP/FP/FN, precision, recall, F1 (score >= 0.5) on
+    the whole version, on each quantile bucket of each image metric, and on COCO's size buckets
+    of object_area. One pycocotools evaluation per model; slices re-use its matching."""
+    frame = sliced_evaluation(manifest, annotations, categories, predictions, image_table)
+    overall = frame[frame.metric == "all"]
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            **{f"AP {m}": float(ap) for m, ap in zip(overall.model, overall.AP, strict=True)},
+            "overall": table_preview(
+                overall[["model", "AP", "AP50", "AP75", "AR100", "precision", "recall", "f1"]]
             ),
         },
     )

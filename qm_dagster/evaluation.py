@@ -35,7 +35,7 @@ def evaluate(gt: COCO, dt: COCO, iou_type: str = "bbox") -> COCOeval:
     return ev
 
 
-def _summarize(ev: COCOeval, area: int = 0, max_dets: int = 100) -> dict[str, float]:
+def summarize(ev: COCOeval, area: int = 0, max_dets: int = 100) -> dict[str, float]:
     """AP, AP50, AP75 and AR@max_dets of an accumulated evaluation, computed exactly as
     ``COCOeval.summarize`` does (mean over the entries > -1, else -1)."""
     p = ev.params
@@ -60,7 +60,7 @@ def _summarize(ev: COCOeval, area: int = 0, max_dets: int = 100) -> dict[str, fl
 def whole(ev: COCOeval) -> dict[str, float]:
     """Summary of the whole evaluation (``accumulate`` on all images)."""
     quiet(ev.accumulate)
-    return _summarize(ev)
+    return summarize(ev)
 
 
 def image_subset(ev: COCOeval, img_ids: list[int]) -> COCOeval:
@@ -86,7 +86,7 @@ def image_subset(ev: COCOeval, img_ids: list[int]) -> COCOeval:
 
 
 def image_slice(ev: COCOeval, img_ids: list[int]) -> dict[str, float]:
-    return _summarize(image_subset(ev, img_ids)) if img_ids else dict.fromkeys(SUMMARY, -1.0)
+    return summarize(image_subset(ev, img_ids)) if img_ids else dict.fromkeys(SUMMARY, -1.0)
 
 
 def counts(ev: COCOeval, score: float = 0.5, iou: float = 0.5) -> dict[str, int]:
@@ -131,7 +131,7 @@ def area_buckets(
     ev.params.areaRngLbl = ["all"] + [f"b{i}" for i in range(len(edges) - 1)]
     quiet(ev.evaluate)
     quiet(ev.accumulate)
-    return [_summarize(ev, area=a + 1) for a in range(len(edges) - 1)]
+    return [summarize(ev, area=a + 1) for a in range(len(edges) - 1)]
 
 
 @dataclass

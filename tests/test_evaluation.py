@@ -95,3 +95,52 @@ def test_voc_all_point_by_hand():
     # precision/recall: (1, .5), (.5, .5), (.667, 1) -> all-point AP = .5*1 + .5*.667
     assert voc_ap(gts, dets)["a"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert np.isfinite(voc_ap(gts, dets, interpolation="11")["a"])
+
+
+def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
+    import pandas as pd
+
+    from qm_dagster.dataset import DatasetRoot
+    from qm_dagster.importers import ImportSpec, import_version
+    from qm_dagster.manifest import build_manifest
+    from qm_dagster.sliced import sliced_evaluation
+
+    gt, dt, published = coco
+    src = shared("coco-val2014-fake100")
+    import_version(
+        ImportSpec(
+            images=str(src / "images"),
+            format="coco",
+            labels=str(src / "instances_val2014_100.json"),
+            predictions=str(src / "results" / "instances_val2014_fakebbox100_results.json"),
+            pred_format="coco",
+            model="fake",
+        ),
+        str(tmp_path),
+        "v",
+    )
+    version = DatasetRoot(str(tmp_path)).version("v")
+    tables = version.instances()
+    manifest = build_manifest(version, 10**8, table=tables.images).images
+    preds = version.predictions("fake", tables)
+    ids = sorted(gt.getImgIds())
+    image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
+    frame = sliced_evaluation(manifest, tables.annotations, tables.categories, preds, image_table)
+    overall = frame[frame.metric == "all"].iloc[0]
+    whole_version = [overall["AP"], overall["AP50"], overall["AP75"]]
+    assert whole_version == pytest.approx(published[:3], abs=1e-12)
+    bucket = frame[(frame.metric == "data/x") & (frame.bucket == 1)].iloc[0]
+    subset = [
+        i for i, x in zip(ids, image_table["data/x"], strict=True) if bucket.lo <= x < bucket.hi
+    ]
+    fresh = COCOeval(gt, dt, "bbox")
+    fresh.params.imgIds = subset
+    with contextlib.redirect_stdout(io.StringIO()):
+        fresh.evaluate()
+        fresh.accumulate()
+        fresh.summarize()
+    assert bucket.n_images == len(subset) == 20
+    sliced = [bucket["AP"], bucket["AP50"], bucket["AR100"]]
+    assert sliced == pytest.approx([fresh.stats[0], fresh.stats[1], fresh.stats[8]], abs=1e-12)
+    sizes = frame[frame.metric == "label/object_area"].AP.tolist()
+    assert sizes == pytest.approx(published[3:6], abs=1e-12)
