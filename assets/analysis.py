@@ -7,6 +7,8 @@ from assets.metadata import table_preview
 from assets.partitions import dataset_versions
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
 from qm_dagster.drift import domain_classifier, label_drift, table_drift
+from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
+from qm_dagster.label_errors import label_errors
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.outliers import all_outliers, multivariate_scores
 from qm_dagster.quality_table import image_table, object_table, prediction_table
@@ -99,7 +101,13 @@ def build_analysis_assets(metric_modules: tuple[str, ...] = ()) -> list[dg.Asset
             },
         )
 
-    return [quality_tables, analysis_outliers, analysis_drift, analysis_sliced_evaluation]
+    return [
+        quality_tables,
+        analysis_outliers,
+        analysis_drift,
+        analysis_sliced_evaluation,
+        analysis_label_errors,
+    ]
 
 
 def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
@@ -140,9 +148,11 @@ def analysis_drift(context: dg.AssetExecutionContext, qm: QmResource, image_tabl
     ref_images = qm.stored("analysis/quality_table/image", reference)
     ref_objects = qm.stored("analysis/quality_table/object", reference)
     if ref_images is None or ref_objects is None:
-        raise dg.Failure(
-            f"reference version {reference!r} has no quality tables yet: materialize it first"
+        context.log.warning(
+            f"reference {reference!r} has no quality tables yet; drift is empty "
+            "until the reference is materialized and this asset re-runs"
         )
+        return dg.Output(empty, metadata={"reference": reference, "reference materialized": False})
     image_cols = [
         c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
     ]
@@ -204,6 +214,38 @@ def analysis_sliced_evaluation(manifest, annotations, categories, predictions, i
             **{f"AP {m}": float(ap) for m, ap in zip(overall.model, overall.AP, strict=True)},
             "overall": table_preview(
                 overall[["model", "AP", "AP50", "AP75", "AR100", "precision", "recall", "f1"]]
+            ),
+        },
+    )
+
+
+@dg.asset(
+    key=["analysis", "label_errors"],
+    partitions_def=dataset_versions,
+    group_name="analysis",
+    ins={
+        "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+        "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+    },
+    code_version="1",
+    kinds={"python", "pandas"},
+)
+def analysis_label_errors(annotations, predictions):
+    """A ranked review queue of likely label mistakes — missing, spurious, wrong class, badly
+    located — from each model's confident disagreements with the labels, with the evidence."""
+    frame = (
+        label_errors(annotations, predictions)
+        if len(predictions) and len(annotations)
+        else (pd.DataFrame(columns=LABEL_ERROR_COLUMNS))
+    )
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            **{f"{k} candidates": int(v) for k, v in frame.kind.value_counts().items()},
+            "top of the queue": table_preview(
+                frame[["kind", "score", "image_id", "category", "predicted_category", "evidence"]],
+                limit=15,
             ),
         },
     )
