@@ -64,23 +64,25 @@ def whole(ev: COCOeval) -> dict[str, float]:
 
 
 def image_subset(ev: COCOeval, img_ids: list[int]) -> COCOeval:
-    """An accumulated evaluation of ``img_ids`` only, reusing ``ev``'s per-image matching."""
+    """An accumulated evaluation of ``img_ids`` only (area "all", maxDets 100), reusing ``ev``'s
+    per-image matching: accumulating only what the summary reads is measured several times
+    faster than all areas and maxDets, with identical precision and recall for those."""
     p = ev._paramsEval
     index = {i: n for n, i in enumerate(p.imgIds)}
     subset = [i for i in img_ids if i in index]
     n_img, n_area = len(p.imgIds), len(p.areaRng)
+    a_all = 0  # COCO's first area range is "all"
     sub = copy.copy(ev)
     sub.params = copy.deepcopy(ev.params)
-    sub.params.imgIds = subset
     sub._paramsEval = copy.deepcopy(p)
-    sub._paramsEval.imgIds = subset
+    for params in (sub.params, sub._paramsEval):
+        params.imgIds = subset
+        params.areaRng = [p.areaRng[a_all]]
+        params.areaRngLbl = [p.areaRngLbl[a_all]]
+        params.maxDets = [p.maxDets[-1]]
     cats = p.catIds if p.useCats else [-1]
-    sub.evalImgs = [
-        ev.evalImgs[k * n_area * n_img + a * n_img + index[i]]
-        for k in range(len(cats))
-        for a in range(n_area)
-        for i in subset
-    ]
+    sub.evalImgs = [ev.evalImgs[k * n_area * n_img + a_all * n_img + index[i]]
+                    for k in range(len(cats)) for i in subset]
     quiet(sub.accumulate)
     return sub
 
