@@ -13,6 +13,7 @@ from assets.table_metrics import (
     build_model_metrics_asset,
     dataset_predictions,
 )
+from qm_dagster.checks import load_checks
 from qm_dagster.config import Settings
 from qm_dagster.metrics import load_metrics
 from resources.dataset import QmResource
@@ -23,6 +24,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Definitions for ``settings`` (environment + QM_CONFIG by default)."""
     settings = settings or Settings.load()
     load_metrics(settings.metric_modules)
+    checks = tuple(load_checks(settings.checks)) if settings.checks else ()
     return dg.Definitions(
         assets=[
             dataset_manifest,
@@ -32,7 +34,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             build_model_metrics_asset(settings.metric_modules),
             data_uniqueness,
             analysis_duplicates,
-            *build_analysis_assets(settings.metric_modules),
+            *build_analysis_assets(settings.metric_modules, checks),
         ],
         resources={
             "qm": QmResource(

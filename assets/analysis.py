@@ -5,6 +5,8 @@ import pandas as pd
 
 from assets.metadata import table_preview
 from assets.partitions import dataset_versions
+from qm_dagster.checks import Check
+from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
 from qm_dagster.drift import domain_classifier, label_drift, table_drift
 from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
@@ -31,7 +33,11 @@ def _by_key(inputs: dict[str, pd.DataFrame], keys: list[str]) -> dict[str, pd.Da
     return {k: inputs[k.replace("/", "__")] for k in keys}
 
 
-def build_analysis_assets(metric_modules: tuple[str, ...] = ()) -> list[dg.AssetsDefinition]:
+def build_analysis_assets(
+    metric_modules: tuple[str, ...] = (), checks: tuple[Check, ...] = ()
+) -> list[dg.AssetsDefinition]:
+    """The analysis assets; ``checks`` (from the checks YAML) become asset checks of the assets
+    they target, evaluated per version when the asset materializes."""
     keys = metric_keys(metric_modules)
     base = {
         "manifest": dg.AssetIn(key=["dataset", "manifest"]),
@@ -72,6 +78,7 @@ def build_analysis_assets(metric_modules: tuple[str, ...] = ()) -> list[dg.Asset
 
     @dg.asset(
         key=["analysis", "outliers"],
+        check_specs=_check_specs(checks, "analysis/outliers"),
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
@@ -92,12 +99,158 @@ def build_analysis_assets(metric_modules: tuple[str, ...] = ()) -> list[dg.Asset
         ]
         frame = pd.concat([tukey, *multi], ignore_index=True)
         counts = frame.groupby(["metric", "severity"]).size().unstack(fill_value=0)
-        return dg.Output(
+        yield from _checked(checks, "analysis/outliers", frame, len(image_table))
+        yield dg.Output(
             frame,
             metadata={
                 "dagster/row_count": len(frame),
                 "severe": int((frame.severity == "severe").sum()),
                 "per metric": table_preview(counts.reset_index(), limit=60),
+            },
+        )
+
+    @dg.asset(
+        key=["analysis", "drift"],
+        check_specs=_check_specs(checks, "analysis/drift"),
+        partitions_def=dataset_versions,
+        group_name="analysis",
+        ins={
+            "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
+            "object_table": dg.AssetIn(key=["analysis", "quality_table", "object"]),
+        },
+        code_version="1",
+        kinds={"python", "scipy"},
+    )
+    def analysis_drift(
+        context: dg.AssetExecutionContext, qm: QmResource, image_table, object_table
+    ):
+        """This version against its reference (version.json ``reference``): per metric KS, p-value,
+        Wasserstein/std, PSI and JS with a size-aware verdict; class shares; a domain classifier."""
+        reference = qm.version(context.partition_key).meta().reference
+        empty = pd.DataFrame(columns=DRIFT_COLUMNS)
+        if not reference:
+            yield from _checked(checks, "analysis/drift", empty)
+            yield dg.Output(empty, metadata={"reference": "", "note": "no reference version"})
+            return
+        ref_images = qm.stored("analysis/quality_table/image", reference)
+        ref_objects = qm.stored("analysis/quality_table/object", reference)
+        if ref_images is None or ref_objects is None:
+            context.log.warning(
+                f"reference {reference!r} has no quality tables yet; drift is empty "
+                "until the reference is materialized and this asset re-runs"
+            )
+            yield from _checked(checks, "analysis/drift", empty)
+            yield dg.Output(
+                empty, metadata={"reference": reference, "reference materialized": False}
+            )
+            return
+        image_cols = [
+            c
+            for c in image_table.columns
+            if c.startswith("data/") and "@" not in c and ":" not in c
+        ]
+        object_cols = [c for c in object_table.columns if c.startswith("label/")]
+        frame = pd.concat(
+            [
+                table_drift(ref_images, image_table, image_cols).assign(level="image"),
+                table_drift(ref_objects, object_table, object_cols).assign(level="object"),
+                pd.DataFrame([label_drift(ref_objects.category, object_table.category)]).assign(
+                    level="object"
+                ),
+                pd.DataFrame([domain_classifier(ref_images, image_table, image_cols)]).assign(
+                    level="image"
+                ),
+            ],
+            ignore_index=True,
+        )
+        drifted = frame[frame.verdict == "drift"].metric.tolist()
+        yield from _checked(checks, "analysis/drift", frame)
+        yield dg.Output(
+            frame,
+            metadata={
+                "reference": reference,
+                "drifted": len(drifted),
+                "drifted metrics": dg.MetadataValue.md(", ".join(drifted) or "_none_"),
+                "table": table_preview(
+                    frame[
+                        [
+                            "level",
+                            "metric",
+                            "statistic",
+                            "p_value",
+                            "psi",
+                            "wasserstein_std",
+                            "verdict",
+                        ]
+                    ],
+                    limit=80,
+                ),
+            },
+        )
+
+    @dg.asset(
+        key=["analysis", "sliced_evaluation"],
+        check_specs=_check_specs(checks, "analysis/sliced_evaluation"),
+        partitions_def=dataset_versions,
+        group_name="analysis",
+        ins={
+            "manifest": dg.AssetIn(key=["dataset", "manifest"]),
+            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+            "categories": dg.AssetIn(key=["dataset", "categories"]),
+            "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+            "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
+        },
+        code_version="1",
+        kinds={"python", "pycocotools"},
+    )
+    def analysis_sliced_evaluation(manifest, annotations, categories, predictions, image_table):
+        """Per model: COCO AP, AP50, AP75, AR100 and TP/FP/FN, precision, recall, F1 (score >= 0.5) on
+        the whole version, on each quantile bucket of each image metric, and on COCO's size buckets
+        of object_area. One pycocotools evaluation per model; slices re-use its matching."""
+        frame = sliced_evaluation(manifest, annotations, categories, predictions, image_table)
+        overall = frame[frame.metric == "all"]
+        yield from _checked(checks, "analysis/sliced_evaluation", frame)
+        yield dg.Output(
+            frame,
+            metadata={
+                "dagster/row_count": len(frame),
+                **{f"AP {m}": float(ap) for m, ap in zip(overall.model, overall.AP, strict=True)},
+                "overall": table_preview(
+                    overall[["model", "AP", "AP50", "AP75", "AR100", "precision", "recall", "f1"]]
+                ),
+            },
+        )
+
+    @dg.asset(
+        key=["analysis", "label_errors"],
+        partitions_def=dataset_versions,
+        group_name="analysis",
+        ins={
+            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+            "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+        },
+        code_version="1",
+        kinds={"python", "pandas"},
+    )
+    def analysis_label_errors(annotations, predictions):
+        """A ranked review queue of likely label mistakes — missing, spurious, wrong class, badly
+        located — from each model's confident disagreements with the labels, with the evidence."""
+        frame = (
+            label_errors(annotations, predictions)
+            if len(predictions) and len(annotations)
+            else (pd.DataFrame(columns=LABEL_ERROR_COLUMNS))
+        )
+        return dg.Output(
+            frame,
+            metadata={
+                "dagster/row_count": len(frame),
+                **{f"{k} candidates": int(v) for k, v in frame.kind.value_counts().items()},
+                "top of the queue": table_preview(
+                    frame[
+                        ["kind", "score", "image_id", "category", "predicted_category", "evidence"]
+                    ],
+                    limit=15,
+                ),
             },
         )
 
@@ -108,6 +261,41 @@ def build_analysis_assets(metric_modules: tuple[str, ...] = ()) -> list[dg.Asset
         analysis_sliced_evaluation,
         analysis_label_errors,
     ]
+
+
+def _check_specs(checks: tuple[Check, ...], key: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(c.name, asset=key.split("/"), description=c.description or _describe(c))
+        for c in checks
+        if c.asset_key == key
+    ]
+
+
+def _describe(c: Check) -> str:
+    if c.target == "drift":
+        return f"no drift on {c.metric} against the reference"
+    target = (
+        f"{c.model} on {c.metric or 'all'} bucket {c.bucket}"
+        if c.target == "sliced_evaluation"
+        else "images"
+    )
+    return f"{c.stat} of {target} {c.op} {c.value} ({c.severity})"
+
+
+def _checked(checks: tuple[Check, ...], key: str, frame: pd.DataFrame, images: int | None = None):
+    """The results of the checks on ``key``, evaluated on this version's table."""
+    for c in (c for c in checks if c.asset_key == key):
+        outcome = evaluate_check(c, frame, images)
+        yield dg.AssetCheckResult(
+            check_name=c.name,
+            asset_key=key.split("/"),
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity[c.severity],
+            metadata={
+                "measured": dg.MetadataValue.text(outcome.text),
+                **({"value": float(outcome.measured)} if outcome.measured is not None else {}),
+            },
+        )
 
 
 def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
@@ -124,128 +312,4 @@ def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.
             "value": scores.score.to_numpy()[hit],
             "severity": "moderate",
         }
-    )
-
-
-@dg.asset(
-    key=["analysis", "drift"],
-    partitions_def=dataset_versions,
-    group_name="analysis",
-    ins={
-        "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
-        "object_table": dg.AssetIn(key=["analysis", "quality_table", "object"]),
-    },
-    code_version="1",
-    kinds={"python", "scipy"},
-)
-def analysis_drift(context: dg.AssetExecutionContext, qm: QmResource, image_table, object_table):
-    """This version against its reference (version.json ``reference``): per metric KS, p-value,
-    Wasserstein/std, PSI and JS with a size-aware verdict; class shares; a domain classifier."""
-    reference = qm.version(context.partition_key).meta().reference
-    empty = pd.DataFrame(columns=DRIFT_COLUMNS)
-    if not reference:
-        return dg.Output(empty, metadata={"reference": "", "note": "no reference version"})
-    ref_images = qm.stored("analysis/quality_table/image", reference)
-    ref_objects = qm.stored("analysis/quality_table/object", reference)
-    if ref_images is None or ref_objects is None:
-        context.log.warning(
-            f"reference {reference!r} has no quality tables yet; drift is empty "
-            "until the reference is materialized and this asset re-runs"
-        )
-        return dg.Output(empty, metadata={"reference": reference, "reference materialized": False})
-    image_cols = [
-        c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
-    ]
-    object_cols = [c for c in object_table.columns if c.startswith("label/")]
-    frame = pd.concat(
-        [
-            table_drift(ref_images, image_table, image_cols).assign(level="image"),
-            table_drift(ref_objects, object_table, object_cols).assign(level="object"),
-            pd.DataFrame([label_drift(ref_objects.category, object_table.category)]).assign(
-                level="object"
-            ),
-            pd.DataFrame([domain_classifier(ref_images, image_table, image_cols)]).assign(
-                level="image"
-            ),
-        ],
-        ignore_index=True,
-    )
-    drifted = frame[frame.verdict == "drift"].metric.tolist()
-    return dg.Output(
-        frame,
-        metadata={
-            "reference": reference,
-            "drifted": len(drifted),
-            "drifted metrics": dg.MetadataValue.md(", ".join(drifted) or "_none_"),
-            "table": table_preview(
-                frame[
-                    ["level", "metric", "statistic", "p_value", "psi", "wasserstein_std", "verdict"]
-                ],
-                limit=80,
-            ),
-        },
-    )
-
-
-@dg.asset(
-    key=["analysis", "sliced_evaluation"],
-    partitions_def=dataset_versions,
-    group_name="analysis",
-    ins={
-        "manifest": dg.AssetIn(key=["dataset", "manifest"]),
-        "annotations": dg.AssetIn(key=["dataset", "annotations"]),
-        "categories": dg.AssetIn(key=["dataset", "categories"]),
-        "predictions": dg.AssetIn(key=["dataset", "predictions"]),
-        "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
-    },
-    code_version="1",
-    kinds={"python", "pycocotools"},
-)
-def analysis_sliced_evaluation(manifest, annotations, categories, predictions, image_table):
-    """Per model: COCO AP, AP50, AP75, AR100 and TP/FP/FN, precision, recall, F1 (score >= 0.5) on
-    the whole version, on each quantile bucket of each image metric, and on COCO's size buckets
-    of object_area. One pycocotools evaluation per model; slices re-use its matching."""
-    frame = sliced_evaluation(manifest, annotations, categories, predictions, image_table)
-    overall = frame[frame.metric == "all"]
-    return dg.Output(
-        frame,
-        metadata={
-            "dagster/row_count": len(frame),
-            **{f"AP {m}": float(ap) for m, ap in zip(overall.model, overall.AP, strict=True)},
-            "overall": table_preview(
-                overall[["model", "AP", "AP50", "AP75", "AR100", "precision", "recall", "f1"]]
-            ),
-        },
-    )
-
-
-@dg.asset(
-    key=["analysis", "label_errors"],
-    partitions_def=dataset_versions,
-    group_name="analysis",
-    ins={
-        "annotations": dg.AssetIn(key=["dataset", "annotations"]),
-        "predictions": dg.AssetIn(key=["dataset", "predictions"]),
-    },
-    code_version="1",
-    kinds={"python", "pandas"},
-)
-def analysis_label_errors(annotations, predictions):
-    """A ranked review queue of likely label mistakes — missing, spurious, wrong class, badly
-    located — from each model's confident disagreements with the labels, with the evidence."""
-    frame = (
-        label_errors(annotations, predictions)
-        if len(predictions) and len(annotations)
-        else (pd.DataFrame(columns=LABEL_ERROR_COLUMNS))
-    )
-    return dg.Output(
-        frame,
-        metadata={
-            "dagster/row_count": len(frame),
-            **{f"{k} candidates": int(v) for k, v in frame.kind.value_counts().items()},
-            "top of the queue": table_preview(
-                frame[["kind", "score", "image_id", "category", "predicted_category", "evidence"]],
-                limit=15,
-            ),
-        },
     )

@@ -38,7 +38,11 @@ def main() -> None:
     ids = sorted(gt.getImgIds())
     rng = np.random.default_rng(0)
     table = pd.DataFrame({f"m{k}": rng.random(len(ids)) for k in range(args.metrics)}, index=ids)
-    slices = [s for col in table for s in _image_buckets(table[col], quantile_edges(table[col].to_numpy()))]
+    slices = [
+        s
+        for col in table
+        for s in _image_buckets(table[col], quantile_edges(table[col].to_numpy()))
+    ]
 
     start = time.perf_counter()
     ev = evaluate(gt, dt)

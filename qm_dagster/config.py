@@ -4,7 +4,8 @@
 default ``qm.yaml`` in the working directory when present). YAML keys: ``datasets``, ``storage``,
 ``workers``, ``chunk_size``, ``max_pixels``, ``metric_modules`` (list of importable modules whose
 ``@metric`` functions become assets), ``embedding_provider`` (``module:function`` called with each
-RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-in embedding).
+RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-in embedding),
+``checks`` (YAML of test cases, default ``checks.yaml`` in the working directory when present).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     metric_modules: tuple[str, ...] = ()
     embedding_provider: str = ""
+    checks: str = field(
+        default_factory=lambda: "checks.yaml" if Path("checks.yaml").is_file() else ""
+    )
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -49,6 +53,7 @@ class Settings:
             "max_pixels": env.get("QM_MAX_PIXELS"),
             "metric_modules": env.get("QM_METRIC_MODULES"),
             "embedding_provider": env.get("QM_EMBEDDING_PROVIDER"),
+            "checks": env.get("QM_CHECKS"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))

@@ -81,8 +81,11 @@ def image_subset(ev: COCOeval, img_ids: list[int]) -> COCOeval:
         params.areaRngLbl = [p.areaRngLbl[a_all]]
         params.maxDets = [p.maxDets[-1]]
     cats = p.catIds if p.useCats else [-1]
-    sub.evalImgs = [ev.evalImgs[k * n_area * n_img + a_all * n_img + index[i]]
-                    for k in range(len(cats)) for i in subset]
+    sub.evalImgs = [
+        ev.evalImgs[k * n_area * n_img + a_all * n_img + index[i]]
+        for k in range(len(cats))
+        for i in subset
+    ]
     quiet(sub.accumulate)
     return sub
 

@@ -1,0 +1,52 @@
+"""Test cases as asset checks: the shipped checks.yaml on the demo — the drift check fails on the
+shifted production version and passes on train; bad check files are refused with a clear error."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from qm_dagster.checks import load_checks
+from qm_dagster.demo import write_demo
+from qm_dagster.errors import QmError
+from tests.conftest import PROJECT, materialize_version
+
+
+def outcomes(result) -> dict[str, tuple[bool, str]]:
+    return {
+        e.asset_check_key.name: (e.passed, e.severity.value)
+        for e in result.get_asset_check_evaluations()
+    }
+
+
+def test_demo_checks_pass_on_train_and_drift_fails_on_production(settings):
+    settings = dataclasses.replace(settings, checks=str(PROJECT / "checks.yaml"))
+    write_demo(settings.datasets)
+    train = materialize_version(settings, "train")
+    assert train.success
+    results = outcomes(train)
+    assert results["detector_ap50_overall"] == (True, "ERROR")
+    assert results["no_brightness_drift"][0]  # train has no reference: nothing to drift from
+    production = materialize_version(settings, "production")
+    results = outcomes(production)
+    assert results["no_brightness_drift"] == (False, "ERROR")
+    evaluation = next(
+        e
+        for e in production.get_asset_check_evaluations()
+        if e.asset_check_key.name == "no_brightness_drift"
+    )
+    assert "drift" in evaluation.metadata["measured"].value
+
+
+def test_bad_check_files_name_the_check(tmp_path):
+    path = tmp_path / "checks.yaml"
+    path.write_text("checks:\n  - name: x\n    target: nowhere\n")
+    with pytest.raises(QmError, match=r"checks\[0\]: 'target' must be one of"):
+        load_checks(str(path))
+    path.write_text("checks:\n  - name: x\n    target: drift\n    treshold: 3\n")
+    with pytest.raises(QmError, match="treshold"):
+        load_checks(str(path))
+    assert (
+        next(c.name for c in load_checks(str(PROJECT / "checks.yaml"))) == "detector_ap50_overall"
+    )
