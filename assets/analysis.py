@@ -9,6 +9,7 @@ from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
 from qm_dagster.drift import domain_classifier, label_drift, table_drift
+from qm_dagster.importance import metric_importance
 from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
 from qm_dagster.label_errors import label_errors
 from qm_dagster.metrics.registry import metrics
@@ -254,12 +255,29 @@ def build_analysis_assets(
             },
         )
 
+    @dg.asset(
+        key=["analysis", "metric_importance"],
+        partitions_def=dataset_versions,
+        group_name="analysis",
+        ins={"prediction_table": dg.AssetIn(key=["analysis", "quality_table", "prediction"])},
+        code_version="1",
+        kinds={"python", "scikitlearn"},
+    )
+    def analysis_metric_importance(prediction_table):
+        """Per model and metric: Spearman correlation and mutual information with a prediction
+        being a true positive: which metrics the model's failures follow."""
+        frame = metric_importance(prediction_table)
+        return dg.Output(
+            frame, metadata={"dagster/row_count": len(frame), "top": table_preview(frame, limit=15)}
+        )
+
     return [
         quality_tables,
         analysis_outliers,
         analysis_drift,
         analysis_sliced_evaluation,
         analysis_label_errors,
+        analysis_metric_importance,
     ]
 
 
