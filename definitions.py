@@ -34,7 +34,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             build_model_metrics_asset(settings.metric_modules),
             data_uniqueness,
             analysis_duplicates,
-            *build_analysis_assets(settings.metric_modules, checks),
+            *build_analysis_assets(settings.metric_modules, checks, settings.slices),
         ],
         resources={
             "qm": QmResource(

@@ -16,6 +16,8 @@ from qm_dagster.metrics.registry import metrics
 from qm_dagster.outliers import all_outliers, multivariate_scores
 from qm_dagster.quality_table import image_table, object_table, prediction_table
 from qm_dagster.sliced import sliced_evaluation
+from qm_dagster.slices import Slice
+from qm_dagster.slices import apply as apply_slice
 from resources.dataset import QmResource
 
 EXTRA_METRIC_ASSETS = ("data/uniqueness",)
@@ -35,7 +37,9 @@ def _by_key(inputs: dict[str, pd.DataFrame], keys: list[str]) -> dict[str, pd.Da
 
 
 def build_analysis_assets(
-    metric_modules: tuple[str, ...] = (), checks: tuple[Check, ...] = ()
+    metric_modules: tuple[str, ...] = (),
+    checks: tuple[Check, ...] = (),
+    slices: tuple[Slice, ...] = (),
 ) -> list[dg.AssetsDefinition]:
     """The analysis assets; ``checks`` (from the checks YAML) become asset checks of the assets
     they target, evaluated per version when the asset materializes."""
@@ -208,7 +212,14 @@ def build_analysis_assets(
         """Per model: COCO AP, AP50, AP75, AR100 and TP/FP/FN, precision, recall, F1 (score >= 0.5) on
         the whole version, on each quantile bucket of each image metric, and on COCO's size buckets
         of object_area. One pycocotools evaluation per model; slices re-use its matching."""
-        frame = sliced_evaluation(manifest, annotations, categories, predictions, image_table)
+        named = {
+            s.name: apply_slice(s, image_table).image_id.tolist()
+            for s in slices
+            if s.level == "image"
+        }
+        frame = sliced_evaluation(
+            manifest, annotations, categories, predictions, image_table, named=named
+        )
         overall = frame[frame.metric == "all"]
         yield from _checked(checks, "analysis/sliced_evaluation", frame)
         yield dg.Output(

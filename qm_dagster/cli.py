@@ -69,9 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="asset key pattern, e.g. 'data/*' or 'data/brightness' (default: all)",
     )
 
+    p = sub.add_parser("export", help="write a named slice of a version as a new version")
+    p.add_argument("version")
+    p.add_argument("--slice", required=True, help="a slice named in the configuration")
+    p.add_argument("--to", help="dataset root of the new version (default: QM_DATASETS)")
+    p.add_argument("--name", help="name of the new version (default VERSION-SLICE)")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("show", help="print a materialized table, sorted and filtered")
     p.add_argument("version")
-    p.add_argument("--asset", default="data/brightness")
+    p.add_argument("--asset", help="asset key (default data/brightness, or the slice's table)")
+    p.add_argument("--slice", help="a slice named in the configuration")
     p.add_argument("--sort", choices=["asc", "desc"])
     p.add_argument("--by", default="value", help="column to sort by (default value)")
     p.add_argument("--where", help="pandas query, e.g. 'value < 0.3'")
@@ -144,9 +152,14 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from qm_dagster.api import load
     from qm_dagster.show import select_rows, to_json
+    from qm_dagster.slices import apply, find
 
-    frame = load(args.asset, args.version, settings)
-    if args.asset.startswith("data/") and args.asset != "data/embeddings":
+    chosen = find(settings.slices, args.slice) if args.slice else None
+    asset = args.asset or (chosen.table if chosen else "data/brightness")
+    frame = load(asset, args.version, settings)
+    if chosen is not None:
+        frame = apply(chosen, frame)
+    if asset.startswith("data/") and asset != "data/embeddings":
         names = load("dataset/manifest", args.version, settings)[["image_id", "file_name"]]
         frame = frame.merge(names, on="image_id", how="left")
     rows = select_rows(frame, where=args.where, sort=args.sort, by=args.by, limit=args.limit)
@@ -156,6 +169,27 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print(to_json(rows))
     else:
         print(rows.to_string(index=False))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from qm_dagster.api import load
+    from qm_dagster.dataset import DatasetRoot
+    from qm_dagster.export import export_slice
+    from qm_dagster.slices import apply, find
+
+    chosen = find(settings.slices, args.slice)
+    rows = apply(chosen, load(chosen.table, args.version, settings))
+    version = DatasetRoot(settings.datasets).version(args.version)
+    new = export_slice(
+        version,
+        rows,
+        chosen,
+        args.to or settings.datasets,
+        args.name or f"{args.version}-{chosen.name}",
+        overwrite=args.overwrite,
+    )
+    print(f"exported {len(rows)} {chosen.level} rows of {args.version} to {new.url}")
     return 0
 
 
@@ -179,6 +213,7 @@ COMMANDS = {
     "register": cmd_register,
     "versions": cmd_versions,
     "materialize": cmd_materialize,
+    "export": cmd_export,
     "show": cmd_show,
 }
 

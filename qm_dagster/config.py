@@ -5,6 +5,7 @@ default ``qm.yaml`` in the working directory when present). YAML keys: ``dataset
 ``workers``, ``chunk_size``, ``max_pixels``, ``metric_modules`` (list of importable modules whose
 ``@metric`` functions become assets), ``embedding_provider`` (``module:function`` called with each
 RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-in embedding),
+``slices`` (named filters, see :mod:`qm_dagster.slices`),
 ``checks`` (YAML of test cases, default ``checks.yaml`` in the working directory when present).
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from qm_dagster.errors import QmError
+from qm_dagster.slices import parse_slices
 
 DEFAULT_HOME = ".qm"
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -33,6 +35,7 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     metric_modules: tuple[str, ...] = ()
     embedding_provider: str = ""
+    slices: tuple = ()  # tuple[Slice, ...], from the YAML's ``slices`` mapping
     checks: str = field(
         default_factory=lambda: "checks.yaml" if Path("checks.yaml").is_file() else ""
     )
@@ -82,6 +85,8 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
                 out[key] = int(value)  # type: ignore[arg-type]
                 if out[key] < 1:
                     raise ValueError("must be >= 1")
+            elif key == "slices":
+                out[key] = parse_slices(value, source or "configuration")
             elif key == "metric_modules":
                 items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[arg-type]
                 out[key] = tuple(m.strip() for m in items if m.strip())

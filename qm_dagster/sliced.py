@@ -66,9 +66,11 @@ def sliced_evaluation(
     predictions: pd.DataFrame,
     image_table: pd.DataFrame,
     score: float = 0.5,
+    named: dict[str, list] | None = None,
 ) -> pd.DataFrame:
-    """Rows per model: the whole version, each quantile bucket of each image-level metric, and
-    COCO's size buckets of ``object_area``."""
+    """Rows per model: the whole version, each quantile bucket of each image-level metric,
+    each named image slice (``metric`` = ``slice:<name>``), and COCO's size buckets of
+    ``object_area``."""
     if annotations.empty or predictions.empty:
         return pd.DataFrame(columns=COLUMNS)
     areas = object_area(Tables(images, annotations))
@@ -110,6 +112,24 @@ def sliced_evaluation(
                         c,
                     )
                 )
+        for name, ids in (named or {}).items():
+            ids = [int(i) for i in ids]
+            sub = image_subset(ev, ids) if ids else None
+            summary = {k: -1.0 for k in SUMMARY} if sub is None else summarize(sub)
+            c = counts(sub, score) if sub is not None else {"tp": 0, "fp": 0, "fn": 0}
+            rows.append(
+                with_scores(
+                    {
+                        **base,
+                        "level": "image",
+                        "metric": f"slice:{name}",
+                        "bucket": 0,
+                        "n_images": len(ids),
+                        **summary,
+                    },
+                    c,
+                )
+            )
         gt_area = dict(zip(annotations.annotation_id.astype(int), areas, strict=True))
         dt_area = {i: a["area"] for i, a in dt.anns.items()}
         edges = COCO_AREA_EDGES
