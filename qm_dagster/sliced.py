@@ -94,40 +94,18 @@ def sliced_evaluation(
         for col in metric_cols:
             values = pd.to_numeric(table[col], errors="coerce")
             for b, lo, hi, ids in _image_buckets(values, quantile_edges(values.to_numpy(float))):
-                sub = image_subset(ev, ids) if ids else None
-                summary = {k: -1.0 for k in SUMMARY} if sub is None else summarize(sub)
-                c = counts(sub, score) if sub is not None else {"tp": 0, "fp": 0, "fn": 0}
                 rows.append(
-                    with_scores(
-                        {
-                            **base,
-                            "level": "image",
-                            "metric": col,
-                            "bucket": b,
-                            "lo": lo,
-                            "hi": hi,
-                            "n_images": len(ids),
-                            **summary,
-                        },
-                        c,
+                    _slice_row(
+                        ev, ids, score, {**base, "metric": col, "bucket": b, "lo": lo, "hi": hi}
                     )
                 )
         for name, ids in (named or {}).items():
-            ids = [int(i) for i in ids]
-            sub = image_subset(ev, ids) if ids else None
-            summary = {k: -1.0 for k in SUMMARY} if sub is None else summarize(sub)
-            c = counts(sub, score) if sub is not None else {"tp": 0, "fp": 0, "fn": 0}
             rows.append(
-                with_scores(
-                    {
-                        **base,
-                        "level": "image",
-                        "metric": f"slice:{name}",
-                        "bucket": 0,
-                        "n_images": len(ids),
-                        **summary,
-                    },
-                    c,
+                _slice_row(
+                    ev,
+                    [int(i) for i in ids],
+                    score,
+                    {**base, "metric": f"slice:{name}", "bucket": 0},
                 )
             )
         gt_area = dict(zip(annotations.annotation_id.astype(int), areas, strict=True))
@@ -146,3 +124,11 @@ def sliced_evaluation(
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _slice_row(ev, ids: list[int], score: float, row: dict[str, object]) -> dict[str, object]:
+    """Summary and counts of the images ``ids`` from the model's one evaluation."""
+    sub = image_subset(ev, ids) if ids else None
+    summary = dict.fromkeys(SUMMARY, -1.0) if sub is None else summarize(sub)
+    found = counts(sub, score) if sub is not None else {"tp": 0, "fp": 0, "fn": 0}
+    return with_scores({**row, "level": "image", "n_images": len(ids), **summary}, found)
