@@ -1,10 +1,12 @@
-"""Analysis assets over every metric of every level: the wide quality tables and the outliers."""
+"""Analysis assets over every metric of every level: quality tables, outliers, drift, sliced
+evaluation, label errors, metric importance and the HTML report."""
 
 import dagster as dg
 import pandas as pd
 
 from assets.metadata import table_preview
 from assets.partitions import dataset_versions
+from qm_dagster import storage
 from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
@@ -15,12 +17,14 @@ from qm_dagster.label_errors import label_errors
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.outliers import all_outliers, multivariate_scores
 from qm_dagster.quality_table import image_table, object_table, prediction_table
+from qm_dagster.report import build_report
 from qm_dagster.sliced import sliced_evaluation
 from qm_dagster.slices import Slice
 from qm_dagster.slices import apply as apply_slice
 from resources.dataset import QmResource
 
 EXTRA_METRIC_ASSETS = ("data/uniqueness",)
+REPORT_SECTIONS = ("outliers", "duplicates", "drift", "sliced_evaluation", "label_errors")
 
 
 def metric_keys(metric_modules: tuple[str, ...]) -> list[str]:
@@ -282,6 +286,54 @@ def build_analysis_assets(
             frame, metadata={"dagster/row_count": len(frame), "top": table_preview(frame, limit=15)}
         )
 
+    @dg.asset(
+        key=["analysis", "report"],
+        partitions_def=dataset_versions,
+        group_name="analysis",
+        ins={
+            "manifest": dg.AssetIn(key=["dataset", "manifest"]),
+            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+            "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
+            **{name: dg.AssetIn(key=["analysis", name]) for name in REPORT_SECTIONS},
+        },
+        code_version="1",
+        kinds={"python", "html"},
+    )
+    def analysis_report(
+        context: dg.AssetExecutionContext,
+        qm: QmResource,
+        manifest,
+        annotations,
+        image_table,
+        **sections,
+    ):
+        """One self-contained HTML report of the version (histograms with the reference
+        overlaid, galleries per metric, outliers, duplicates, drift, sliced evaluation, label-error
+        queue with boxes), written through the storage and linked here."""
+        version = context.partition_key
+        meta = qm.version(version).meta()
+        reference = (
+            qm.stored("analysis/quality_table/image", meta.reference) if meta.reference else None
+        )
+        page = build_report(
+            version,
+            {"kind": meta.kind or "", "reference": meta.reference or ""},
+            manifest,
+            image_table,
+            reference,
+            annotations,
+            sections,
+        )
+        url = storage.join(qm.storage, "analysis", "report", f"{version}.html")
+        storage.write_bytes_atomic(url, page.encode("utf-8"))
+        return dg.MaterializeResult(
+            metadata={
+                "report": dg.MetadataValue.path(url),
+                "bytes": len(page),
+                "dagster/uri": dg.MetadataValue.path(url),
+            }
+        )
+
     return [
         quality_tables,
         analysis_outliers,
@@ -289,6 +341,7 @@ def build_analysis_assets(
         analysis_sliced_evaluation,
         analysis_label_errors,
         analysis_metric_importance,
+        analysis_report,
     ]
 
 

@@ -70,7 +70,12 @@ class ChunkResult:
 
 def decode(data: bytes) -> np.ndarray | None:
     """BGR uint8 pixels at full resolution, or ``None`` when OpenCV cannot decode ``data``."""
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), DECODE_FLAGS)
+    if not data:  # cv2.imdecode asserts on an empty buffer instead of returning None
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), DECODE_FLAGS)
+    except cv2.error:
+        return None
 
 
 def init_worker(metric_modules: Sequence[str]) -> None:

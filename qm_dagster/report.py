@@ -1,0 +1,134 @@
+"""A self-contained HTML report of one version: histograms (with the reference's overlaid),
+galleries of the lowest and highest images per metric, outliers, duplicates, drift, sliced
+evaluation and the label-error queue with boxes drawn. All dataset text is escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import cv2
+import pandas as pd
+
+from qm_dagster import storage
+from qm_dagster.charts import data_url, histogram_png
+from qm_dagster.decode import decode
+
+THUMB = 112
+GALLERY = 6
+STYLE = """body{font-family:sans-serif;margin:24px;color:#222}h2{border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px}
+.gallery img{margin:2px;border:1px solid #bbb}.metric{display:inline-block;margin:8px;vertical-align:top}
+.bad{color:#b00}"""
+
+
+def _thumb(url: str, boxes: list[tuple[float, float, float, float]] = ()) -> str:
+    try:
+        bgr = decode(storage.read_bytes(url))
+    except OSError:
+        bgr = None
+    if bgr is None:
+        return ""
+    for x, y, w, h in boxes:
+        cv2.rectangle(bgr, (int(x), int(y)), (int(x + w), int(y + h)), (0, 0, 255), 3)
+    scale = THUMB / max(bgr.shape[:2])
+    small = cv2.resize(
+        bgr,
+        (max(1, int(bgr.shape[1] * scale)), max(1, int(bgr.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii") if ok else ""
+
+
+def _table(frame: pd.DataFrame, limit: int = 50) -> str:
+    if frame is None or frame.empty:
+        return "<p><em>none</em></p>"
+    shown = frame.head(limit)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        for row in shown.itertuples(index=False)
+    )
+    more = f"<p>{len(frame) - limit} more rows</p>" if len(frame) > limit else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _img(src: str, title: str) -> str:
+    return (
+        f'<img src="{src}" title="{html.escape(title)}" alt="{html.escape(title)}">' if src else ""
+    )
+
+
+def build_report(
+    version: str,
+    meta: dict[str, str],
+    manifest: pd.DataFrame,
+    image_table: pd.DataFrame,
+    reference_table: pd.DataFrame | None,
+    annotations: pd.DataFrame,
+    sections: dict[str, pd.DataFrame],
+) -> str:
+    """The report's HTML. ``sections``: outliers, duplicates, drift, sliced_evaluation,
+    label_errors tables of this version."""
+    urls = manifest.set_index("image_id").url
+    names = manifest.set_index("image_id").file_name
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>qm-dagster report "
+        f"{html.escape(version)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Version {html.escape(version)}</h1>",
+        "<p>"
+        + ", ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in meta.items())
+        + f", images: {len(manifest)}, objects: {len(annotations)}</p>",
+        "<h2 id='metrics'>Image metrics</h2>",
+    ]
+    columns = [
+        c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
+    ]
+    for col in columns:
+        values = pd.to_numeric(image_table[col], errors="coerce")
+        ref = None
+        if reference_table is not None and col in reference_table:
+            ref = pd.to_numeric(reference_table[col], errors="coerce").to_numpy(float)
+        chart = data_url(histogram_png(values.to_numpy(float), reference=ref))
+        ranked = values.dropna().sort_values()
+        low, high = ranked.index[:GALLERY], ranked.index[-GALLERY:][::-1]
+        ids = image_table.image_id
+        gallery = "".join(
+            _img(_thumb(urls[ids[i]]), f"{names[ids[i]]}: {values[i]:.4g}") for i in [*low, *high]
+        )
+        parts.append(
+            f"<div class='metric' id='m-{html.escape(col)}'><h3>{html.escape(col)}</h3>"
+            f"<img src='{chart}' alt='histogram of {html.escape(col)}'>"
+            f"<div class='gallery'>lowest | highest<br>{gallery}</div></div>"
+        )
+    titles = {
+        "drift": "Drift against the reference",
+        "sliced_evaluation": "Sliced evaluation",
+        "outliers": "Outliers",
+        "duplicates": "Duplicates",
+    }
+    for key, title in titles.items():
+        parts.append(f"<h2 id='{key}'>{title}</h2>{_table(sections.get(key))}")
+    parts.append("<h2 id='label_errors'>Label-error queue</h2>")
+    queue = sections.get("label_errors")
+    if queue is not None and not queue.empty:
+        boxes = annotations.set_index("annotation_id")[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]]
+        cards = []
+        for row in queue.head(20).itertuples():
+            box = [tuple(boxes.loc[row.annotation_id])] if row.annotation_id in boxes.index else []
+            src = _thumb(urls[row.image_id], box) if row.image_id in urls.index else ""
+            cards.append(
+                f"<div class='metric'>{_img(src, str(row.evidence))}<br>"
+                f"<b>{html.escape(str(row.kind))}</b> {row.score:.2f}<br>"
+                f"{html.escape(str(row.evidence))}</div>"
+            )
+        parts.append("".join(cards))
+    else:
+        parts.append("<p><em>none</em></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
