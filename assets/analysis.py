@@ -32,6 +32,21 @@ def metric_keys(metric_modules: tuple[str, ...]) -> list[str]:
     return sorted({s.asset_key for s in metrics(None, metric_modules)} | set(EXTRA_METRIC_ASSETS))
 
 
+TABLES = {
+    "manifest": ["dataset", "manifest"],
+    "annotations": ["dataset", "annotations"],
+    "categories": ["dataset", "categories"],
+    "predictions": ["dataset", "predictions"],
+    "image_table": ["analysis", "quality_table", "image"],
+    "object_table": ["analysis", "quality_table", "object"],
+}
+
+
+def _named(*names: str) -> dict[str, dg.AssetIn]:
+    """Inputs by the parameter names the analysis assets use for the version's tables."""
+    return {n: dg.AssetIn(key=TABLES[n]) for n in names}
+
+
 def _ins(keys: list[str]) -> dict[str, dg.AssetIn]:
     return {k.replace("/", "__"): dg.AssetIn(key=k.split("/")) for k in keys}
 
@@ -48,11 +63,7 @@ def build_analysis_assets(
     """The analysis assets; ``checks`` (from the checks YAML) become asset checks of the assets
     they target, evaluated per version when the asset materializes."""
     keys = metric_keys(metric_modules)
-    base = {
-        "manifest": dg.AssetIn(key=["dataset", "manifest"]),
-        "annotations": dg.AssetIn(key=["dataset", "annotations"]),
-        "predictions": dg.AssetIn(key=["dataset", "predictions"]),
-    }
+    base = _named("manifest", "annotations", "predictions")
 
     @dg.multi_asset(
         name="quality_tables",
@@ -92,8 +103,7 @@ def build_analysis_assets(
         group_name="analysis",
         ins={
             **_ins(keys),
-            "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
-            "object_table": dg.AssetIn(key=["analysis", "quality_table", "object"]),
+            **_named("image_table", "object_table"),
         },
         code_version="1",
         kinds={"python", "scikitlearn"},
@@ -124,8 +134,7 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
-            "object_table": dg.AssetIn(key=["analysis", "quality_table", "object"]),
+            **_named("image_table", "object_table"),
         },
         code_version="1",
         kinds={"python", "scipy"},
@@ -203,11 +212,7 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            "manifest": dg.AssetIn(key=["dataset", "manifest"]),
-            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
-            "categories": dg.AssetIn(key=["dataset", "categories"]),
-            "predictions": dg.AssetIn(key=["dataset", "predictions"]),
-            "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
+            **_named("manifest", "annotations", "categories", "predictions", "image_table"),
         },
         code_version="1",
         kinds={"python", "pycocotools"},
@@ -242,8 +247,7 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
-            "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+            **_named("annotations", "predictions"),
         },
         code_version="1",
         kinds={"python", "pandas"},
@@ -291,9 +295,7 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            "manifest": dg.AssetIn(key=["dataset", "manifest"]),
-            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
-            "image_table": dg.AssetIn(key=["analysis", "quality_table", "image"]),
+            **_named("manifest", "annotations", "image_table"),
             **{name: dg.AssetIn(key=["analysis", name]) for name in REPORT_SECTIONS},
         },
         code_version="1",
