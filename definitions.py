@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.alerts import build_alert_sensors
 from assets.analysis import build_analysis_assets
 from assets.dataset import dataset_manifest
 from assets.image_metrics import build_image_metrics_asset
+from assets.jobs import JOBS
+from assets.schedules import build_production_drift_schedule
+from assets.sensors import build_new_predictions_sensor, build_new_versions_sensor
 from assets.similarity import analysis_duplicates, data_uniqueness
 from assets.table_metrics import (
     build_label_metrics_asset,
@@ -19,22 +23,58 @@ from qm_dagster.metrics import load_metrics
 from resources.dataset import QmResource
 from resources.io_manager import ParquetIOManager
 
+# Analysis follows its inputs: a new version, a re-upload or new predictions flow to drift,
+# evaluation, checks and report with no click. Metrics are launched by the boundary sensors.
+ANALYSIS_CONDITION = dg.AutomationCondition.eager()
+
+
+def _automated(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """``asset`` with ANALYSIS_CONDITION on its analysis/* keys."""
+    if not any(key.path[0] == "analysis" for key in asset.keys):
+        return asset
+    return asset.map_asset_specs(
+        lambda spec: (
+            spec.replace_attributes(automation_condition=ANALYSIS_CONDITION)
+            if spec.key.path[0] == "analysis"
+            else spec
+        )
+    )
+
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Definitions for ``settings`` (environment + QM_CONFIG by default)."""
     settings = settings or Settings.load()
     load_metrics(settings.metric_modules)
     checks = tuple(load_checks(settings.checks)) if settings.checks else ()
+    assets = [
+        dataset_manifest,
+        dataset_predictions,
+        build_image_metrics_asset(settings.metric_modules),
+        build_label_metrics_asset(settings.metric_modules),
+        build_model_metrics_asset(settings.metric_modules),
+        data_uniqueness,
+        analysis_duplicates,
+        *build_analysis_assets(settings.metric_modules, checks, settings.slices),
+    ]
+    interval, window = settings.sensor_interval, settings.scan_window
     return dg.Definitions(
-        assets=[
-            dataset_manifest,
-            dataset_predictions,
-            build_image_metrics_asset(settings.metric_modules),
-            build_label_metrics_asset(settings.metric_modules),
-            build_model_metrics_asset(settings.metric_modules),
-            data_uniqueness,
-            analysis_duplicates,
-            *build_analysis_assets(settings.metric_modules, checks, settings.slices),
+        assets=[_automated(a) for a in assets],
+        jobs=list(JOBS),
+        sensors=[
+            build_new_versions_sensor(interval, window),
+            build_new_predictions_sensor(interval, window),
+            dg.AutomationConditionSensorDefinition(
+                "analysis_automation_sensor",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=interval,
+                description="Evaluates the assets' automation conditions (eager on analysis/*) "
+                "so analysis follows new metrics without a click. On by default.",
+            ),
+            *build_alert_sensors(settings.alert_webhook, interval),
+        ],
+        schedules=[
+            build_production_drift_schedule(settings.drift_schedule, settings.drift_timezone)
         ],
         resources={
             "qm": QmResource(

@@ -8,9 +8,11 @@ from assets.metadata import table_preview
 from assets.partitions import dataset_versions
 from qm_dagster.coco import empty_annotations, empty_categories
 from qm_dagster.manifest import build_manifest
+from qm_dagster.watch import version_signature
 from resources.dataset import QmResource
 
 CODE_VERSION = "1"
+SIGNATURE_LABEL = "version.json signature"  # read back by new_versions_sensor
 
 
 @dg.multi_asset(
@@ -56,6 +58,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
     """Validate annotations.json and read every image's header and content hash."""
     start = time.perf_counter()
     version = qm.version(context.partition_key)
+    signature = version_signature(version)  # before reading: a later re-upload must look new
     coco = version.instances()
     manifest = build_manifest(
         version,
@@ -75,6 +78,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
             "measurable images": int(images.ok.sum()),
             "total bytes": int(images.bytes.fillna(0).sum()),
             "kind": version.meta().kind or "",
+            SIGNATURE_LABEL: signature or "",
             "seconds": round(seconds, 3),
         },
     )

@@ -10,7 +10,10 @@ from assets.partitions import dataset_versions
 from qm_dagster.coco import empty_predictions
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.table_pass import model_metrics, table_metrics
+from qm_dagster.watch import prediction_signatures
 from resources.dataset import QmResource
+
+PREDICTION_FILES_LABEL = "prediction files"  # read back by new_predictions_sensor
 
 
 def _outs(specs):
@@ -60,12 +63,18 @@ def dataset_predictions(context: dg.AssetExecutionContext, qm: QmResource):
     """Every model's predictions (predictions/<model>.json), validated against the version's
     images and categories, one row per prediction with a ``model`` column."""
     version = qm.version(context.partition_key)
+    signatures = prediction_signatures(version)  # before reading: a later change must look new
     coco = version.instances()
     frames = [version.predictions(model, coco) for model in sorted(version.prediction_files())]
     frame = pd.concat(frames, ignore_index=True) if frames else empty_predictions()
     counts = frame.groupby("model").size().to_dict() if len(frame) else {}
     return dg.Output(
-        frame, metadata={"dagster/row_count": len(frame), "models": dg.MetadataValue.json(counts)}
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "models": dg.MetadataValue.json(counts),
+            PREDICTION_FILES_LABEL: dg.MetadataValue.json(signatures),
+        },
     )
 
 

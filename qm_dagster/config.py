@@ -6,7 +6,10 @@ default ``qm.yaml`` in the working directory when present). YAML keys: ``dataset
 ``@metric`` functions become assets), ``embedding_provider`` (``module:function`` called with each
 RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-in embedding),
 ``slices`` (named filters, see :mod:`qm_dagster.slices`),
-``checks`` (YAML of test cases, default ``checks.yaml`` in the working directory when present).
+``checks`` (YAML of test cases, default ``checks.yaml`` in the working directory when present),
+``sensor_interval`` (seconds between sensor/automation ticks, 30), ``scan_window`` (known versions
+re-checked per tick, 50), ``drift_schedule`` (cron, daily at 06:00), ``drift_timezone`` (UTC),
+``alert_webhook`` (URL for failure alerts; empty = off). Each has a ``QM_<NAME>`` variable.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class Settings:
     checks: str = field(
         default_factory=lambda: "checks.yaml" if Path("checks.yaml").is_file() else ""
     )
+    sensor_interval: int = 30  # seconds between sensor and automation ticks
+    scan_window: int = 50  # known versions re-checked per sensor tick (re-uploads, predictions)
+    drift_schedule: str = "0 6 * * *"  # cron of production_drift_schedule
+    drift_timezone: str = "UTC"
+    alert_webhook: str = ""  # URL the alert sensors POST to; empty = alerts off
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -57,6 +65,11 @@ class Settings:
             "metric_modules": env.get("QM_METRIC_MODULES"),
             "embedding_provider": env.get("QM_EMBEDDING_PROVIDER"),
             "checks": env.get("QM_CHECKS"),
+            "sensor_interval": env.get("QM_SENSOR_INTERVAL"),
+            "scan_window": env.get("QM_SCAN_WINDOW"),
+            "drift_schedule": env.get("QM_DRIFT_SCHEDULE"),
+            "drift_timezone": env.get("QM_DRIFT_TIMEZONE"),
+            "alert_webhook": env.get("QM_ALERT_WEBHOOK"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))
@@ -81,7 +94,7 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in values.items():
         try:
-            if key in ("workers", "chunk_size", "max_pixels"):
+            if key in ("workers", "chunk_size", "max_pixels", "sensor_interval", "scan_window"):
                 out[key] = int(value)  # type: ignore[arg-type]
                 if out[key] < 1:
                     raise ValueError("must be >= 1")

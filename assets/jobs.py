@@ -1,0 +1,37 @@
+"""Named jobs for the launchpad and for the sensors and schedule that launch runs."""
+
+import dagster as dg
+
+METRIC_GROUPS = ("dataset", "data", "label", "model")
+
+version_metrics_job = dg.define_asset_job(
+    "version_metrics_job",
+    selection=dg.AssetSelection.groups(*METRIC_GROUPS),
+    description="Every metric of one dataset version: manifest, one decode pass for the image "
+    "and object pixel metrics, label, sequence and model metrics, embeddings, uniqueness.",
+)
+
+model_metrics_job = dg.define_asset_job(
+    "model_metrics_job",
+    selection=dg.AssetSelection.assets(["dataset", "predictions"])
+    | dg.AssetSelection.groups("model"),
+    description="Only the predictions table and the model metrics of one version (no pixels "
+    "read): what new or changed predictions need. Analysis follows by automation.",
+)
+
+analysis_job = dg.define_asset_job(
+    "analysis_job",
+    selection=dg.AssetSelection.groups("analysis"),
+    description="Every analysis asset of one version (quality tables, outliers, duplicates, "
+    "drift, sliced evaluation, label errors, importance, report) and their checks, from stored "
+    "metrics.",
+)
+
+production_drift_job = dg.define_asset_job(
+    "production_drift_job",
+    selection=dg.AssetSelection.assets(["analysis", "drift"], ["analysis", "report"]),
+    description="Drift of a production version against its reference (with the drift checks) "
+    "and its report: what production_drift_schedule runs.",
+)
+
+JOBS = (version_metrics_job, model_metrics_job, analysis_job, production_drift_job)
