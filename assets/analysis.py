@@ -4,7 +4,7 @@ evaluation, label errors, metric importance and the HTML report."""
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import table_preview
+from assets.metadata import drift_chart, sliced_charts, table_preview
 from assets.partitions import dataset_versions
 from qm_dagster import storage
 from qm_dagster.checks import Check
@@ -24,6 +24,7 @@ from qm_dagster.slices import apply as apply_slice
 from resources.dataset import QmResource
 
 EXTRA_METRIC_ASSETS = ("data/uniqueness",)
+CHARTED = ["data/brightness", "data/sharpness", "label/object_area"]  # charts in the UI panel
 REPORT_SECTIONS = ("outliers", "duplicates", "drift", "sliced_evaluation", "label_errors")
 
 
@@ -189,6 +190,7 @@ def build_analysis_assets(
                 "reference": reference,
                 "drifted": len(drifted),
                 "drifted metrics": dg.MetadataValue.md(", ".join(drifted) or "_none_"),
+                "KS per metric": drift_chart(frame),
                 "table": table_preview(
                     frame[
                         [
@@ -239,6 +241,7 @@ def build_analysis_assets(
                 "overall": table_preview(
                     overall[["model", "AP", "AP50", "AP75", "AR100", "precision", "recall", "f1"]]
                 ),
+                **sliced_charts(frame, CHARTED),
             },
         )
 
@@ -327,10 +330,11 @@ def build_analysis_assets(
             sections,
         )
         url = storage.join(qm.storage, "analysis", "report", f"{version}.html")
-        storage.write_bytes_atomic(url, page.encode("utf-8"))
+        storage.write_bytes_atomic(url, page.encode("utf-8"), "text/html; charset=utf-8")
         return dg.MaterializeResult(
             metadata={
                 "report": dg.MetadataValue.path(url),
+                "open report": dg.MetadataValue.url(storage.browser_url(url)),
                 "bytes": len(page),
                 "dagster/uri": dg.MetadataValue.path(url),
             }

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from qm_dagster.charts import data_url, histogram_png
+from qm_dagster.charts import data_url, hbars_png, histogram_png, sliced_chart
 
 
 def value_summary(frame: pd.DataFrame, column: str = "value") -> dict[str, dg.MetadataValue]:
@@ -39,3 +39,25 @@ def table_preview(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
     body = "\n".join("| " + " | ".join(row) + " |" for row in shown.itertuples(index=False))
     more = f"\n\n_{len(frame) - limit} more rows_" if len(frame) > limit else ""
     return dg.MetadataValue.md(header + body + more)
+
+
+def chart(png: bytes, title: str) -> dg.MetadataValue:
+    """A PNG chart as a markdown image (the UI renders data URLs)."""
+    return dg.MetadataValue.md(f"![{title}]({data_url(png)})")
+
+
+def drift_chart(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
+    """KS statistic per metric, largest first, drifted ones in red."""
+    ks = frame[frame.test == "ks"].sort_values("statistic", ascending=False).head(limit)
+    items = [(str(r.metric), float(r.statistic), r.verdict == "drift") for r in ks.itertuples()]
+    return chart(hbars_png(items), "KS statistic per metric")
+
+
+def sliced_charts(frame: pd.DataFrame, metrics: list[str], stat: str = "AP50") -> dict:
+    """One ``stat``-per-bucket chart per metric, keyed for the metadata panel."""
+    present = set(frame.metric)
+    return {
+        f"{stat} by {m}": chart(sliced_chart(frame, m, stat), f"{stat} by {m}")
+        for m in metrics
+        if m in present
+    }

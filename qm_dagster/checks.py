@@ -19,6 +19,12 @@ checks:
     stat: severe_share                 # share of images with a severe outlier on any metric
     op: "<="
     value: 0.02
+  - name: few_dark_or_bright_outliers
+    target: outliers
+    metric: data/brightness            # only this metric's severe outliers
+    stat: severe_share
+    op: "<="
+    value: 0.05
 ```
 """
 
@@ -107,8 +113,11 @@ def evaluate(check: Check, frame: pd.DataFrame, images: int | None = None) -> Ou
         return Outcome(verdict != "drift", None, f"{check.metric}: {verdict}")
     if check.target == "outliers":
         severe = frame[(frame.severity == "severe") & (frame.level == "image")]
+        if check.metric:
+            severe = severe[severe.metric == check.metric]
         share = severe.image_id.nunique() / images if images else 0.0
-        return _compare(check, share, f"severe share {share:.3f}")
+        on = f" on {check.metric}" if check.metric else ""
+        return _compare(check, share, f"severe share{on} {share:.3f}")
     rows = frame[(frame.model == check.model) & (frame.metric == (check.metric or "all"))]
     if check.bucket != "all":
         rows = rows[rows.bucket.astype(str) == check.bucket]

@@ -11,7 +11,7 @@ import cv2
 import pandas as pd
 
 from qm_dagster import storage
-from qm_dagster.charts import data_url, histogram_png
+from qm_dagster.charts import data_url, histogram_png, sliced_chart
 from qm_dagster.decode import decode
 
 THUMB = 112
@@ -54,6 +54,49 @@ def _table(frame: pd.DataFrame, limit: int = 50) -> str:
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
+def _sliced_section(frame: pd.DataFrame | None) -> str:
+    """Each model's whole-version numbers, then AP50 per bucket of every sliced metric."""
+    head = "<h2 id='sliced_evaluation'>Sliced evaluation</h2>"
+    if frame is None or frame.empty:
+        return head + _table(frame)
+    overall = frame[frame.metric == "all"]
+    shown = [
+        c
+        for c in (
+            "model",
+            "AP",
+            "AP50",
+            "AP75",
+            "AR100",
+            "precision",
+            "recall",
+            "f1",
+            "tp",
+            "fp",
+            "fn",
+        )
+        if c in overall
+    ]
+    charts = "".join(
+        f"<div class='metric'><h3>AP50 by {html.escape(m)}</h3>"
+        f"<img src='{data_url(sliced_chart(frame, m))}' alt='AP50 by {html.escape(m)}'></div>"
+        for m in dict.fromkeys(frame.metric)
+        if m != "all" and not str(m).startswith("slice:")
+    )
+    named = frame[frame.metric.astype(str).str.startswith("slice:")]
+    return (
+        head
+        + _table(overall[shown])
+        + f"<div class='charts'>{charts}</div>"
+        + (
+            "<h3>Named slices</h3>"
+            + _table(named[["model", "metric", "AP50", "recall", "n_images"]])
+            if len(named)
+            else ""
+        )
+    )
+
+
 def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -85,6 +128,13 @@ def build_report(
         + ", ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in meta.items())
         + f", images: {len(manifest)}, objects: {len(annotations)}</p>",
         "<h2 id='metrics'>Image metrics</h2>",
+        "<p>Blue bars: this version"
+        + (
+            "; red outlines: the reference version, scaled to this version's count"
+            if reference_table is not None
+            else ""
+        )
+        + ". Galleries: the lowest and the highest images.</p>",
     ]
     columns = [
         c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
@@ -106,13 +156,9 @@ def build_report(
             f"<img src='{chart}' alt='histogram of {html.escape(col)}'>"
             f"<div class='gallery'>lowest | highest<br>{gallery}</div></div>"
         )
-    titles = {
-        "drift": "Drift against the reference",
-        "sliced_evaluation": "Sliced evaluation",
-        "outliers": "Outliers",
-        "duplicates": "Duplicates",
-    }
-    for key, title in titles.items():
+    parts.append(f"<h2 id='drift'>Drift against the reference</h2>{_table(sections.get('drift'))}")
+    parts.append(_sliced_section(sections.get("sliced_evaluation")))
+    for key, title in (("outliers", "Outliers"), ("duplicates", "Duplicates")):
         parts.append(f"<h2 id='{key}'>{title}</h2>{_table(sections.get(key))}")
     parts.append("<h2 id='label_errors'>Label-error queue</h2>")
     queue = sections.get("label_errors")

@@ -6,6 +6,7 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import fsspec
@@ -44,12 +45,12 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
-def write_bytes_atomic(url: str, data: bytes) -> None:
+def write_bytes_atomic(url: str, data: bytes, content_type: str | None = None) -> None:
     """Write ``data`` so that readers see the old file or the whole new one, never a torn one.
 
     Local files go to a temporary name in the same folder and are renamed over the target; object
     stores get one PUT (s3fs uses a multipart upload above its block size, which also appears only
-    when complete).
+    when complete). ``content_type`` is stored on S3 objects so browsers render them.
     """
     fs, path = filesystem(url)
     if "file" in _protocols(fs):
@@ -69,7 +70,8 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     else:
         parent = path.rsplit("/", 1)[0]
         fs.makedirs(parent, exist_ok=True)
-        fs.pipe_file(path, data)
+        extra = {"ContentType": content_type} if content_type and "s3" in _protocols(fs) else {}
+        fs.pipe_file(path, data, **extra)
 
 
 def write_parquet(url: str, frame: pd.DataFrame) -> None:
@@ -90,6 +92,18 @@ def read_parquet(url: str) -> pd.DataFrame:
 def asset_url(base: str, asset_key: str, version: str) -> str:
     """Where one asset's partition lives: ``<base>/<asset key>/<version>.parquet``."""
     return join(base, asset_key, f"{version}.parquet")
+
+
+def browser_url(url: str, expires: int = 7 * 24 * 3600) -> str:
+    """A link a browser can open: ``file://`` for local files, a pre-signed HTTPS URL (valid for
+    ``expires`` seconds, S3's maximum is 7 days) for object stores that sign, else ``url``."""
+    fs, path = filesystem(url)
+    if "file" in _protocols(fs):
+        return Path(path).resolve().as_uri()
+    try:
+        return fs.sign(path, expiration=expires)
+    except NotImplementedError:
+        return url
 
 
 def walk_files(url: str) -> Iterator[str]:

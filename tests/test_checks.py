@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pandas as pd
 import pytest
 
-from qm_dagster.checks import load_checks
+from qm_dagster.checks import Check, evaluate, load_checks
 from qm_dagster.demo import write_demo
 from qm_dagster.errors import QmError
 from tests.conftest import PROJECT, materialize_version
@@ -28,6 +29,7 @@ def test_demo_checks_pass_on_train_and_drift_fails_on_production(settings):
     results = outcomes(train)
     assert results["detector_ap50_overall"] == (True, "ERROR")
     assert results["no_brightness_drift"][0]  # train has no reference: nothing to drift from
+    assert results["few_severe_brightness_outliers"] == (True, "WARN")
     production = materialize_version(settings, "production")
     results = outcomes(production)
     assert results["no_brightness_drift"] == (False, "ERROR")
@@ -50,3 +52,20 @@ def test_bad_check_files_name_the_check(tmp_path):
     assert (
         next(c.name for c in load_checks(str(PROJECT / "checks.yaml"))) == "detector_ap50_overall"
     )
+
+
+def test_outlier_share_overall_and_per_metric():
+    frame = pd.DataFrame(
+        {
+            "level": ["image", "image", "image", "object"],
+            "metric": ["data/blur", "data/brightness", "data/blur", "label/object_area"],
+            "image_id": [1, 2, 2, 3],
+            "severity": ["severe", "severe", "moderate", "severe"],
+        }
+    )
+    overall = Check("o", "outliers", stat="severe_share", op="<=", value=0.3)
+    result = evaluate(overall, frame, images=10)  # images 1 and 2 have an image-level severe
+    assert result.measured == pytest.approx(0.2) and result.passed
+    one = Check("b", "outliers", metric="data/brightness", stat="severe_share", op="<=", value=0.05)
+    result = evaluate(one, frame, images=10)  # image 2 only
+    assert result.measured == pytest.approx(0.1) and not result.passed

@@ -1,5 +1,5 @@
 """The HTML report: every section present, galleries and histograms embedded, dataset text
-escaped. (Rendering in headless Chromium is the next step of issue 4.)"""
+escaped, and the page rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from qm_dagster.report import build_report
 from tests.images import real_photos, write_image
 
 
-def test_report_sections_galleries_and_escaping(tmp_path):
+def _hostile_report(tmp_path) -> str:
+    """A report over real photos, one named like a script tag, with hostile evidence text."""
     evil = "a<script>alert(1)</script>.png"
     rows = []
     for i, (name, rgb) in enumerate(real_photos().items()):
@@ -41,6 +42,15 @@ def test_report_sections_galleries_and_escaping(tmp_path):
         }
     )
     drift = pd.DataFrame({"metric": ["data/brightness"], "verdict": ["drift"]})
+    sliced = pd.DataFrame(
+        {
+            "model": ["det<b>"] * 3,
+            "metric": ["all", "data/brightness", "data/brightness"],
+            "bucket": ["all", "0", "1"],
+            "AP50": [0.7, 0.4, 0.9],
+            "recall": [0.8, 0.5, 0.95],
+        }
+    )
     page = build_report(
         "v<1>",
         {"kind": "production", "reference": "train"},
@@ -48,8 +58,13 @@ def test_report_sections_galleries_and_escaping(tmp_path):
         table,
         table.assign(**{"data/brightness": [0.5, 0.6, 0.7, 0.8]}),
         annotations,
-        {"drift": drift, "label_errors": queue},
+        {"drift": drift, "label_errors": queue, "sliced_evaluation": sliced},
     )
+    return page
+
+
+def test_report_sections_galleries_and_escaping(tmp_path):
+    page = _hostile_report(tmp_path)
     for section in (
         "metrics",
         "drift",
@@ -62,7 +77,35 @@ def test_report_sections_galleries_and_escaping(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "onerror=alert" not in page.replace("&lt;img src=x onerror=alert(1)&gt;", "")
     images = re.findall(r"src=['\"]data:image/(png|jpeg);base64,", page)
-    assert images.count("png") == 1 and images.count("jpeg") >= 5  # histogram, gallery, queue
+    assert images.count("png") == 2 and images.count("jpeg") >= 5  # histogram+AP50 chart, thumbs
     url = str(tmp_path / "r" / "v.html")
     storage.write_bytes_atomic(url, page.encode())
     assert storage.read_bytes(url).decode().startswith("<!doctype html>")
+
+
+def test_report_renders_in_chromium(tmp_path):
+    """Open a report in headless Chromium: galleries load their images, tables render, the
+    hostile file name and evidence run no script; the screenshot is kept."""
+    from tests.browser import artifact, chromium_page
+
+    path = tmp_path / "report.html"
+    path.write_text(_hostile_report(tmp_path), encoding="utf-8")
+    with chromium_page() as page:
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(path.as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.complete, e.naturalWidth])"
+        )
+        assert len(images) >= 8 and all(done and width > 0 for done, width in images)
+        drift = page.locator("#drift + table")
+        assert drift.count() == 1 and "data/brightness" in drift.inner_text()
+        for section in ("drift", "label_errors", "outliers", "duplicates"):
+            assert page.locator(f"#{section}").count() == 1, section
+        assert "<img src=x onerror=alert(1)>" in page.inner_text("body")  # shown, not run
+        overall = page.locator("#sliced_evaluation + table")
+        assert "det<b>" in overall.inner_text() and "0.7" in overall.inner_text()
+        assert page.locator("img[alt='AP50 by data/brightness']").count() == 1
+        page.screenshot(path=str(artifact("report.png")), full_page=True)
+        assert dialogs == []
