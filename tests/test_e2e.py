@@ -193,24 +193,38 @@ def test_ui_in_chromium(landed):
 
     stack = landed
     with chromium_page() as page:
-        page.goto(f"{stack.url}/asset-groups/data", wait_until="networkidle")
+        page.goto(f"{stack.url}/asset-groups~group%3A%22data%22", wait_until="networkidle")
+        skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter dialog
+        if skip.count():
+            skip.click()
         page.get_by_text("brightness", exact=True).first.wait_for(timeout=60_000)
-        page.screenshot(path=str(artifact("ui-asset-graph.png")))
-        for metric in ("brightness", "sharpness", "uniqueness"):
+        for metric in ("brightness", "sharpness", "uniqueness", "embeddings"):
             assert page.get_by_text(metric, exact=True).count() >= 1, metric
+        page.screenshot(path=str(artifact("ui-asset-graph.png")))
 
         page.goto(f"{stack.url}/assets/data/brightness?view=partitions", wait_until="networkidle")
-        page.get_by_text("production").first.wait_for(timeout=60_000)
-        assert page.get_by_text("train").count() >= 1
+        page.get_by_text("Materialized (2)").first.wait_for(timeout=60_000)
+        for version in ("train", "production"):
+            assert page.get_by_text(version, exact=True).count() >= 1, version
         page.screenshot(path=str(artifact("ui-partitions.png")))
 
-        page.goto(f"{stack.url}/assets/analysis/report", wait_until="networkidle")
-        link = page.locator("a[href*='report/']").first
+        page.goto(
+            f"{stack.url}/assets/analysis/report?view=partitions&partition=production",
+            wait_until="networkidle",
+        )
+        link = page.locator("a[href*='/analysis/report/production.html']").first
         link.wait_for(timeout=60_000)
         href = link.get_attribute("href")
-        assert re.match(r"http://127\.0\.0\.1:\d+/qm-e2e/storage/analysis/report/\w+\.html\?", href)
+        assert re.match(
+            rf"http://127\.0\.0\.1:\d+/{BUCKET}/storage/analysis/report/production\.html\?", href
+        )
         page.screenshot(path=str(artifact("ui-report-asset.png")))
-        page.goto(href, wait_until="load")
-        assert page.locator("#drift").count() == 1
-        assert page.locator("#label_errors").count() == 1
-        page.screenshot(path=str(artifact("ui-report.png")), full_page=True)
+        with page.context.expect_page() as opened:
+            link.click()  # the UI opens metadata links in a new tab
+        report = opened.value
+        report.wait_for_load_state("load")
+        assert report.locator("#drift + table").count() == 1
+        assert "data/brightness" in report.locator("#drift + table").inner_text()
+        assert report.locator("#label_errors").count() == 1
+        assert report.locator(".gallery img").count() >= 12
+        report.screenshot(path=str(artifact("ui-report.png")), full_page=True)
