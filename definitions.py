@@ -54,7 +54,16 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         build_model_metrics_asset(settings.metric_modules),
         data_uniqueness,
         analysis_duplicates,
-        *build_analysis_assets(settings.metric_modules, checks, settings.slices),
+        *build_analysis_assets(
+            settings.metric_modules,
+            checks,
+            settings.slices,
+            evaluation={
+                "score": settings.score_threshold,
+                "buckets": settings.buckets,
+                "edges": {m: list(e) for m, e in settings.bucket_edges},
+            },
+        ),
     ]
     interval, window = settings.sensor_interval, settings.scan_window
     return dg.Definitions(

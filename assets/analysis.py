@@ -60,11 +60,13 @@ def build_analysis_assets(
     metric_modules: tuple[str, ...] = (),
     checks: tuple[Check, ...] = (),
     slices: tuple[Slice, ...] = (),
+    evaluation: dict | None = None,
 ) -> list[dg.AssetsDefinition]:
     """The analysis assets; ``checks`` (from the checks YAML) become asset checks of the assets
     they target, evaluated per version when the asset materializes."""
     keys = metric_keys(metric_modules)
     base = _named("manifest", "annotations", "predictions")
+    options = evaluation or {}  # score, edges, buckets of sliced_evaluation
 
     @dg.multi_asset(
         name="quality_tables",
@@ -220,16 +222,17 @@ def build_analysis_assets(
         kinds={"python", "pycocotools"},
     )
     def analysis_sliced_evaluation(manifest, annotations, categories, predictions, image_table):
-        """Per model: COCO AP, AP50, AP75, AR100 and TP/FP/FN, precision, recall, F1 (score >= 0.5) on
-        the whole version, on each quantile bucket of each image metric, and on COCO's size buckets
-        of object_area. One pycocotools evaluation per model; slices re-use its matching."""
+        """Per model: COCO AP, AP50, AP75, AR100 and TP/FP/FN, precision, recall, F1 (at the
+        configured score threshold) on the whole version, on each bucket of each image metric
+        (quantiles, or configured edges), on named slices and on size buckets of object_area.
+        One pycocotools evaluation per model; slices re-use its matching."""
         named = {
             s.name: apply_slice(s, image_table).image_id.tolist()
             for s in slices
             if s.level == "image"
         }
         frame = sliced_evaluation(
-            manifest, annotations, categories, predictions, image_table, named=named
+            manifest, annotations, categories, predictions, image_table, named=named, **options
         )
         overall = frame[frame.metric == "all"]
         yield from _checked(checks, "analysis/sliced_evaluation", frame)

@@ -9,11 +9,15 @@ RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-i
 ``checks`` (YAML of test cases, default ``checks.yaml`` in the working directory when present),
 ``sensor_interval`` (seconds between sensor/automation ticks, 30), ``scan_window`` (known versions
 re-checked per tick, 50), ``drift_schedule`` (cron, daily at 06:00), ``drift_timezone`` (UTC),
-``alert_webhook`` (URL for failure alerts; empty = off). Each has a ``QM_<NAME>`` variable.
+``alert_webhook`` (URL for failure alerts; empty = off), ``score_threshold`` (0.5: detections
+counted in precision/recall), ``buckets`` (5 quantile buckets per metric in sliced evaluation),
+``bucket_edges`` (YAML only: ``{metric: [edges]}`` replacing the quantile buckets of a metric).
+Each scalar has a ``QM_<NAME>`` variable.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -47,6 +51,9 @@ class Settings:
     drift_schedule: str = "0 6 * * *"  # cron of production_drift_schedule
     drift_timezone: str = "UTC"
     alert_webhook: str = ""  # URL the alert sensors POST to; empty = alerts off
+    score_threshold: float = 0.5  # detections counted in precision/recall/F1 and TP/FP
+    buckets: int = 5  # quantile buckets per metric in sliced evaluation
+    bucket_edges: tuple = ()  # ((metric, (edge, ...)), ...): explicit buckets for some metrics
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -70,6 +77,8 @@ class Settings:
             "drift_schedule": env.get("QM_DRIFT_SCHEDULE"),
             "drift_timezone": env.get("QM_DRIFT_TIMEZONE"),
             "alert_webhook": env.get("QM_ALERT_WEBHOOK"),
+            "score_threshold": env.get("QM_SCORE_THRESHOLD"),
+            "buckets": env.get("QM_BUCKETS"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))
@@ -94,7 +103,20 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in values.items():
         try:
-            if key in ("workers", "chunk_size", "max_pixels", "sensor_interval", "scan_window"):
+            if key == "score_threshold":
+                out[key] = float(value)  # type: ignore[arg-type]
+                if not 0.0 <= out[key] <= 1.0:
+                    raise ValueError("must be between 0 and 1")
+            elif key == "bucket_edges":
+                out[key] = _bucket_edges(value)
+            elif key in (
+                "workers",
+                "chunk_size",
+                "max_pixels",
+                "sensor_interval",
+                "scan_window",
+                "buckets",
+            ):
                 out[key] = int(value)  # type: ignore[arg-type]
                 if out[key] < 1:
                     raise ValueError("must be >= 1")
@@ -108,3 +130,18 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
         except (TypeError, ValueError) as exc:
             raise QmError(f"setting {key}={value!r} ({source or 'environment'}): {exc}") from exc
     return out
+
+
+def _bucket_edges(value: object) -> tuple:
+    """``{metric: [e0, e1, ...]}`` with at least two strictly increasing numbers per metric."""
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of metric -> list of edges")
+    out = []
+    for metric, edges in value.items():
+        if not isinstance(edges, list) or len(edges) < 2:
+            raise ValueError(f"{metric}: expected a list of at least two edges")
+        numbers = [float(e) for e in edges]
+        if any(b <= a for a, b in itertools.pairwise(numbers)):
+            raise ValueError(f"{metric}: edges must be strictly increasing, got {edges}")
+        out.append((str(metric), tuple(numbers)))
+    return tuple(out)

@@ -67,10 +67,15 @@ def sliced_evaluation(
     image_table: pd.DataFrame,
     score: float = 0.5,
     named: dict[str, list] | None = None,
+    edges: dict[str, list[float]] | None = None,
+    buckets: int = BUCKETS,
 ) -> pd.DataFrame:
-    """Rows per model: the whole version, each quantile bucket of each image-level metric,
-    each named image slice (``metric`` = ``slice:<name>``), and COCO's size buckets of
-    ``object_area``."""
+    """Rows per model: the whole version, each bucket of each image-level metric (``buckets``
+    quantile buckets, or the explicit ``edges`` configured for that metric), each named image
+    slice (``metric`` = ``slice:<name>``), and size buckets of ``object_area`` (COCO's small /
+    medium / large unless ``edges`` names ``label/object_area``). Precision, recall and F1
+    count detections with score >= ``score``."""
+    edges = edges or {}
     if annotations.empty or predictions.empty:
         return pd.DataFrame(columns=COLUMNS)
     areas = object_area(Tables(images, annotations))
@@ -93,7 +98,12 @@ def sliced_evaluation(
         )
         for col in metric_cols:
             values = pd.to_numeric(table[col], errors="coerce")
-            for b, lo, hi, ids in _image_buckets(values, quantile_edges(values.to_numpy(float))):
+            cuts = (
+                np.asarray(edges[col], float)
+                if col in edges
+                else quantile_edges(values.to_numpy(float), buckets)
+            )
+            for b, lo, hi, ids in _image_buckets(values, cuts):
                 rows.append(
                     _slice_row(
                         ev, ids, score, {**base, "metric": col, "bucket": b, "lo": lo, "hi": hi}
@@ -110,16 +120,16 @@ def sliced_evaluation(
             )
         gt_area = dict(zip(annotations.annotation_id.astype(int), areas, strict=True))
         dt_area = {i: a["area"] for i, a in dt.anns.items()}
-        edges = COCO_AREA_EDGES
-        for b, summary in enumerate(area_buckets(gt, dt, gt_area, dt_area, edges)):
+        area_edges = list(edges.get("label/object_area", COCO_AREA_EDGES))
+        for b, summary in enumerate(area_buckets(gt, dt, gt_area, dt_area, area_edges)):
             rows.append(
                 {
                     **base,
                     "level": "object",
                     "metric": "label/object_area",
                     "bucket": b,
-                    "lo": edges[b],
-                    "hi": edges[b + 1],
+                    "lo": area_edges[b],
+                    "hi": area_edges[b + 1],
                     **summary,
                 }
             )

@@ -12,6 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from qm_dagster.errors import QmError
 from qm_dagster.evaluation import VocBox, area_buckets, evaluate, image_slice, voc_ap, whole
 from qm_dagster.importers.readers import read_txt_dir, read_voc_dir
 from tests.conftest import shared
@@ -97,15 +98,12 @@ def test_voc_all_point_by_hand():
     assert np.isfinite(voc_ap(gts, dets, interpolation="11")["a"])
 
 
-def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
-    import pandas as pd
-
+def _imported(tmp_path):
+    """coco-val2014-fake100 imported as a version: its manifest, tables and predictions."""
     from qm_dagster.dataset import DatasetRoot
     from qm_dagster.importers import ImportSpec, import_version
     from qm_dagster.manifest import build_manifest
-    from qm_dagster.sliced import sliced_evaluation
 
-    gt, dt, published = coco
     src = shared("coco-val2014-fake100")
     import_version(
         ImportSpec(
@@ -123,6 +121,16 @@ def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
     tables = version.instances()
     manifest = build_manifest(version, 10**8, table=tables.images).images
     preds = version.predictions("fake", tables)
+    return manifest, tables, preds
+
+
+def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
+    import pandas as pd
+
+    from qm_dagster.sliced import sliced_evaluation
+
+    gt, dt, published = coco
+    manifest, tables, preds = _imported(tmp_path)
     ids = sorted(gt.getImgIds())
     image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
     frame = sliced_evaluation(manifest, tables.annotations, tables.categories, preds, image_table)
@@ -144,3 +152,52 @@ def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
     assert sliced == pytest.approx([fresh.stats[0], fresh.stats[1], fresh.stats[8]], abs=1e-12)
     sizes = frame[frame.metric == "label/object_area"].AP.tolist()
     assert sizes == pytest.approx(published[3:6], abs=1e-12)
+
+
+def test_explicit_edges_and_score_threshold(tmp_path, coco):
+    """Configured bucket edges replace the quantiles; TP/FP follow the configured score
+    threshold, counted independently from pycocotools' own evalImgs."""
+    import pandas as pd
+
+    from qm_dagster.sliced import sliced_evaluation
+
+    gt, dt, _ = coco
+    manifest, tables, preds = _imported(tmp_path)
+    ids = sorted(gt.getImgIds())
+    image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
+    edges = {"data/x": [0.0, 10.0, 30.0, 99.0], "label/object_area": [0.0, 1000.0, 1e10]}
+    frame = sliced_evaluation(
+        manifest, tables.annotations, tables.categories, preds, image_table, score=0.3, edges=edges
+    )
+    rows = frame[frame.metric == "data/x"]
+    assert rows.lo.tolist() == [0.0, 10.0, 30.0] and rows.hi.tolist() == [10.0, 30.0, 99.0]
+    assert rows.n_images.tolist() == [10, 20, len(ids) - 30]
+    assert frame[frame.metric == "label/object_area"].hi.tolist() == [1000.0, 1e10]
+    fresh = COCOeval(gt, dt, "bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        fresh.evaluate()
+    t50 = 0
+    tp = fp = 0
+    for e in fresh.evalImgs:
+        if e is None or e["aRng"] != fresh.params.areaRng[0] or e["maxDet"] != 100:
+            continue
+        for matched, ignored, score in zip(
+            e["dtMatches"][t50], e["dtIgnore"][t50], e["dtScores"], strict=True
+        ):
+            if score >= 0.3 and not ignored:
+                tp += matched > 0
+                fp += matched == 0
+    overall = frame[frame.metric == "all"].iloc[0]
+    assert (overall.tp, overall.fp) == (tp, fp) and tp > 400 and fp > 50, (tp, fp)
+
+
+def test_bucket_edges_setting_is_validated():
+    from qm_dagster.config import _coerce
+
+    assert _coerce({"bucket_edges": {"data/x": [0, 1, 2]}}, "qm.yaml")["bucket_edges"] == (
+        ("data/x", (0.0, 1.0, 2.0)),
+    )
+    with pytest.raises(QmError, match="strictly increasing"):
+        _coerce({"bucket_edges": {"data/x": [0, 2, 1]}}, "qm.yaml")
+    with pytest.raises(QmError, match="score_threshold"):
+        _coerce({"score_threshold": 1.5}, "qm.yaml")
