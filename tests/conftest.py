@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -45,3 +46,17 @@ def materialize_version(
         return job.execute_in_process(
             instance=instance, partition_key=version, asset_selection=selection
         )
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_defs_state_storage():
+    """Dagster keeps the entered instance's defs-state storage in a context variable, reset when
+    the instance's context exits. An exit that runs late (a suspended context manager collected
+    during a later test) restores a dead instance's storage, and every later Definitions
+    resolution then fails. So: collect such leftovers first, then start each test without one
+    (tests that need an instance enter their own)."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    gc.collect()
+    _current_storage.set(None)
+    yield

@@ -115,7 +115,7 @@ def test_production_drift_schedule_picks_newest_production_per_reference(setting
     }
 
 
-def test_default_statuses(settings, instance):
+def test_default_statuses(settings):
     from definitions import build_definitions
 
     defs = build_definitions(settings)
