@@ -85,6 +85,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         schedules=[
             build_production_drift_schedule(settings.drift_schedule, settings.drift_timezone)
         ],
+        executor=dg.in_process_executor
+        if settings.executor == "in_process"
+        else dg.multiprocess_executor,
         resources={
             "qm": QmResource(
                 datasets=settings.datasets,

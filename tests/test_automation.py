@@ -238,3 +238,16 @@ def test_settings_from_environment():
     )
     assert loaded.drift_schedule == "0 */6 * * *"
     assert loaded.sensor_interval == 5 and loaded.alert_webhook == "http://h"
+
+
+def test_executor_setting(settings):
+    from definitions import build_definitions
+    from qm_dagster.errors import QmError
+
+    defs = build_definitions(dataclasses.replace(settings, executor="in_process"))
+    assert defs.resolve_job_def("version_metrics_job").executor_def.name == "in_process"
+    assert build_definitions(settings).resolve_job_def("analysis_job").executor_def.name == (
+        "multiprocess"
+    )
+    with pytest.raises(QmError, match="executor"):
+        Settings.load({"QM_EXECUTOR": "threads"})

@@ -113,6 +113,7 @@ def landed(tmp_path_factory):
             "QM_STORAGE": STORE,
             "QM_WORKERS": "1",
             "QM_SENSOR_INTERVAL": "5",
+            "QM_EXECUTOR": "in_process",  # no process start per step: the runs are small
             "QM_CHECKS": str(PROJECT / "checks.yaml"),
         }
         try:
