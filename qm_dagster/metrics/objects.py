@@ -35,11 +35,8 @@ class ObjectView:
         seg = json.loads(segmentation)
         if isinstance(seg, list):
             mask = np.zeros(shape, np.uint8)
-            polys = [
-                np.round(np.asarray(p, float).reshape(-1, 2) - (self.x0, self.y0)).astype(np.int32)
-                for p in seg
-            ]
-            cv2.fillPoly(mask, polys, 255)
+            polys = [np.rint(np.asarray(p, float)).astype(np.int32).reshape(-1, 2) for p in seg]
+            cv2.fillPoly(mask, polys, 255, offset=(-self.x0, -self.y0))  # integer shift
             return mask
         from qm_dagster.geometry import decode, rle
 
