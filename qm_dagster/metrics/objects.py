@@ -49,11 +49,6 @@ class ObjectView:
     def crop_rgb(self) -> np.ndarray:
         return np.ascontiguousarray(self.roi(self.image.bgr)[:, :, ::-1])
 
-    def _sum(self, plane: np.ndarray) -> int:
-        """Masked sum of a never-negative plane (its L1 norm), exact. Masked norms are measured
-        10x faster than ``cv2.meanStdDev`` with a mask."""
-        return round(cv2.norm(self.roi(plane), cv2.NORM_L1, self.mask))
-
     def _masked(self, plane: np.ndarray) -> np.ndarray:
         """The ROI of a 16-bit plane with zeros outside the mask. OpenCV's masked norms have no
         SIMD path for 16-bit data: a masked copy and two unmasked sums are measured 5x faster
@@ -62,35 +57,31 @@ class ObjectView:
         cv2.copyTo(self.roi(plane), self.mask, out)
         return out
 
-    def _squares(self, plane: np.ndarray, other: np.ndarray | None = None) -> int:
-        """Masked sum of squares of ``plane`` (or of ``plane - other``), exact."""
-        if other is None:
-            return round(cv2.norm(self.roi(plane), cv2.NORM_L2SQR, self.mask))
-        return round(cv2.norm(self.roi(plane), self.roi(other), cv2.NORM_L2SQR, self.mask))
-
     @cached_property
-    def moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Means and variances of (gray, Laplacian, rg, yb) over the mask, from exact sums."""
+    def moments(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Means and variances of (gray, Laplacian, rg, yb) over the mask, from exact sums
+        (each ROI sliced once: the per-call overhead is a third of an object's cost)."""
         n = self.pixels
         if n == 0:
-            return np.full(4, np.nan), np.full(4, np.nan)
-        image = self.image
-        s_gray, q_gray = self._sum(image.gray), self._squares(image.gray)
+            return (math.nan,) * 4, (math.nan,) * 4
+        image, mask, l1, l2 = self.image, self.mask, cv2.NORM_L1, cv2.NORM_L2SQR
+        gray = self.roi(image.gray)
+        b, g, r = (self.roi(p) for p in image.bgr_planes)
+        s_gray, q_gray = round(cv2.norm(gray, l1, mask)), round(cv2.norm(gray, l2, mask))
         lap = self._masked(image.laplacian)
-        s_lap, q_lap = round(cv2.sumElems(lap)[0]), round(cv2.norm(lap, cv2.NORM_L2SQR))
-        b, g, r = image.bgr_planes
-        sb, sg, sr = self._sum(b), self._sum(g), self._sum(r)
-        d_rg, d_rb, d_gb = self._squares(r, g), self._squares(r, b), self._squares(g, b)
+        s_lap, q_lap = round(cv2.sumElems(lap)[0]), round(cv2.norm(lap, l2))
+        sb, sg, sr = (round(cv2.norm(p, l1, mask)) for p in (b, g, r))
+        d_rg = round(cv2.norm(r, g, l2, mask))
+        d_rb = round(cv2.norm(r, b, l2, mask))
+        d_gb = round(cv2.norm(g, b, l2, mask))
         s_yb2 = sr + sg - 2 * sb  # yb2 = (R - B) + (G - B) = 2 yb
         q_yb2 = 2 * d_rb + 2 * d_gb - d_rg  # since (R - B) - (G - B) = R - G
-        means = np.array([s_gray, s_lap, sr - sg, s_yb2 / 2]) / n
-        variances = np.array(
-            [
-                variance(n, s_gray, q_gray),
-                variance(n, s_lap, q_lap),
-                variance(n, sr - sg, d_rg),
-                variance(n, s_yb2, q_yb2) / 4,
-            ]
+        means = (s_gray / n, s_lap / n, (sr - sg) / n, s_yb2 / 2 / n)
+        variances = (
+            variance(n, s_gray, q_gray),
+            variance(n, s_lap, q_lap),
+            variance(n, sr - sg, d_rg),
+            variance(n, s_yb2, q_yb2) / 4,
         )
         return means, variances
 
