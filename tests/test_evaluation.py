@@ -35,17 +35,23 @@ def test_whole_dataset_equals_published_cocoapi(coco):
     assert summary["AR100"] == pytest.approx(published[8], abs=1e-12)
 
 
+def fresh_pycocotools(gt, dt, image_ids):
+    """pycocotools' own bbox evaluation restricted to ``image_ids``, summarized."""
+    fresh = COCOeval(gt, dt, "bbox")
+    fresh.params.imgIds = image_ids
+    with contextlib.redirect_stdout(io.StringIO()):
+        fresh.evaluate()
+        fresh.accumulate()
+        fresh.summarize()
+    return fresh
+
+
 def test_image_slice_equals_fresh_pycocotools_on_the_subset(coco):
     gt, dt, _ = coco
     ev = evaluate(gt, dt)
     subset = sorted(gt.getImgIds())[::3]
     ours = image_slice(ev, subset)
-    fresh = COCOeval(gt, dt, "bbox")
-    fresh.params.imgIds = subset
-    with contextlib.redirect_stdout(io.StringIO()):
-        fresh.evaluate()
-        fresh.accumulate()
-        fresh.summarize()
+    fresh = fresh_pycocotools(gt, dt, subset)
     assert [ours[k] for k in ("AP", "AP50", "AP75", "AR100")] == pytest.approx(
         [fresh.stats[0], fresh.stats[1], fresh.stats[2], fresh.stats[8]], abs=1e-12
     )
@@ -141,12 +147,7 @@ def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
     subset = [
         i for i, x in zip(ids, image_table["data/x"], strict=True) if bucket.lo <= x < bucket.hi
     ]
-    fresh = COCOeval(gt, dt, "bbox")
-    fresh.params.imgIds = subset
-    with contextlib.redirect_stdout(io.StringIO()):
-        fresh.evaluate()
-        fresh.accumulate()
-        fresh.summarize()
+    fresh = fresh_pycocotools(gt, dt, subset)
     assert bucket.n_images == len(subset) == 20
     sliced = [bucket["AP"], bucket["AP50"], bucket["AR100"]]
     assert sliced == pytest.approx([fresh.stats[0], fresh.stats[1], fresh.stats[8]], abs=1e-12)
