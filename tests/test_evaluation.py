@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from qm_dagster.errors import QmError
 from qm_dagster.evaluation import VocBox, area_buckets, evaluate, image_slice, voc_ap, whole
 from qm_dagster.importers.readers import read_txt_dir, read_voc_dir
-from tests.conftest import shared
+from tests.conftest import coco_fake_spec, shared
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +107,11 @@ def test_voc_all_point_by_hand():
 def _imported(tmp_path):
     """coco-val2014-fake100 imported as a version: its manifest, tables and predictions."""
     from qm_dagster.dataset import DatasetRoot
-    from qm_dagster.importers import ImportSpec, import_version
+    from qm_dagster.importers import import_version
     from qm_dagster.manifest import build_manifest
 
-    src = shared("coco-val2014-fake100")
     import_version(
-        ImportSpec(
-            images=str(src / "images"),
-            format="coco",
-            labels=str(src / "instances_val2014_100.json"),
-            predictions=str(src / "results" / "instances_val2014_fakebbox100_results.json"),
-            pred_format="coco",
-            model="fake",
-        ),
+        coco_fake_spec(),
         str(tmp_path),
         "v",
     )

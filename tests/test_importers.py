@@ -10,7 +10,7 @@ import pytest
 from qm_dagster.dataset import DatasetRoot
 from qm_dagster.errors import DatasetError
 from qm_dagster.importers import ImportSpec, import_version
-from tests.conftest import shared
+from tests.conftest import coco_fake_spec, shared
 
 
 def _lines(folder) -> int:
@@ -128,18 +128,7 @@ def test_voc_toy_and_images_without_labels(tmp_path):
 
 
 def test_coco_keeps_every_record(tmp_path):
-    src = shared("coco-val2014-fake100")
-    coco, preds = _imported(
-        tmp_path,
-        ImportSpec(
-            images=str(src / "images"),
-            format="coco",
-            labels=str(src / "instances_val2014_100.json"),
-            predictions=str(src / "results" / "instances_val2014_fakebbox100_results.json"),
-            pred_format="coco",
-            model="fake",
-        ),
-    )
+    coco, preds = _imported(tmp_path, coco_fake_spec())
     assert (len(coco.images), len(coco.annotations), len(preds)) == (100, 839, 734)
     assert len(list((tmp_path / "v1" / "images").glob("*.jpg"))) == 54
 

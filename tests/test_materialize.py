@@ -13,8 +13,8 @@ import pytest
 
 from qm_dagster import load
 from qm_dagster.demo import write_demo
-from qm_dagster.importers import ImportSpec, import_version
-from tests.conftest import materialize_version, shared
+from qm_dagster.importers import import_version
+from tests.conftest import coco_fake_spec, materialize_version, shared
 from tests.test_image_metrics import reference_values
 
 
@@ -29,11 +29,7 @@ def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
 def test_coco_version_from_shared_data(settings):
     src = shared("coco-val2014-fake100")
     import_version(
-        ImportSpec(
-            images=str(src / "images"),
-            format="coco",
-            labels=str(src / "instances_val2014_100.json"),
-        ),
+        coco_fake_spec(predictions=False),
         settings.datasets,
         "coco100",
         kind="validation",
