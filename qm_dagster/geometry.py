@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+import orjson
 import pandas as pd
 from pycocotools import mask as mask_utils
 
@@ -27,7 +26,11 @@ def rle(segmentation: str | None, bbox: np.ndarray, height: int, width: int) -> 
     """The object's RLE at image size: its polygons or RLE, or its box when it has no mask."""
     if segmentation is None:
         return mask_utils.frPyObjects(np.asarray([bbox], dtype=np.float64), height, width)[0]
-    seg = json.loads(segmentation)
+    return parsed_rle(orjson.loads(segmentation), height, width)
+
+
+def parsed_rle(seg: list | dict, height: int, width: int) -> dict:
+    """The RLE at image size of a parsed COCO segmentation (polygon list or RLE dict)."""
     if isinstance(seg, list):
         return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
     if isinstance(seg.get("counts"), list):

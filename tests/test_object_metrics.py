@@ -13,6 +13,8 @@ from pycocotools import mask as mask_utils
 
 from qm_dagster.image_pass import measure_images
 from qm_dagster.metrics import load_metrics, metrics
+from qm_dagster.metrics.kernels import masked_sums
+from qm_dagster.metrics.view import ImageView
 from tests.images import real_photos, write_image
 from tests.test_image_metrics import _numpy_laplacian
 
@@ -48,6 +50,13 @@ def reference(rgb: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
+# Two parts of one object (a triangle and a quadrilateral), fractional vertices, inside its box.
+POLYGONS = [
+    [300.4, 350.0, 420.7, 360.2, 350.5, 470.2],
+    [400.0, 400.0, 450.4, 400.0, 450.4, 440.6, 420.2, 455.1],
+]
+
+
 def test_object_metrics_match_numpy_on_masks(tmp_path):
     rgb = real_photos()["astronaut"]  # 512 x 512
     path = tmp_path / "a.png"
@@ -59,20 +68,20 @@ def test_object_metrics_match_numpy_on_masks(tmp_path):
     rle_json = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
     ann = pd.DataFrame(
         {
-            "annotation_id": [1, 2, 3],
+            "annotation_id": [1, 2, 3, 4],
             "image_id": "a.png",
             "category_id": 1,
             "category": "x",
-            "bbox_x": [20.0, 240.0, 100.5],
-            "bbox_y": [30.0, 140.0, 300.2],
-            "bbox_w": [150.0, 121.0, 80.0],
-            "bbox_h": [90.0, 121.0, 40.0],
+            "bbox_x": [20.0, 240.0, 100.5, 300.4],
+            "bbox_y": [30.0, 140.0, 300.2, 350.0],
+            "bbox_w": [150.0, 121.0, 80.0, 150.0],
+            "bbox_h": [90.0, 121.0, 40.0, 120.2],
             "area": None,
-            "iscrowd": [0, 1, 0],
+            "iscrowd": [0, 1, 0, 0],
             "track_id": None,
             "annotator": None,
             "keypoints": None,
-            "segmentation": [None, json.dumps(rle_json), None],
+            "segmentation": [None, json.dumps(rle_json), None, json.dumps(POLYGONS)],
         }
     )
     manifest = pd.DataFrame(
@@ -93,7 +102,13 @@ def test_object_metrics_match_numpy_on_masks(tmp_path):
     assert {n: got[n][3] for n in OBJECT_METRICS} == pytest.approx(
         reference(rgb, fractional), rel=1e-9
     )
-    assert list(result.values["object_brightness"].category) == ["x", "x", "x"]
+    polygons = np.zeros((h, w), np.uint8)  # drawn at image coordinates, rounded vertices
+    for poly in POLYGONS:
+        cv2.fillPoly(polygons, [np.rint(np.reshape(poly, (-1, 2))).astype(np.int32)], 1)
+    assert {n: got[n][4] for n in OBJECT_METRICS} == pytest.approx(
+        reference(rgb, polygons.astype(bool)), rel=1e-9
+    )
+    assert list(result.values["object_brightness"].category) == ["x"] * 4
 
 
 def test_empty_and_out_of_image_boxes_are_nan_not_errors(tmp_path):
@@ -130,3 +145,42 @@ def test_empty_and_out_of_image_boxes_are_nan_not_errors(tmp_path):
     result = measure_images(manifest, specs, annotations=ann)
     assert result.failures.empty
     assert result.values["object_brightness"].value.isna().all()
+
+
+def test_fused_sums_are_exact_on_a_wide_extreme_object():
+    """The fused kernel against int64 numpy sums, on a 2600 px wide checkerboard of saturated
+    colours (Laplacian at +-1020, every hue band) and a polygon mask."""
+    h, w = 300, 2600
+    yy, xx = np.mgrid[:h, :w]
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0]])
+    pairs = np.array([[3, 4], [0, 1], [1, 2], [2, 0]])[(xx // 7) % 4]  # white/black, red/green...
+    rgb = colours[np.take_along_axis(pairs, ((yy + xx) % 2)[..., None], 2)[..., 0]]
+    rgb = rgb.astype(np.uint8)
+    view = ImageView.from_rgb(rgb)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.array([[3, 5], [2590, 40], [2400, 295], [10, 280]], np.int32)], 255)
+    y0, x0 = 2, 1
+    roi = mask[y0:, x0:]
+    sums = masked_sums(*_kernel_planes(view), np.ascontiguousarray(roi), y0, x0)
+
+    sel = np.zeros((h, w), bool)
+    sel[y0:, x0:] = roi > 0
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int64)[sel]
+    lap = _numpy_laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)).astype(np.int64)[sel]
+    assert np.abs(lap).max() == 1020
+    r, g, b = (rgb[..., i].astype(np.int64)[sel] for i in range(3))
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hue, lit = hsv[..., 0][sel], (hsv[..., 1][sel] >= 50) & (hsv[..., 2][sel] >= 40)
+    bands = [(hue <= 10) | (hue >= 170), (hue >= 35) & (hue <= 75), (hue >= 90) & (hue <= 130)]
+    expected = (
+        [sel.sum(), gray.sum(), (gray**2).sum(), lap.sum(), (lap**2).sum()]
+        + [b.sum(), g.sum(), r.sum()]
+        + [((r - g) ** 2).sum(), ((r - b) ** 2).sum(), ((g - b) ** 2).sum()]
+        + [(lit & band).sum() for band in bands]
+    )
+    assert list(sums) == [int(e) for e in expected]
+    assert all(count > 0 for count in sums[-3:])
+
+
+def _kernel_planes(view: ImageView) -> tuple[np.ndarray, ...]:
+    return (view.gray, view.laplacian, *view.bgr_planes, view.lit_hue)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from qm_dagster.metrics.registry import metric
-from qm_dagster.metrics.view import Header, ImageView
+from qm_dagster.metrics.view import BLUE_HUES, GREEN_HUES, RED_HUES, Header, ImageView
 
 # Laplacian variance at which ``blur`` is 0.5; 100 is the threshold commonly used to call a photo
 # blurry with the variance-of-Laplacian measure (Pech-Pacheco et al. 2000).
@@ -62,21 +62,21 @@ def colorfulness(view: ImageView) -> float:
     value_range=(0, 1),
 )
 def red(view: ImageView) -> float:
-    return view.hue_fraction((0, 10), (170, 179))
+    return view.hue_fraction(*RED_HUES)
 
 
 @metric(
     "image", "Share of green pixels (H in [35,75], S>=50, V>=40)", reads="view", value_range=(0, 1)
 )
 def green(view: ImageView) -> float:
-    return view.hue_fraction((35, 75))
+    return view.hue_fraction(*GREEN_HUES)
 
 
 @metric(
     "image", "Share of blue pixels (H in [90,130], S>=50, V>=40)", reads="view", value_range=(0, 1)
 )
 def blue(view: ImageView) -> float:
-    return view.hue_fraction((90, 130))
+    return view.hue_fraction(*BLUE_HUES)
 
 
 @metric("image", "Mean HSV saturation / 255", reads="view", value_range=(0, 1))

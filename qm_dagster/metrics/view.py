@@ -14,11 +14,10 @@ import cv2
 import numpy as np
 
 SAT_FLOOR, VAL_FLOOR = 50, 40  # a pixel has a colour (hue) only at S >= 50 and V >= 40
-HUE_BANDS = {1: ((0, 10), (170, 179)), 2: ((35, 75),), 3: ((90, 130),)}  # red, green, blue
-HUE_BAND_CODES = np.zeros(256, np.uint8)
-for _code, _bands in HUE_BANDS.items():
-    for _lo, _hi in _bands:
-        HUE_BAND_CODES[_lo : _hi + 1] = _code
+# Inclusive OpenCV hue ranges (0-179) of the colour metrics, image and object level alike.
+RED_HUES = ((0, 10), (170, 179))
+GREEN_HUES = ((35, 75),)
+BLUE_HUES = ((90, 130),)
 
 
 @dataclass(frozen=True)
@@ -129,16 +128,6 @@ class ImageView:
         return variance(
             self.pixels, _int(cv2.sumElems(lap)[0]), _int(cv2.norm(lap, cv2.NORM_L2SQR))
         )
-
-    @cached_property
-    def band_planes(self) -> dict[int, np.ndarray]:
-        """For each hue band code, 255 where a pixel is in that band, else 0."""
-        return {code: cv2.compare(self.hue_codes, code, cv2.CMP_EQ) for code in HUE_BANDS}
-
-    @cached_property
-    def hue_codes(self) -> np.ndarray:
-        """Per pixel 1 = red, 2 = green, 3 = blue hue band (with the S, V floors), else 0."""
-        return cv2.LUT(self.lit_hue, HUE_BAND_CODES)
 
     @cached_property
     def bgr_planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
