@@ -124,7 +124,7 @@ def _run(ok, annotations, request, specs, workers, chunk_size) -> list[ChunkResu
             workers,
             init_worker,
             (modules,),
-            preload=("qm_dagster.decode", "qm_dagster.metrics.image"),
+            preload=("qm_dagster.decode", "qm_dagster.metrics.image", "qm_dagster.metrics.kernels"),
         )
     )
     return [done[i] for i in sorted(done)]

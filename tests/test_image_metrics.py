@@ -92,6 +92,26 @@ def test_hue_bands_and_their_saturation_value_floors(rgb, band):
     assert value(band, solid(pale)) == 0.0
 
 
+def test_colour_counts_on_every_rgb_colour():
+    """Every one of the 2**24 RGB colours once: the fused hue kernel's band counts, S and V floors
+    and saturation sum against numpy on OpenCV's own HSV planes (every band edge is hit)."""
+    codes = np.arange(2**24, dtype=np.uint32).reshape(4096, 4096)
+    rgb = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1)
+    rgb = rgb.astype(np.uint8)
+    view = ImageView.from_rgb(rgb)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    lit = (s >= 50) & (v >= 40)
+    expected = {
+        "red": np.count_nonzero(lit & ((h <= 10) | ((h >= 170) & (h <= 179)))),
+        "green": np.count_nonzero(lit & (h >= 35) & (h <= 75)),
+        "blue": np.count_nonzero(lit & (h >= 90) & (h <= 130)),
+    }
+    for band, count in expected.items():
+        assert get(band).fn(view) == count / 2**24, band
+    assert get("saturation").fn(view) == s.sum(dtype=np.int64) / 2**24 / 255
+
+
 def test_half_red_half_blue():
     img = solid((255, 0, 0), h=10, w=10)
     img[:, 5:] = (0, 0, 255)

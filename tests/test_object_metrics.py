@@ -183,4 +183,4 @@ def test_fused_sums_are_exact_on_a_wide_extreme_object():
 
 
 def _kernel_planes(view: ImageView) -> tuple[np.ndarray, ...]:
-    return (view.gray, view.laplacian, *view.bgr_planes, view.lit_hue)
+    return (view.gray, view.laplacian, *view.bgr_planes, *view.hsv_planes)

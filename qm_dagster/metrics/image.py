@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from qm_dagster.metrics.registry import metric
-from qm_dagster.metrics.view import BLUE_HUES, GREEN_HUES, RED_HUES, Header, ImageView
+from qm_dagster.metrics.sums import IMAGE_BLUE, IMAGE_GREEN, IMAGE_RED, IMAGE_SAT
+from qm_dagster.metrics.view import Header, ImageView
 
 # Laplacian variance at which ``blur`` is 0.5; 100 is the threshold commonly used to call a photo
 # blurry with the variance-of-Laplacian measure (Pech-Pacheco et al. 2000).
@@ -62,26 +62,26 @@ def colorfulness(view: ImageView) -> float:
     value_range=(0, 1),
 )
 def red(view: ImageView) -> float:
-    return view.hue_fraction(*RED_HUES)
+    return view.hue_sums[IMAGE_RED] / view.pixels
 
 
 @metric(
     "image", "Share of green pixels (H in [35,75], S>=50, V>=40)", reads="view", value_range=(0, 1)
 )
 def green(view: ImageView) -> float:
-    return view.hue_fraction(*GREEN_HUES)
+    return view.hue_sums[IMAGE_GREEN] / view.pixels
 
 
 @metric(
     "image", "Share of blue pixels (H in [90,130], S>=50, V>=40)", reads="view", value_range=(0, 1)
 )
 def blue(view: ImageView) -> float:
-    return view.hue_fraction(*BLUE_HUES)
+    return view.hue_sums[IMAGE_BLUE] / view.pixels
 
 
 @metric("image", "Mean HSV saturation / 255", reads="view", value_range=(0, 1))
 def saturation(view: ImageView) -> float:
-    return float(cv2.mean(view.hsv_planes[1])[0] / 255.0)
+    return view.hue_sums[IMAGE_SAT] / view.pixels / 255.0
 
 
 @metric(

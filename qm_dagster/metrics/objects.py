@@ -11,8 +11,7 @@ import orjson
 from pycocotools import mask as mask_utils
 
 from qm_dagster.geometry import parsed_rle
-from qm_dagster.metrics import kernels as K
-from qm_dagster.metrics.kernels import masked_sums
+from qm_dagster.metrics import sums as K
 from qm_dagster.metrics.registry import metric
 from qm_dagster.metrics.view import ImageView, cached_property, variance
 
@@ -52,14 +51,14 @@ class ObjectView:
 
     @cached_property
     def sums(self) -> tuple[int, ...]:
-        """Exact integer sums over the mask, in one fused pass (indices in ``kernels``)."""
+        """Exact integer sums over the mask, in one fused pass (indices in ``sums``)."""
         if self.mask.size == 0:
             return (0,) * 14
+        from qm_dagster.metrics.kernels import masked_sums  # numba: only where pixels are measured
+
         image = self.image
-        b, g, r = image.bgr_planes
-        return masked_sums(
-            image.gray, image.laplacian, b, g, r, image.lit_hue, self.mask, self.y0, self.x0
-        )
+        planes = (image.gray, image.laplacian, *image.bgr_planes, *image.hsv_planes)
+        return masked_sums(*planes, self.mask, self.y0, self.x0)
 
     @property
     def pixels(self) -> int:

@@ -13,12 +13,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-SAT_FLOOR, VAL_FLOOR = 50, 40  # a pixel has a colour (hue) only at S >= 50 and V >= 40
-# Inclusive OpenCV hue ranges (0-179) of the colour metrics, image and object level alike.
-RED_HUES = ((0, 10), (170, 179))
-GREEN_HUES = ((35, 75),)
-BLUE_HUES = ((90, 130),)
-
 
 @dataclass(frozen=True)
 class Header:
@@ -138,17 +132,11 @@ class ImageView:
         return tuple(_planes(self.hsv))
 
     @cached_property
-    def lit_hue(self) -> np.ndarray:
-        """Hue where S >= 50 and V >= 40, else 255 (no hue): band counts are then single-plane
-        ``inRange`` passes, measured 1.6x faster than a masked histogram of the 3-channel image."""
-        h, s, v = self.hsv_planes
-        lit = cv2.bitwise_and(cv2.inRange(s, SAT_FLOOR, 255), cv2.inRange(v, VAL_FLOOR, 255))
-        return cv2.bitwise_or(h, cv2.bitwise_not(lit))
+    def hue_sums(self) -> tuple[int, int, int, int]:
+        """Red, green and blue pixel counts (hue bands with the S, V floors) and the sum of S."""
+        from qm_dagster.metrics.kernels import hue_sums  # numba: only where pixels are measured
 
-    def hue_fraction(self, *bands: tuple[int, int]) -> float:
-        """Share of pixels whose hue lies in any inclusive band ``(lo, hi)`` (and S, V floors)."""
-        count = sum(cv2.countNonZero(cv2.inRange(self.lit_hue, lo, hi)) for lo, hi in bands)
-        return count / self.pixels
+        return hue_sums(*self.hsv_planes)
 
     @cached_property
     def opponent_moments(self) -> tuple[float, float, float, float]:
