@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from qm_dagster.metrics.sums import MASKED_SUMS
+
 # Constants of the kernels live in this file: numba's cache is invalidated only when this file
 # changes, and compiled code keeps the values globals had at compile time.
 SAT_FLOOR, VAL_FLOOR = 50, 40  # a pixel has a colour (hue) only at S >= 50 and V >= 40
@@ -66,7 +68,7 @@ def hue_sums(hue, sat, val):  # pragma: no cover - compiled
 
 
 @njit(
-    f"UniTuple(int64, 14)({PLANE}, int16[:, ::1], {', '.join([PLANE] * 7)}, int64, int64)",
+    f"UniTuple(int64, {MASKED_SUMS})({PLANE}, int16[:, ::1], {', '.join([PLANE] * 7)}, int64, int64)",
     cache=True,
     nogil=True,
 )

@@ -53,7 +53,7 @@ class ObjectView:
     def sums(self) -> tuple[int, ...]:
         """Exact integer sums over the mask, in one fused pass (indices in ``sums``)."""
         if self.mask.size == 0:
-            return (0,) * 14
+            return (0,) * K.MASKED_SUMS
         from qm_dagster.metrics.kernels import masked_sums  # numba: only where pixels are measured
 
         image = self.image
