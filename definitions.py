@@ -96,6 +96,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 chunk_size=settings.chunk_size,
                 max_pixels=settings.max_pixels,
                 embedding_provider=settings.embedding_provider,
+                dask_scheduler=settings.dask_scheduler,
             ),
             "io_manager": ParquetIOManager(base_url=settings.storage),
         },

@@ -6,8 +6,10 @@ import dagster as dg
 
 from assets.metadata import table_preview
 from assets.partitions import dataset_versions
+from qm_dagster import storage
 from qm_dagster.coco import empty_annotations, empty_categories
-from qm_dagster.manifest import build_manifest
+from qm_dagster.manifest import write_manifest
+from qm_dagster.storage import StoredTable
 from qm_dagster.watch import version_signature
 from resources.dataset import QmResource
 
@@ -60,37 +62,40 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
     version = qm.version(context.partition_key)
     signature = version_signature(version)  # before reading: a later re-upload must look new
     coco = version.instances()
-    manifest = build_manifest(
+    key = context.partition_key
+    images_url = storage.asset_url(qm.storage, "dataset/manifest", key)
+    issues_url = storage.asset_url(qm.storage, "dataset/data_issues", key)
+    summary = write_manifest(
         version,
         qm.max_pixels,
+        images_url,
+        issues_url,
         threads=4 * max(1, qm.workers),
         table=coco.images if coco is not None else None,
     )
     seconds = time.perf_counter() - start
     selected = {key.path[-1] for key in context.selected_asset_keys}
-    images = manifest.images
     outputs = {}
     outputs["manifest"] = dg.Output(
-        images,
+        StoredTable(images_url, summary.rows),
         output_name="manifest",
         metadata={
-            "dagster/row_count": len(images),
-            "measurable images": int(images.ok.sum()),
-            "total bytes": int(images.bytes.fillna(0).sum()),
+            "dagster/row_count": summary.rows,
+            "measurable images": summary.measurable,
+            "total bytes": summary.total_bytes,
             "kind": version.meta().kind or "",
             SIGNATURE_LABEL: signature or "",
             "seconds": round(seconds, 3),
         },
     )
-    issues = manifest.issues
     outputs["data_issues"] = dg.Output(
-        issues,
+        StoredTable(issues_url),
         output_name="data_issues",
         metadata={
-            "dagster/row_count": len(issues),
-            "errors": int((issues.severity == "error").sum()),
-            "warnings": int((issues.severity == "warning").sum()),
-            "issues": table_preview(issues),
+            "dagster/row_count": summary.errors + summary.warnings,
+            "errors": summary.errors,
+            "warnings": summary.warnings,
+            "issues": table_preview(summary.preview),
         },
     )
     annotations = coco.annotations if coco is not None else empty_annotations()

@@ -9,12 +9,20 @@ import dagster as dg
 
 from assets.metadata import value_summary
 from assets.partitions import dataset_versions
+from qm_dagster import storage
 from qm_dagster.embedding_providers import is_function, precomputed
-from qm_dagster.image_pass import measure_images
 from qm_dagster.metrics.registry import MetricSpec, metrics
+from qm_dagster.passes.backends import backend_for
+from qm_dagster.passes.image_pass import (
+    EMBEDDINGS,
+    ENGINE_VERSION,
+    OBJECT_EMBEDDINGS,
+    measure_images,
+)
+from qm_dagster.storage import StoredTable
 from resources.dataset import QmResource
+from resources.io_manager import LAZY
 
-ENGINE_VERSION = "2"
 GROUPS = {"image": "data", "object": "label", "prediction": "model"}
 
 
@@ -82,60 +90,72 @@ def build_image_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.Assets
         partitions_def=dataset_versions,
         can_subset=True,
         ins={
-            "manifest": dg.AssetIn(key=["dataset", "manifest"]),
-            "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+            "manifest": dg.AssetIn(key=["dataset", "manifest"], metadata={LAZY: True}),
+            "annotations": dg.AssetIn(key=["dataset", "annotations"], metadata={LAZY: True}),
         },
         outs={**{name: metric_out(spec) for name, spec in specs.items()}, **EMBEDDING_OUTS},
     )
-    def image_pass(context: dg.AssetExecutionContext, qm: QmResource, manifest, annotations):
-        """Decode each measurable image once; compute every selected image and object metric and
-        the embeddings on it."""
+    def image_pass(
+        context: dg.AssetExecutionContext,
+        qm: QmResource,
+        manifest: StoredTable,
+        annotations: StoredTable,
+    ):
+        """Decode each measurable image once (only those whose values are not cached yet);
+        compute every selected image and object metric and the embeddings on it."""
         selected = {"/".join(k.path) for k in context.selected_asset_keys}
         chosen = {n: s for n, s in specs.items() if s.asset_key in selected}
+        provider = qm.embedding_provider
         result = measure_images(
-            manifest,
+            manifest.url,
             list(chosen.values()),
-            workers=qm.workers,
+            qm.storage,
+            context.partition_key,
             chunk_size=qm.chunk_size,
-            annotations=annotations,
-            embeddings="data/embeddings" in selected,
-            object_embeddings="label/embeddings" in selected,
-            embedder=qm.embedding_provider if is_function(qm.embedding_provider) else "",
+            annotations=annotations.url,
+            embeddings=EMBEDDINGS in selected,
+            object_embeddings=OBJECT_EMBEDDINGS in selected,
+            embedder=provider if is_function(provider) else "",
+            backend=backend_for(qm.workers, qm.dask_scheduler),
+            log=context.log.info,
         )
-        if (
-            qm.embedding_provider
-            and not is_function(qm.embedding_provider)
-            and ("data/embeddings" in selected)
-        ):
-            names = manifest.set_index("image_id").file_name.reindex(result.embeddings.image_id)
-            result.embeddings["vector"] = precomputed(
-                qm.embedding_provider, context.partition_key, names.to_frame()
-            )
+        if provider and not is_function(provider) and EMBEDDINGS in selected:
+            _replace_vectors(result, provider, manifest, context.partition_key)
         context.log.info(
-            f"{len(chosen)} metrics on {len(manifest)} images: {result.decoded} decoded in "
-            f"{result.seconds:.1f}s, {len(result.failures)} failures"
+            f"{len(chosen)} metrics on {result.images} images: {result.decoded} decoded, "
+            f"{result.reused} reused from the cache, in {result.seconds:.1f}s, "
+            f"{len(result.failures)} failures"
         )
         common = {
             "images decoded": dg.MetadataValue.int(result.decoded),
+            "images reused": dg.MetadataValue.int(result.reused),
             "seconds (whole pass)": dg.MetadataValue.float(round(result.seconds, 3)),
+            "backend": "dask " + qm.dask_scheduler if qm.dask_scheduler else "local pool",
         }
         for name, spec in chosen.items():
-            frame = result.values[spec.name]
+            table = StoredTable(result.outputs[spec.asset_key]).to_pandas(["value"])
             stages = ["read", "decode", f"metric:{spec.name}"]
-            failed = result.failures[result.failures.stage.str.split(" ").str[0].isin(stages)]
-            meta = {**value_summary(frame), **common, "failures": dg.MetadataValue.int(len(failed))}
-            yield dg.Output(frame, output_name=name, metadata=meta)
-        if "data/embeddings" in selected:
-            yield dg.Output(
-                result.embeddings,
-                output_name="embeddings",
-                metadata={"dagster/row_count": len(result.embeddings), **common},
-            )
-        if "label/embeddings" in selected:
-            yield dg.Output(
-                result.object_embeddings,
-                output_name="object_embeddings",
-                metadata={"dagster/row_count": len(result.object_embeddings), **common},
-            )
+            meta = {
+                **value_summary(table),
+                **common,
+                "failures": dg.MetadataValue.int(result.failed(stages)),
+            }
+            stored = StoredTable(result.outputs[spec.asset_key], result.rows[spec.asset_key])
+            yield dg.Output(stored, output_name=name, metadata=meta)
+        for name, key in (("embeddings", EMBEDDINGS), ("object_embeddings", OBJECT_EMBEDDINGS)):
+            if key in selected:
+                rows = result.rows[key]
+                stored = StoredTable(result.outputs[key], rows)
+                meta = {"dagster/row_count": rows, **common}
+                yield dg.Output(stored, output_name=name, metadata=meta)
 
     return image_pass
+
+
+def _replace_vectors(result, provider: str, manifest: StoredTable, version: str) -> None:
+    """Put the provider's precomputed vectors into the embeddings table (read whole: the
+    provider's file is per version and fits in memory)."""
+    table = result.table(EMBEDDINGS)
+    names = manifest.to_pandas(["image_id", "file_name"]).set_index("image_id").file_name
+    table["vector"] = precomputed(provider, version, names.reindex(table.image_id).to_frame())
+    storage.write_parquet(result.outputs[EMBEDDINGS], table)

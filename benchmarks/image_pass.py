@@ -69,7 +69,7 @@ def best_of(runs: int, *fns) -> list[float]:
 def coco_items():
     """The coco-val2014-fake100 images present offline, each with its annotated objects."""
     from qm_dagster.coco import load_json, parse_instances
-    from qm_dagster.decode import ImageItem, ObjectItem
+    from qm_dagster.passes.decode import ImageItem, ObjectItem
 
     folder = Path(ARGS.data) / "coco-val2014-fake100"
     path = folder / "instances_val2014_100.json"
@@ -90,7 +90,7 @@ def coco_items():
 
 
 def decode_only(items) -> None:
-    from qm_dagster.decode import decode
+    from qm_dagster.passes.decode import decode
     from qm_dagster.storage import read_bytes
 
     for item in items:
@@ -140,8 +140,8 @@ def rss_probe(files: list[str], repeat: int) -> None:
     """Full pass with all workers; a thread samples every process's peak RSS from /proc."""
     import threading
 
-    from qm_dagster.image_pass import measure_images
     from qm_dagster.metrics import load_metrics, metrics
+    from qm_dagster.passes.image_pass import measure_images
 
     load_metrics()
     frame = manifest(files, repeat)
@@ -175,9 +175,9 @@ def main() -> None:
     import cv2
     from PIL import Image
 
-    from qm_dagster.decode import ImageItem, PassRequest, init_worker, measure_chunk
-    from qm_dagster.image_pass import measure_images
     from qm_dagster.metrics import load_metrics, metrics
+    from qm_dagster.passes.decode import ImageItem, PassRequest, init_worker, measure_chunk
+    from qm_dagster.passes.image_pass import measure_images
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))

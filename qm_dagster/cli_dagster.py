@@ -13,6 +13,7 @@ import dagster as dg
 from qm_dagster.config import DEFAULT_HOME, Settings
 from qm_dagster.dataset import check_version_name
 from qm_dagster.errors import QmError
+from qm_dagster.passes.progress import PREFIX
 
 PARTITIONS = "dataset_versions"
 _SHOWN = {
@@ -91,6 +92,8 @@ def _print_progress(instance: dg.DagsterInstance, run_id: str, stop: threading.E
         records = instance.all_logs(run_id)
         for record in records[seen:]:
             event = record.dagster_event
+            if event is None and record.user_message.startswith(PREFIX):
+                print(f"  {record.user_message}", flush=True)
             if event is None or event.event_type not in _SHOWN:
                 continue
             what = _SHOWN[event.event_type]

@@ -12,7 +12,8 @@ re-checked per tick, 50), ``drift_schedule`` (cron, daily at 06:00), ``drift_tim
 ``alert_webhook`` (URL for failure alerts; empty = off), ``score_threshold`` (0.5: detections
 counted in precision/recall), ``buckets`` (5 quantile buckets per metric in sliced evaluation),
 ``bucket_edges`` (YAML only: ``{metric: [edges]}`` replacing the quantile buckets of a metric).
-``executor`` (``multiprocess``: a process per step, Dagster's default; ``in_process`` saves
+``dask_scheduler`` (address of a ``dask.distributed`` scheduler: the image pass's chunks run
+there, empty = the local process pool), ``executor`` (``multiprocess``: a process per step, Dagster's default; ``in_process`` saves
 the few seconds of process start per step on small versions; the image pass has its own pool
 either way). Each scalar has a ``QM_<NAME>`` variable.
 """
@@ -41,7 +42,7 @@ class Settings:
     datasets: str = f"{DEFAULT_HOME}/datasets"
     storage: str = f"{DEFAULT_HOME}/storage"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    chunk_size: int = 16
+    chunk_size: int = 0  # images per pool task; 0 = automatic (16 to 256 by pass size)
     max_pixels: int = DEFAULT_MAX_PIXELS
     metric_modules: tuple[str, ...] = ()
     embedding_provider: str = ""
@@ -58,6 +59,7 @@ class Settings:
     buckets: int = 5  # quantile buckets per metric in sliced evaluation
     bucket_edges: tuple = ()  # ((metric, (edge, ...)), ...): explicit buckets for some metrics
     executor: str = "multiprocess"  # Dagster executor of every run: multiprocess | in_process
+    dask_scheduler: str = ""  # tcp://host:8786: the image pass's chunks run on that Dask cluster
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -84,6 +86,7 @@ class Settings:
             "score_threshold": env.get("QM_SCORE_THRESHOLD"),
             "buckets": env.get("QM_BUCKETS"),
             "executor": env.get("QM_EXECUTOR"),
+            "dask_scheduler": env.get("QM_DASK_SCHEDULER"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))
@@ -118,9 +121,12 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
                 out[key] = value
             elif key == "bucket_edges":
                 out[key] = _bucket_edges(value)
+            elif key == "chunk_size":
+                out[key] = int(value)  # type: ignore[arg-type]
+                if out[key] < 0:
+                    raise ValueError("must be >= 0 (0 = automatic)")
             elif key in (
                 "workers",
-                "chunk_size",
                 "max_pixels",
                 "sensor_interval",
                 "scan_window",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,21 +119,20 @@ class Version:
         coco = self.instances()
         if coco is not None:
             return coco.images
-        names = [
-            rel
-            for rel in storage.walk_files(self.images_url)
-            if rel.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-        return pd.DataFrame(
-            {
-                "image_id": names,
-                "file_name": names,
-                "coco_width": None,
-                "coco_height": None,
-                "video_id": None,
-                "frame_index": None,
-            }
-        )
+        parts = list(self.image_batches())
+        return pd.concat(parts, ignore_index=True) if parts else listed_images([])
+
+    def image_batches(self, rows: int = 4096) -> Iterator[pd.DataFrame]:
+        """The image files of an unlabeled version, ``rows`` at a time, in path order."""
+        names: list[str] = []
+        for rel in storage.walk_files(self.images_url):
+            if rel.lower().endswith(IMAGE_EXTENSIONS):
+                names.append(rel)
+                if len(names) == rows:
+                    yield listed_images(names)
+                    names = []
+        if names:
+            yield listed_images(names)
 
     def prediction_files(self) -> dict[str, str]:
         """``{model: url}`` for every ``predictions/<model>.json``."""
@@ -151,6 +151,20 @@ class Version:
         frame = parse_results(load_json(storage.read_bytes(url), url), url, image_ids, categories)
         frame.insert(0, "model", model)
         return frame
+
+
+def listed_images(names: list[str]) -> pd.DataFrame:
+    """Image-table rows of files found by listing: the path relative to ``images/`` is the id."""
+    return pd.DataFrame(
+        {
+            "image_id": names,
+            "file_name": names,
+            "coco_width": None,
+            "coco_height": None,
+            "video_id": None,
+            "frame_index": None,
+        }
+    )
 
 
 @dataclass

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from qm_dagster import storage
-from qm_dagster.dataset import Version
+from qm_dagster.dataset import Version, listed_images
 
 # Our own limit (max_pixels) is checked from the header; PIL's bomb guard would fire first.
 Image.MAX_IMAGE_PIXELS = None
@@ -52,8 +53,12 @@ class FileFacts:
     problem: str | None = None
 
 
-def inspect_bytes(data: bytes, max_pixels: int) -> FileFacts:
-    """Size, hash and header of an image file's bytes, and why it cannot be measured, if so."""
+def inspect_bytes(data: bytes, max_pixels: int, tail: bytes | None = None) -> FileFacts:
+    """Size, hash and header of an image file's bytes, and why it cannot be measured, if so.
+
+    With ``tail`` (the file's last bytes), ``data`` may be just the file's beginning: enough for
+    the header and the JPEG end-marker check (PNG integrity is then left to the decoder).
+    """
     facts = FileFacts(bytes=len(data))
     if not data:
         facts.problem = "empty file (0 bytes)"
@@ -77,9 +82,17 @@ def inspect_bytes(data: bytes, max_pixels: int) -> FileFacts:
             f"header claims {facts.width}x{facts.height} = {facts.width * facts.height} pixels, "
             f"above the max_pixels limit {max_pixels}; not decoded"
         )
+    elif tail is not None:
+        facts.problem = _jpeg_tail_problem(img, tail)
     else:
         facts.problem = _truncation(img, data)
     return facts
+
+
+def _jpeg_tail_problem(img: Image.Image, tail: bytes) -> str | None:
+    if img.format in ("JPEG", "MPO") and not tail.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        return "truncated JPEG: no end-of-image marker"
+    return None
 
 
 def _truncation(img: Image.Image, data: bytes) -> str | None:
@@ -100,14 +113,53 @@ def _truncation(img: Image.Image, data: bytes) -> str | None:
     return None
 
 
+HEADER_BYTES = 256 * 1024  # enough for the size markers of any JPEG/PNG/BMP/WebP header
+TAIL_BYTES = 64
+
+
+def content_from_etag(etag: str, size: int) -> str:
+    """The content id of an object the store identifies by ETag (same upload, same bytes)."""
+    token = f"etag:{etag.strip(chr(34))}:{size}".encode()
+    return hashlib.blake2b(token, digest_size=16).hexdigest()
+
+
+def _store_etag(info: dict) -> str | None:
+    etag = info.get("ETag") or info.get("etag")
+    return str(etag) if etag else None
+
+
 def _inspect_url(url: str, max_pixels: int) -> FileFacts:
+    fs, path = storage.filesystem(url)
     try:
-        data = storage.read_bytes(url)
+        if storage.is_local(fs):
+            return inspect_bytes(fs.cat_file(path), max_pixels)
+        info = fs.info(path)
     except FileNotFoundError:
         return FileFacts(problem="file not found")
     except OSError as exc:
         return FileFacts(problem=f"cannot read: {exc}")
-    return inspect_bytes(data, max_pixels)
+    etag, size = _store_etag(info), int(info.get("size") or 0)
+    try:
+        if etag is None or size <= HEADER_BYTES:
+            return inspect_bytes(fs.cat_file(path), max_pixels)
+        return _inspect_remote(fs, path, size, etag, max_pixels)
+    except FileNotFoundError:
+        return FileFacts(problem="file not found")
+    except OSError as exc:
+        return FileFacts(problem=f"cannot read: {exc}")
+
+
+def _inspect_remote(fs, path: str, size: int, etag: str, max_pixels: int) -> FileFacts:
+    """An object with an ETag: its header and last bytes only (two range reads), identified by
+    the ETag, so the image pass is the one full read of its bytes."""
+    head = fs.cat_file(path, start=0, end=HEADER_BYTES)
+    tail = fs.cat_file(path, start=size - TAIL_BYTES, end=size)
+    facts = inspect_bytes(head, max_pixels, tail=tail)
+    if facts.problem and facts.problem.startswith(("truncated", "corrupt", "unreadable")):
+        facts = inspect_bytes(fs.cat_file(path), max_pixels)  # the header alone was not enough
+    facts.bytes = size
+    facts.content_hash = content_from_etag(etag, size)
+    return facts
 
 
 @dataclass
@@ -116,18 +168,140 @@ class Manifest:
     issues: pd.DataFrame
 
 
+def manifest_batches(
+    version: Version,
+    max_pixels: int,
+    threads: int = 8,
+    table: pd.DataFrame | None = None,
+    rows: int = 4096,
+) -> Iterator[Manifest]:
+    """Inspect every data point of ``version``, ``rows`` at a time (I/O bound, so on threads).
+
+    ``table`` is the version's image table when the caller has already parsed it; without
+    annotations the image folder is walked a folder at a time. Memory is bounded by a batch.
+    """
+    base = version.images_url
+    if table is None and version.has_annotations():
+        table = version.image_table()
+    batches = (
+        (table.iloc[i : i + rows] for i in range(0, len(table), rows))
+        if table is not None
+        else version.image_batches(rows)
+    )
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for batch in batches:
+            urls = [storage.join(base, name) for name in batch.file_name]
+            facts = list(pool.map(lambda u: _inspect_url(u, max_pixels), urls))
+            yield _manifest_rows(batch, urls, facts)
+
+
 def build_manifest(
     version: Version, max_pixels: int, threads: int = 8, table: pd.DataFrame | None = None
 ) -> Manifest:
-    """Inspect every data point of ``version`` (I/O bound, so on threads).
+    """The whole manifest in memory (small versions, tests); ``write_manifest`` streams it."""
+    parts = list(manifest_batches(version, max_pixels, threads, table))
+    if not parts:
+        parts = [_manifest_rows(version.image_table().iloc[:0], [], [])]
+    return Manifest(
+        pd.concat([p.images for p in parts], ignore_index=True),
+        pd.concat([p.issues for p in parts], ignore_index=True),
+    )
 
-    ``table`` is the version's image table when the caller has already parsed it.
-    """
-    table = version.image_table() if table is None else table
-    base = version.images_url
-    urls = [storage.join(base, name) for name in table.file_name]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        facts = list(pool.map(lambda u: _inspect_url(u, max_pixels), urls))
+
+@dataclass
+class ManifestSummary:
+    """What ``write_manifest`` wrote, for the asset's metadata."""
+
+    rows: int = 0
+    measurable: int = 0
+    total_bytes: int = 0
+    errors: int = 0
+    warnings: int = 0
+    preview: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
+
+
+def write_manifest(
+    version: Version,
+    max_pixels: int,
+    images_url: str,
+    issues_url: str,
+    threads: int = 8,
+    table: pd.DataFrame | None = None,
+) -> ManifestSummary:
+    """Stream the manifest and the issues of ``version`` to two Parquet files, atomically."""
+    import pyarrow as pa
+
+    if table is None and version.has_annotations():
+        table = version.image_table()
+    # COCO ids are integers; without annotations the relative path is the id
+    ids = pa.int64() if table is not None else pa.string()
+    empty = _manifest_rows((table if table is not None else listed_images([])).iloc[:0], [], [])
+    schemas = tuple(  # with pandas' metadata, so nullable integer columns read back as Int64
+        pa.Table.from_pandas(frame, schema=schema, preserve_index=False).schema
+        for frame, schema in (
+            (empty.images, manifest_schema(ids)),
+            (empty.issues, issues_schema(ids)),
+        )
+    )
+    summary = ManifestSummary()
+    sinks = [
+        storage.ParquetSink(images_url, schemas[0]),
+        storage.ParquetSink(issues_url, schemas[1]),
+    ]
+    try:
+        for part in manifest_batches(version, max_pixels, threads, table):
+            for sink, frame, schema in zip(sinks, (part.images, part.issues), schemas, strict=True):
+                sink.write(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+            _count(summary, part)
+    except BaseException as exc:
+        for sink in sinks:
+            sink.abort(exc)
+        raise
+    for sink in sinks:
+        sink.close()
+    return summary
+
+
+def manifest_schema(id_type):
+    """The Arrow schema of ``dataset/manifest`` (``id_type``: int64 for COCO, else string)."""
+    import pyarrow as pa
+
+    text, number = pa.string(), pa.int64()
+    types = {
+        "image_id": id_type,
+        "file_name": text,
+        "url": text,
+        "bytes": number,
+        "content_hash": text,
+        "width": number,
+        "height": number,
+        "coco_width": number,
+        "coco_height": number,
+        "format": text,
+        "video_id": text,
+        "frame_index": number,
+        "ok": pa.bool_(),
+    }
+    return pa.schema([(c, types[c]) for c in MANIFEST_COLUMNS])
+
+
+def issues_schema(id_type):
+    import pyarrow as pa
+
+    return pa.schema([("image_id", id_type)] + [(c, pa.string()) for c in ISSUE_COLUMNS[1:]])
+
+
+def _count(summary: ManifestSummary, part: Manifest) -> None:
+    summary.rows += len(part.images)
+    summary.measurable += int(part.images.ok.sum())
+    summary.total_bytes += int(part.images.bytes.fillna(0).sum())
+    summary.errors += int((part.issues.severity == "error").sum())
+    summary.warnings += int((part.issues.severity == "warning").sum())
+    if len(summary.preview) < 20 and len(part.issues):
+        summary.preview = pd.concat([summary.preview, part.issues.head(20)], ignore_index=True)
+
+
+def _manifest_rows(table: pd.DataFrame, urls: list[str], facts: list[FileFacts]) -> Manifest:
     images = table.assign(
         url=urls,
         bytes=[f.bytes for f in facts],

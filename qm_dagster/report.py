@@ -12,7 +12,7 @@ import pandas as pd
 
 from qm_dagster import storage
 from qm_dagster.charts import data_url, histogram_png, sliced_chart
-from qm_dagster.decode import decode
+from qm_dagster.passes.decode import decode
 
 THUMB = 112
 GALLERY = 6

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import fsspec
 from fsspec.core import url_to_fs
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 
 def join(base: str, *parts: str) -> str:
@@ -32,6 +35,10 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in _protocols(fs) or "local" in _protocols(fs)
 
 
 def read_bytes(url: str) -> bytes:
@@ -54,12 +61,31 @@ def write_bytes_atomic(url: str, data: bytes, content_type: str | None = None) -
     """
     fs, path = filesystem(url)
     if "file" in _protocols(fs):
+        with atomic_writer(url) as fh:
+            fh.write(data)
+        return
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    extra = {"ContentType": content_type} if content_type and "s3" in _protocols(fs) else {}
+    fs.pipe_file(path, data, **extra)
+
+
+@contextlib.contextmanager
+def atomic_writer(url: str) -> Iterator[IO[bytes]]:
+    """A binary file handle whose content appears at ``url`` only when the block exits cleanly.
+
+    Streams (nothing is buffered whole): local files go to a temporary name and are renamed;
+    object stores get s3fs's multipart upload, completed on success and aborted (``discard``) on
+    error, so a failure or a kill never leaves a torn or partial object.
+    """
+    fs, path = filesystem(url)
+    if "file" in _protocols(fs):
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -67,11 +93,73 @@ def write_bytes_atomic(url: str, data: bytes, content_type: str | None = None) -
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-    else:
-        parent = path.rsplit("/", 1)[0]
-        fs.makedirs(parent, exist_ok=True)
-        extra = {"ContentType": content_type} if content_type and "s3" in _protocols(fs) else {}
-        fs.pipe_file(path, data, **extra)
+        return
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    fh = fs.open(path, "wb")
+    try:
+        yield fh
+    except BaseException:
+        discard = getattr(fh, "discard", None)
+        if discard is not None:
+            discard()
+        raise
+    fh.close()
+
+
+class ParquetSink:
+    """Append record batches to one Parquet file at ``url``, atomically, in bounded memory.
+
+    Rows are buffered up to ``row_group`` and written as a row group; ``close`` (or leaving the
+    ``with`` block) commits the file, an exception discards it.
+    """
+
+    def __init__(self, url: str, schema: pa.Schema, row_group: int = 65_536):
+        import pyarrow.parquet as pq
+
+        self.url, self.schema, self.row_group, self.rows = url, schema, row_group, 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._ctx = atomic_writer(url)
+        self._writer = pq.ParquetWriter(self._ctx.__enter__(), schema)
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        import pyarrow as pa
+
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        table = table.select(self.schema.names).cast(self.schema)
+        self._pending.extend(table.to_batches())
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending, self.schema))
+        self._pending, self._pending_rows = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(type(exc)):
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
 
 
 def write_parquet(url: str, frame: pd.DataFrame) -> None:
@@ -87,6 +175,46 @@ def read_parquet(url: str) -> pd.DataFrame:
     fs, path = filesystem(url)
     with fs.open(path, "rb") as fh:
         return pd.read_parquet(fh)
+
+
+def iter_parquet(
+    url: str, columns: list[str] | None = None, batch_rows: int = 65_536
+) -> Iterator[pa.RecordBatch]:
+    """The Parquet file at ``url`` as record batches of at most ``batch_rows`` rows: bounded
+    memory whatever the file's size."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as fh:
+        yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet file at ``url`` as an Arrow table, only ``columns`` when given."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as fh:
+        return pq.read_table(fh, columns=columns)
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    """A table already written at ``url`` (a streamed output), or one to read lazily (an input):
+    what passes between the engine and the IO manager instead of a whole DataFrame."""
+
+    url: str
+    rows: int | None = None
+
+    def to_pandas(self, columns: list[str] | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        fs, path = filesystem(self.url)
+        with fs.open(path, "rb") as fh:
+            return pd.read_parquet(fh, columns=columns)
+
+    def batches(self, columns: list[str] | None = None, rows: int = 65_536):
+        return iter_parquet(self.url, columns, rows)
 
 
 def asset_url(base: str, asset_key: str, version: str) -> str:
@@ -107,12 +235,27 @@ def browser_url(url: str, expires: int = 7 * 24 * 3600) -> str:
 
 
 def walk_files(url: str) -> Iterator[str]:
-    """Every file under ``url``, as paths relative to it, sorted."""
+    """Every file under ``url``, as paths relative to it, sorted; one folder listed at a time,
+    so memory is bounded by the largest folder, not the tree."""
     fs, root = filesystem(url)
     root = root.rstrip("/")
     if not fs.exists(root):
         return
-    for path in sorted(fs.find(root)):
-        rel = path[len(root) :].lstrip("/")
-        if rel:
-            yield rel
+    yield from _walk(fs, root, root)
+
+
+def _walk(fs: fsspec.AbstractFileSystem, root: str, folder: str) -> Iterator[str]:
+    entries = sorted(  # a folder sorts as "name/", as the full paths of its files do
+        fs.ls(folder, detail=True),
+        key=lambda e: e["name"].rstrip("/") + ("/" if e.get("type") == "directory" else ""),
+    )
+    for entry in entries:
+        name = entry["name"].rstrip("/")
+        if name == folder:  # some stores list the folder itself
+            continue
+        if entry.get("type") == "directory":
+            yield from _walk(fs, root, name)
+        else:
+            rel = name[len(root) :].lstrip("/")
+            if rel:
+                yield rel

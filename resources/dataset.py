@@ -15,9 +15,10 @@ class QmResource(dg.ConfigurableResource):
     datasets: str
     storage: str = ""
     workers: int = 1
-    chunk_size: int = 16
+    chunk_size: int = 0  # 0 = automatic
     max_pixels: int = 100_000_000
     embedding_provider: str = ""
+    dask_scheduler: str = ""  # empty: the local process pool
 
     def root(self) -> DatasetRoot:
         return DatasetRoot(self.datasets)

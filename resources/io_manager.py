@@ -7,12 +7,16 @@ import pandas as pd
 
 from qm_dagster import storage
 
+LAZY = "qm/lazy"  # input metadata: hand the asset a StoredTable to stream, not a DataFrame
+
 
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores DataFrames at ``<base_url>/<asset key>/<version>.parquet`` (local path or s3://).
 
     The layout is the engine's (``qm_dagster.storage.asset_url``), so ``qm_dagster.load`` reads
-    the same files without Dagster.
+    the same files without Dagster. Assets that stream their output write that file themselves
+    and return a ``StoredTable`` for it; inputs declared with ``metadata={LAZY: True}`` arrive as
+    a ``StoredTable`` to read in batches.
     """
 
     base_url: str
@@ -26,13 +30,27 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         if obj is None:
             return
+        url = self._url(context)
+        if isinstance(obj, storage.StoredTable):
+            if obj.url != url:
+                raise ValueError(
+                    f"{context.asset_key.to_user_string()}: written at {obj.url}, expected {url}"
+                )
+            context.add_output_metadata({"dagster/uri": dg.MetadataValue.path(url)})
+            return
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(
                 f"{context.asset_key.to_user_string()}: expected a DataFrame, got {type(obj)}"
             )
-        url = self._url(context)
         storage.write_parquet(url, obj)
         context.add_output_metadata({"dagster/uri": dg.MetadataValue.path(url)})
 
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        return storage.read_parquet(self._url(context))
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame | storage.StoredTable:
+        url = self._url(context)
+        if (context.definition_metadata or {}).get(LAZY):
+            if not storage.exists(url):
+                raise FileNotFoundError(
+                    f"{context.asset_key.to_user_string()} is not stored: {url}"
+                )
+            return storage.StoredTable(url)
+        return storage.read_parquet(url)

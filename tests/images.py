@@ -57,3 +57,10 @@ def real_photos() -> dict[str, np.ndarray]:
     import skimage.data
 
     return {n: getattr(skimage.data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")}
+
+
+def content_id(path: Path) -> str:
+    """The manifest's content id of a local file (a digest of its bytes)."""
+    from qm_dagster.manifest import inspect_bytes
+
+    return inspect_bytes(Path(path).read_bytes(), 10**12).content_hash

@@ -80,7 +80,7 @@ def test_corrupt_files_become_issues_and_good_values_are_exact(settings, corrupt
 
 def test_decode_returns_none_for_empty_and_garbage_bytes():
     # regression: cv2.imdecode raises on an empty buffer (the report's gallery hit it)
-    from qm_dagster.decode import decode
+    from qm_dagster.passes.decode import decode
 
     assert decode(b"") is None
     assert decode(b"not an image") is None

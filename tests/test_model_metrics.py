@@ -15,7 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import qm_dagster.decode
+import qm_dagster.passes.decode
 from qm_dagster import load
 from qm_dagster.dataset import DatasetRoot
 from qm_dagster.demo import write_demo
@@ -227,8 +227,10 @@ def test_new_predictions_rerun_only_model_assets(settings, tmp_path, monkeypatch
         json.dump([{**d, "score": d["score"] / 2} for d in dets], fh)
 
     decodes = []
-    real = qm_dagster.decode.decode
-    monkeypatch.setattr(qm_dagster.decode, "decode", lambda data: decodes.append(1) or real(data))
+    real = qm_dagster.passes.decode.decode
+    monkeypatch.setattr(
+        qm_dagster.passes.decode, "decode", lambda data: decodes.append(1) or real(data)
+    )
     from definitions import build_definitions
 
     keys = build_definitions(settings).resolve_asset_graph().get_all_asset_keys()

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from pycocotools import mask as mask_utils
 
-from qm_dagster.image_pass import measure_images
 from qm_dagster.metrics import load_metrics, metrics
 from qm_dagster.metrics.kernels import masked_sums
 from qm_dagster.metrics.view import ImageView
-from tests.images import real_photos, write_image
+from qm_dagster.passes.image_pass import measure_images
+from tests.images import content_id, real_photos, write_image
 from tests.test_image_metrics import _numpy_laplacian
 
 load_metrics()
@@ -85,12 +85,21 @@ def test_object_metrics_match_numpy_on_masks(tmp_path):
         }
     )
     manifest = pd.DataFrame(
-        {"image_id": ["a.png"], "url": [str(path)], "ok": [True], "width": [w], "height": [h]}
+        {
+            "image_id": ["a.png"],
+            "url": [str(path)],
+            "content_hash": [content_id(path)],
+            "bytes": [path.stat().st_size],
+            "ok": [True],
+            "width": [w],
+            "height": [h],
+        }
     )
     specs = [s for s in metrics("object", ()) if s.name in OBJECT_METRICS]
-    result = measure_images(manifest, specs, annotations=ann)
+    result = measure_images(manifest, specs, str(tmp_path / "out"), "v", annotations=ann)
     assert result.decoded == 1
-    got = {n: result.values[n].set_index("annotation_id").value for n in OBJECT_METRICS}
+    tables = {n: result.table(f"label/{n}") for n in OBJECT_METRICS}
+    got = {n: t.set_index("annotation_id").value for n, t in tables.items()}
 
     box = np.zeros((h, w), bool)
     box[30:120, 20:170] = True
@@ -108,7 +117,7 @@ def test_object_metrics_match_numpy_on_masks(tmp_path):
     assert {n: got[n][4] for n in OBJECT_METRICS} == pytest.approx(
         reference(rgb, polygons.astype(bool)), rel=1e-9
     )
-    assert list(result.values["object_brightness"].category) == ["x"] * 4
+    assert list(tables["object_brightness"].category) == ["x"] * 4
 
 
 def test_empty_and_out_of_image_boxes_are_nan_not_errors(tmp_path):
@@ -136,15 +145,17 @@ def test_empty_and_out_of_image_boxes_are_nan_not_errors(tmp_path):
         {
             "image_id": ["c.png"],
             "url": [str(tmp_path / "c.png")],
+            "content_hash": [content_id(tmp_path / "c.png")],
+            "bytes": [(tmp_path / "c.png").stat().st_size],
             "ok": [True],
             "width": [rgb.shape[1]],
             "height": [rgb.shape[0]],
         }
     )
     specs = [s for s in metrics("object", ()) if s.name in OBJECT_METRICS]
-    result = measure_images(manifest, specs, annotations=ann)
+    result = measure_images(manifest, specs, str(tmp_path / "out"), "v", annotations=ann)
     assert result.failures.empty
-    assert result.values["object_brightness"].value.isna().all()
+    assert result.table("label/object_brightness").value.isna().all()
 
 
 def test_fused_sums_are_exact_on_a_wide_extreme_object():

@@ -1,0 +1,246 @@
+"""Pass values keyed by content: write-once Parquet parts under ``<storage>/_cache/v1``.
+
+A value is found by (key, fingerprint). The key of an image is its content id (the manifest's
+``content_hash``: a digest of its bytes, or of the object store's ETag and size); the key of an
+object adds its geometry, class and crowd flag. A fingerprint names what was computed and with
+which code: ``data/brightness@2.1`` (asset key @ engine.metric code version), with the settings a
+value depends on after ``#`` (the embedding provider). Changing one metric's code changes only
+its fingerprint, so only it is recomputed.
+
+Layout, one folder per kind of row::
+
+    _cache/v1/image/<part>.parquet    key, status, errors, one column per fingerprint
+    _cache/v1/object/<part>.parquet   key, errors, one column per fingerprint
+    _cache/v1/thumb/<part>.parquet    key, thumb (64x64 gray; kept apart from the vectors)
+
+Every part is written once, by the worker that computed it, under a fresh random name, and never
+rewritten: two passes sharing images may run at once, a killed pass leaves only whole parts, and
+its rerun finds them. A key may sit in several parts (computed twice by concurrent passes); any
+copy is equal, the index takes the newest listed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qm_dagster import storage
+
+CACHE_DIR = "_cache/v1"
+KINDS = ("image", "object", "thumb")
+KEY, STATUS, ERRORS = "key", "status", "errors"
+RESERVED = (KEY, STATUS, ERRORS)
+
+
+def fingerprint(asset_key: str, code_version: str, settings: str = "") -> str:
+    """The column name of one computed quantity: ``asset@code[#settings]``."""
+    return f"{asset_key}@{code_version}" + (f"#{settings}" if settings else "")
+
+
+def cache_url(storage_url: str, kind: str) -> str:
+    return storage.join(storage_url, CACHE_DIR, kind)
+
+
+def new_part_url(storage_url: str, kind: str) -> str:
+    """A fresh, never reused part name: concurrent writers cannot collide."""
+    return storage.join(cache_url(storage_url, kind), f"{uuid.uuid4().hex}.parquet")
+
+
+def write_part(url: str, columns: dict[str, pa.Array | list]) -> None:
+    """Write one part atomically (one PUT on object stores, rename locally)."""
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes_atomic(url, sink.getvalue().to_pybytes())
+
+
+_HEX = np.frombuffer(bytes.fromhex("").join(f"{i:02x}".encode() for i in range(256)), np.uint8)
+_HEX = _HEX.reshape(256, 2)
+
+
+def object_keys(content: pd.Series, objects: pd.DataFrame) -> np.ndarray:
+    """128-bit keys (32 hex characters) of objects: image content + geometry + class + crowd.
+
+    Vectorised (two differently keyed pandas hashes of the same columns), no Python per row.
+    """
+    frame = pd.DataFrame(
+        {
+            "content": content.to_numpy(),
+            "x": objects.bbox_x.to_numpy(),
+            "y": objects.bbox_y.to_numpy(),
+            "w": objects.bbox_w.to_numpy(),
+            "h": objects.bbox_h.to_numpy(),
+            "seg": objects.segmentation.fillna("").to_numpy(),
+            "cat": objects.category_id.to_numpy(),
+            "crowd": objects.iscrowd.to_numpy(),
+        }
+    )
+    lo = pd.util.hash_pandas_object(frame, index=False, hash_key="qm-object-key-lo").to_numpy()
+    hi = pd.util.hash_pandas_object(frame, index=False, hash_key="qm-object-key-hi").to_numpy()
+    raw = np.stack([hi.astype(">u8"), lo.astype(">u8")], axis=1).view(np.uint8)
+    return np.ascontiguousarray(_HEX[raw].reshape(len(frame), 32)).view("S32").ravel()
+
+
+@dataclass
+class Located:
+    """Where each requested key's value is: part number and row in it, -1 where absent."""
+
+    part: np.ndarray
+    row: np.ndarray
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.part >= 0
+
+    def subset(self, mask: np.ndarray) -> Located:
+        return Located(self.part[mask], self.row[mask])
+
+
+@dataclass
+class CacheIndex:
+    """Which keys each part holds, and which fingerprints it has, for one kind of row.
+
+    Holds the keys of the cache (fixed-width bytes, ~40 bytes a key), never values: the values
+    are read from the parts when a version's tables are assembled.
+    """
+
+    url: str
+    parts: list[str] = field(default_factory=list)
+    columns: list[frozenset[str]] = field(default_factory=list)
+    failed: dict[bytes, str] = field(default_factory=dict)  # image keys OpenCV cannot decode
+    _keys: list[np.ndarray] = field(default_factory=list)
+    _lookup: dict[str, tuple[pd.Index, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, storage_url: str, kind: str, threads: int = 16) -> CacheIndex:
+        """Read the key column and schema of every part (parts written later are added with
+        ``add``)."""
+        index = cls.empty(storage_url, kind)
+        fs, path = storage.filesystem(index.url)
+        fs.invalidate_cache(path)
+        try:
+            names = sorted(
+                e for e in fs.ls(path, detail=False) if not e.rsplit("/", 1)[-1].startswith(".")
+            )
+        except FileNotFoundError:
+            return index
+        urls = [storage.join(index.url, n.rsplit("/", 1)[-1]) for n in names]
+        with ThreadPoolExecutor(threads) as pool:
+            for url, (cols, keys, failed) in zip(urls, pool.map(_read_keys, urls), strict=True):
+                index.add(url, cols, keys, failed)
+        return index
+
+    @classmethod
+    def empty(cls, storage_url: str, kind: str) -> CacheIndex:
+        """An index that knows no part (a pass that must not reuse)."""
+        return cls(cache_url(storage_url, kind))
+
+    def add(
+        self,
+        url: str,
+        columns: Sequence[str],
+        keys: np.ndarray,
+        failed: Sequence[tuple[bytes, str]] = (),
+    ) -> None:
+        """Register one part: its columns, its keys, and which of them could not be decoded."""
+        self.parts.append(url)
+        self.columns.append(frozenset(columns) - set(RESERVED))
+        self._keys.append(np.asarray(keys, dtype="S32"))
+        self.failed.update(failed)
+        self._lookup.clear()
+
+    def failed_mask(self, keys: np.ndarray) -> np.ndarray:
+        """Which of ``keys`` are bytes known to be undecodable."""
+        if not self.failed:
+            return np.zeros(len(keys), dtype=bool)
+        return pd.Index(np.asarray(keys, dtype="S32")).isin(list(self.failed))
+
+    def locate(self, keys: np.ndarray, fp: str) -> Located:
+        """Part and row of each of ``keys`` in a part that has ``fp``; the newest part wins."""
+        if fp not in self._lookup:
+            self._lookup[fp] = self._build(fp)
+        index, part_of, row_of = self._lookup[fp]
+        pos = index.get_indexer(np.asarray(keys, dtype="S32"))
+        part = np.full(len(pos), -1, dtype=np.int64)
+        row = np.full(len(pos), -1, dtype=np.int64)
+        hit = pos >= 0
+        part[hit] = part_of[pos[hit]]
+        row[hit] = row_of[pos[hit]]
+        return Located(part, row)
+
+    def _build(self, fp: str) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+        having = [i for i, cols in enumerate(self.columns) if fp in cols]
+        if not having:
+            keys = np.array([], dtype="S32")
+            part_of = row_of = np.array([], dtype=np.int64)
+        else:
+            keys = np.concatenate([self._keys[i] for i in having])
+            part_of = np.concatenate([np.full(len(self._keys[i]), i) for i in having])
+            row_of = np.concatenate([np.arange(len(self._keys[i])) for i in having])
+        frame = pd.DataFrame({"key": keys, "part": part_of, "row": row_of})
+        frame = frame.drop_duplicates("key", keep="last")
+        return pd.Index(frame.key.to_numpy()), frame.part.to_numpy(), frame.row.to_numpy()
+
+
+def _read_keys(url: str) -> tuple[list[str], np.ndarray, list[tuple[bytes, str]]]:
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        names = pf.schema_arrow.names
+        wanted = [KEY, STATUS] if STATUS in names else [KEY]
+        table = pf.read(columns=wanted)
+    keys = table.column(KEY).to_numpy(zero_copy_only=False).astype("S32")
+    failed = []
+    if STATUS in names:
+        status = table.column(STATUS).to_numpy(zero_copy_only=False)
+        failed = [(keys[i], status[i]) for i in np.flatnonzero(status != "")]
+    return names, keys, failed
+
+
+class PartReader:
+    """Columns of recently used parts (a small LRU), for gathering a version's values."""
+
+    def __init__(self, index: CacheIndex, capacity: int = 32):
+        self.index, self.capacity = index, capacity
+        self._tables: OrderedDict[tuple[int, tuple[str, ...]], pa.Table] = OrderedDict()
+
+    def table(self, part: int, columns: tuple[str, ...]) -> pa.Table:
+        key = (part, columns)
+        table = self._tables.get(key)
+        if table is None:
+            table = storage.read_table(self.index.parts[part], list(columns))
+            self._tables[key] = table
+            if len(self._tables) > self.capacity:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(key)
+        return table
+
+    def gather(self, located: Located, columns: tuple[str, ...]) -> dict[str, pa.Array]:
+        """``columns`` for every located row, in the order of ``located`` (all must be found)."""
+        n = len(located.part)
+        order = np.argsort(located.part, kind="stable")
+        chunks: dict[str, list[pa.Array]] = {c: [] for c in columns}
+        positions: list[np.ndarray] = []
+        parts, starts = np.unique(located.part[order], return_index=True)
+        bounds = [*starts[1:], n]
+        for part, start, end in zip(parts, starts, bounds, strict=True):
+            rows = order[start:end]
+            table = self.table(int(part), columns)
+            taken = table.take(pa.array(located.row[rows]))
+            for c in columns:
+                chunks[c].append(taken.column(c).combine_chunks())
+            positions.append(rows)
+        if not positions:
+            return {c: pa.array([], type=pa.float64()) for c in columns}
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[np.concatenate(positions)] = np.arange(n)
+        return {c: pa.concat_arrays(chunks[c]).take(pa.array(inverse)) for c in columns}
