@@ -21,13 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from qm_dagster.config import Settings
-
 # Only the standard library and the light config module at module level: pool workers re-import
 # the main script (CPython's forkserver and spawn do), so a heavy main is paid per worker start.
 
 ROOT = Path(__file__).resolve().parents[1]
-CHUNK = Settings().chunk_size
 ARGS = argparse.Namespace(data=str(ROOT.parent / "shared" / "data"))
 
 
@@ -40,18 +37,46 @@ def real_jpegs(data: Path) -> list[str]:
 
 def manifest(files: list[str], repeat: int):
     import pandas as pd
-    from PIL import Image
 
-    sizes = {}
-    for f in files:
-        with Image.open(f) as img:
-            sizes[f] = img.size
+    from qm_dagster.manifest import inspect_bytes
+
+    facts = {f: inspect_bytes(Path(f).read_bytes(), 10**12) for f in files}
     rows = [
-        {"image_id": f"{i}:{f}", "url": f, "ok": True, "width": sizes[f][0], "height": sizes[f][1]}
+        {
+            "image_id": f"{i}:{f}",
+            "url": f,
+            "content_hash": facts[f].content_hash,
+            "bytes": facts[f].bytes,
+            "ok": True,
+            "width": facts[f].width,
+            "height": facts[f].height,
+        }
         for i in range(repeat)
         for f in files
     ]
     return pd.DataFrame(rows)
+
+
+def fresh_pass(frame, specs, workers: int):
+    """The full pass with nothing reused, into a throw-away storage folder."""
+    import tempfile
+
+    from qm_dagster.passes.image_pass import measure_images
+
+    with tempfile.TemporaryDirectory() as out:
+        return measure_images(frame, specs, out, "bench", workers=workers, reuse=False)
+
+
+def request(image_keys=(), object_keys=()):
+    """A worker request that keeps the chunk's values in memory (no cache)."""
+    from qm_dagster.passes.decode import PassRequest
+
+    return PassRequest(
+        image_keys=tuple(image_keys),
+        object_keys=tuple(object_keys),
+        image_fps=tuple(image_keys),
+        object_fps=tuple(object_keys),
+    )
 
 
 def best_of(runs: int, *fns) -> list[float]:
@@ -141,7 +166,6 @@ def rss_probe(files: list[str], repeat: int) -> None:
     import threading
 
     from qm_dagster.metrics import load_metrics, metrics
-    from qm_dagster.passes.image_pass import measure_images
 
     load_metrics()
     frame = manifest(files, repeat)
@@ -155,7 +179,7 @@ def rss_probe(files: list[str], repeat: int) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     specs = [s for s in metrics("image", ()) if s.reads_pixels or s.reads == "header"]
-    result = measure_images(frame, specs, workers=os.cpu_count() or 1, chunk_size=CHUNK)
+    result = fresh_pass(frame, specs, os.cpu_count() or 1)
     done.set()
     sampler.join()
     workers = sorted(peaks.values())
@@ -176,8 +200,7 @@ def main() -> None:
     from PIL import Image
 
     from qm_dagster.metrics import load_metrics, metrics
-    from qm_dagster.passes.decode import ImageItem, PassRequest, init_worker, measure_chunk
-    from qm_dagster.passes.image_pass import measure_images
+    from qm_dagster.passes.decode import ImageItem, init_worker, measure_chunk
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -196,7 +219,7 @@ def main() -> None:
     pixel_keys = [s.asset_key for s in metrics("image", ()) if s.reads_pixels]
     object_keys = [s.asset_key for s in metrics("object", ()) if s.reads_pixels]
     items = [ImageItem(f, f) for f in files]
-    image_pass = PassRequest(image_keys=tuple(pixel_keys))
+    image_pass = request(pixel_keys)
     init_worker(())
     w, h = zip(*(Image.open(f).size for f in files), strict=True)
     print(
@@ -210,7 +233,7 @@ def main() -> None:
     t_each = sum(
         best_of(
             args.runs,
-            *(lambda k=k: measure_chunk(items, PassRequest(image_keys=(k,))) for k in pixel_keys),
+            *(lambda k=k: measure_chunk(items, request((k,))) for k in pixel_keys),
         )
     )
     print(f"decode only          : {len(files) / t_decode:7.1f} images/s")
@@ -222,8 +245,8 @@ def main() -> None:
     specs = [s for s in metrics("image", ()) if s.reads_pixels or s.reads == "header"]
     t1, tn = best_of(
         args.runs,
-        lambda: measure_images(big, specs, workers=1, chunk_size=CHUNK),
-        lambda: measure_images(big, specs, workers=cores, chunk_size=CHUNK),
+        lambda: fresh_pass(big, specs, 1),
+        lambda: fresh_pass(big, specs, cores),
     )
     print(
         f"full pass, {len(big)} images: 1 worker {len(big) / t1:.1f} images/s, "
@@ -232,7 +255,7 @@ def main() -> None:
     print(f"(c) 1 worker / {cores} workers        = {t1 / tn:.2f}  (target >= 1.8 on 2 cores)")
 
     coco = coco_items()
-    with_objects = PassRequest(image_keys=tuple(pixel_keys), object_keys=tuple(object_keys))
+    with_objects = request(pixel_keys, object_keys)
     t_img, t_obj = best_of(
         args.runs,
         lambda: measure_chunk(coco, image_pass),

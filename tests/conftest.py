@@ -42,6 +42,31 @@ def coco_fake_spec(predictions: bool = True):
     )
 
 
+BUCKET = "qm-test"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A fresh moto S3 server on 127.0.0.1 with bucket BUCKET, credentials in the environment."""
+    import boto3
+    import s3fs
+
+    from tests.s3server import moto_server
+
+    with moto_server() as endpoint:
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(

@@ -18,6 +18,8 @@ import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
 
+from qm_dagster import load
+from qm_dagster.config import Settings
 from qm_dagster.dataset import DatasetRoot
 from qm_dagster.manifest import write_manifest
 from qm_dagster.metrics import load_metrics, metrics
@@ -307,3 +309,54 @@ def test_progress_reports_rate_and_eta():
     assert lines == ["image pass: 30/100 images to compute (30%), 5.0 images/s, ETA 0m14s"]
     progress.finish()
     assert lines[-1] == "image pass: 40 images computed in 0m08s (5.0 images/s)"
+
+
+def test_cache_on_s3_identifies_objects_by_etag_and_reuses_them(s3, tmp_path, monkeypatch):
+    import s3fs
+
+    import qm_dagster.manifest
+    from qm_dagster.manifest import content_from_etag
+    from tests.conftest import BUCKET
+
+    monkeypatch.setattr(qm_dagster.manifest, "HEADER_BYTES", 4096)  # these JPEGs are ~60 KB
+    files = {f"p{i}.jpg": f.read_bytes() for i, f in enumerate(photos(8))}
+    local = tmp_path / "local"
+    v1 = {n: files[n] for n in list(files)[:6]}
+    v2 = {
+        **{n: files[n] for n in list(files)[:4]},
+        "p6.jpg": files["p6.jpg"],
+        "p7.jpg": files["p7.jpg"],
+    }
+    for name, content in (("v1", v1), ("v2", v2)):
+        write_version(local, name, content, default_boxes(content))
+    fs = s3fs.S3FileSystem()
+    fs.put(str(local / "v1"), f"{BUCKET}/datasets/v1", recursive=True)
+    for rel in ("annotations.json", *(f"images/{n}" for n in ("p6.jpg", "p7.jpg"))):
+        fs.put_file(str(local / "v2" / rel), f"{BUCKET}/datasets/v2/{rel}")
+    for n in list(files)[:4]:  # server-side copies: same bytes, same ETag, no upload
+        fs.copy(f"{BUCKET}/datasets/v1/images/{n}", f"{BUCKET}/datasets/v2/images/{n}")
+    fs.put_file(str(local / "v2" / "version.json"), f"{BUCKET}/datasets/v2/version.json")
+
+    on_s3 = Settings(
+        datasets=f"s3://{BUCKET}/datasets", storage=f"s3://{BUCKET}/storage", workers=2
+    )
+    selection = pass_selection(on_s3)
+    assert materialize_version(on_s3, "v1", selection).success
+    manifest = load("dataset/manifest", "v1", on_s3)
+    for row in manifest.itertuples():
+        info = fs.info(f"{BUCKET}/datasets/v1/images/{row.file_name}")
+        assert row.content_hash == content_from_etag(info["ETag"], info["size"])
+        assert row.width == 640 and row.height == 480
+    second = materialize_version(on_s3, "v2", selection)
+    assert second.success
+    assert (pass_metadata(second)["images decoded"], pass_metadata(second)["images reused"]) == (
+        2,
+        4,
+    )
+    assert fs.find(f"{BUCKET}/storage/_cache/v1/image")
+    assert not [p for p in fs.find(f"{BUCKET}/storage") if "/.tmp" in p]
+
+    fresh = Settings(datasets=str(local), storage=str(tmp_path / "fresh"), workers=1)
+    assert materialize_version(fresh, "v2", selection).success
+    for key in ("data/brightness", "label/object_sharpness", "data/embeddings", "label/embeddings"):
+        pd.testing.assert_frame_equal(load(key, "v2", on_s3), load(key, "v2", fresh), obj=key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
 import s3fs
 
@@ -10,28 +9,9 @@ from qm_dagster import load
 from qm_dagster.config import Settings
 from qm_dagster.dataset import DatasetRoot
 from qm_dagster.importers import ImportSpec, import_version
-from tests.conftest import materialize_version, shared
+from tests.conftest import BUCKET, materialize_version, shared
 from tests.images import real_photos, write_image
-from tests.s3server import moto_server
 from tests.test_image_metrics import reference_values
-
-BUCKET = "qm-test"
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    with moto_server() as endpoint:
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-        }.items():
-            monkeypatch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-        s3fs.S3FileSystem.clear_instance_cache()
-        yield endpoint
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_materialize_from_and_to_s3(s3, tmp_path):

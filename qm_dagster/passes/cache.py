@@ -206,22 +206,24 @@ def _read_keys(url: str) -> tuple[list[str], np.ndarray, list[tuple[bytes, str]]
 
 
 class PartReader:
-    """Columns of recently used parts (a small LRU), for gathering a version's values."""
+    """Recently used parts, whole (a small LRU), for gathering a version's values: the parts a
+    manifest batch touches are each read once for all the batch's columns."""
 
-    def __init__(self, index: CacheIndex, capacity: int = 32):
+    def __init__(self, index: CacheIndex, capacity: int = 128):
         self.index, self.capacity = index, capacity
-        self._tables: OrderedDict[tuple[int, tuple[str, ...]], pa.Table] = OrderedDict()
+        self._tables: OrderedDict[int, pa.Table] = OrderedDict()
+        fs, path = storage.filesystem(index.url)
+        fs.invalidate_cache(path)  # parts written by workers since the index was listed
 
-    def table(self, part: int, columns: tuple[str, ...]) -> pa.Table:
-        key = (part, columns)
-        table = self._tables.get(key)
+    def table(self, part: int) -> pa.Table:
+        table = self._tables.get(part)
         if table is None:
-            table = storage.read_table(self.index.parts[part], list(columns))
-            self._tables[key] = table
+            table = storage.read_table(self.index.parts[part])
+            self._tables[part] = table
             if len(self._tables) > self.capacity:
                 self._tables.popitem(last=False)
         else:
-            self._tables.move_to_end(key)
+            self._tables.move_to_end(part)
         return table
 
     def gather(self, located: Located, columns: tuple[str, ...]) -> dict[str, pa.Array]:
@@ -234,8 +236,7 @@ class PartReader:
         bounds = [*starts[1:], n]
         for part, start, end in zip(parts, starts, bounds, strict=True):
             rows = order[start:end]
-            table = self.table(int(part), columns)
-            taken = table.take(pa.array(located.row[rows]))
+            taken = self.table(int(part)).select(list(columns)).take(pa.array(located.row[rows]))
             for c in columns:
                 chunks[c].append(taken.column(c).combine_chunks())
             positions.append(rows)
