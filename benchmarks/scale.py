@@ -142,11 +142,14 @@ class Watch:
         if p.pid == self.root.pid:
             return "driver"
         cmd = " ".join(p.cmdline())
+        parent = " ".join(p.parent().cmdline()) if p.parent() else ""
+        if "resource_tracker" in cmd:
+            return "resource tracker"
+        if "forkserver" in parent:
+            return "pool worker"
         if "forkserver" in cmd:
             return "fork server"
-        if "dask" in cmd or "distributed" in cmd:
-            return "dask process"
-        return "worker"
+        return "dask process" if "spawn" in cmd or "dask" in cmd else "other"
 
     def stop(self) -> dict[str, float]:
         """Peak RSS in MB per role (the largest process of each role)."""

@@ -21,6 +21,7 @@ copy is equal, the index takes the newest listed.
 
 from __future__ import annotations
 
+import binascii
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -104,20 +105,41 @@ class Located:
         return Located(self.part[mask], self.row[mask])
 
 
+def key_words(keys: np.ndarray) -> np.ndarray:
+    """32-hex-character keys as ``n x 2`` unsigned 64-bit words (16 bytes a key, C speed)."""
+    keys = np.ascontiguousarray(keys, dtype="S32")
+    if not len(keys):
+        return np.zeros((0, 2), dtype=np.uint64)
+    raw = binascii.unhexlify(keys.tobytes())
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, 2)
+
+
+@dataclass
+class _Lookup:
+    """Where the keys of a set of parts are: a hash index on each key's low word, the high word
+    to confirm a hit (a low-word collision is a miss, never a wrong value)."""
+
+    index: pd.Index
+    high: np.ndarray
+    part: np.ndarray
+    row: np.ndarray
+
+
 @dataclass
 class CacheIndex:
     """Which keys each part holds, and which fingerprints it has, for one kind of row.
 
-    Holds the keys of the cache (fixed-width bytes, ~40 bytes a key), never values: the values
-    are read from the parts when a version's tables are assembled.
+    Holds the cache's keys (16 bytes each, plus one hash index per distinct set of parts, shared
+    by every fingerprint those parts hold), never values: the values are read from the parts
+    when a version's tables are assembled.
     """
 
     url: str
     parts: list[str] = field(default_factory=list)
     columns: list[frozenset[str]] = field(default_factory=list)
     failed: dict[bytes, str] = field(default_factory=dict)  # image keys OpenCV cannot decode
-    _keys: list[np.ndarray] = field(default_factory=list)
-    _lookup: dict[str, tuple[pd.Index, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _words: list[np.ndarray] = field(default_factory=list)
+    _lookups: dict[tuple[int, ...], _Lookup] = field(default_factory=dict)
 
     @classmethod
     def load(cls, storage_url: str, kind: str, threads: int = 16) -> CacheIndex:
@@ -153,9 +175,9 @@ class CacheIndex:
         """Register one part: its columns, its keys, and which of them could not be decoded."""
         self.parts.append(url)
         self.columns.append(frozenset(columns) - set(RESERVED))
-        self._keys.append(np.asarray(keys, dtype="S32"))
+        self._words.append(key_words(keys))
         self.failed.update(failed)
-        self._lookup.clear()
+        self._lookups.clear()
 
     def failed_mask(self, keys: np.ndarray) -> np.ndarray:
         """Which of ``keys`` are bytes known to be undecodable."""
@@ -165,29 +187,32 @@ class CacheIndex:
 
     def locate(self, keys: np.ndarray, fp: str) -> Located:
         """Part and row of each of ``keys`` in a part that has ``fp``; the newest part wins."""
-        if fp not in self._lookup:
-            self._lookup[fp] = self._build(fp)
-        index, part_of, row_of = self._lookup[fp]
-        pos = index.get_indexer(np.asarray(keys, dtype="S32"))
+        having = tuple(i for i, cols in enumerate(self.columns) if fp in cols)
+        lookup = self._lookups.get(having)
+        if lookup is None:
+            lookup = self._lookups[having] = self._build(having)
+        words = key_words(keys)
+        pos = lookup.index.get_indexer(words[:, 1])
+        hit = pos >= 0
+        hit[hit] = lookup.high[pos[hit]] == words[hit, 0]
         part = np.full(len(pos), -1, dtype=np.int64)
         row = np.full(len(pos), -1, dtype=np.int64)
-        hit = pos >= 0
-        part[hit] = part_of[pos[hit]]
-        row[hit] = row_of[pos[hit]]
+        part[hit] = lookup.part[pos[hit]]
+        row[hit] = lookup.row[pos[hit]]
         return Located(part, row)
 
-    def _build(self, fp: str) -> tuple[pd.Index, np.ndarray, np.ndarray]:
-        having = [i for i, cols in enumerate(self.columns) if fp in cols]
+    def _build(self, having: tuple[int, ...]) -> _Lookup:
         if not having:
-            keys = np.array([], dtype="S32")
-            part_of = row_of = np.array([], dtype=np.int64)
-        else:
-            keys = np.concatenate([self._keys[i] for i in having])
-            part_of = np.concatenate([np.full(len(self._keys[i]), i) for i in having])
-            row_of = np.concatenate([np.arange(len(self._keys[i])) for i in having])
-        frame = pd.DataFrame({"key": keys, "part": part_of, "row": row_of})
-        frame = frame.drop_duplicates("key", keep="last")
-        return pd.Index(frame.key.to_numpy()), frame.part.to_numpy(), frame.row.to_numpy()
+            empty = np.array([], dtype=np.int64)
+            return _Lookup(
+                pd.Index(np.array([], dtype=np.uint64)), empty.astype(np.uint64), empty, empty
+            )
+        words = np.concatenate([self._words[i] for i in having])
+        part = np.concatenate([np.full(len(self._words[i]), i, dtype=np.int32) for i in having])
+        row = np.concatenate([np.arange(len(self._words[i]), dtype=np.int32) for i in having])
+        low = pd.Index(words[:, 1])
+        keep = ~low.duplicated(keep="last")  # a key computed twice: the newest part
+        return _Lookup(low[keep], words[keep, 0], part[keep], row[keep])
 
 
 def _read_keys(url: str) -> tuple[list[str], np.ndarray, list[tuple[bytes, str]]]:

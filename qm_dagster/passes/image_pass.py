@@ -327,7 +327,12 @@ class _Pass:
 
     def assemble(self, version: str, result: PassResult) -> None:
         sinks = _Sinks(self.storage, version, self.schemas())
-        readers = {kind: PartReader(index) for kind, index in self.index.items()}
+        # a batch touches ~64 parts of each kind; thumbnails (1 MB a part) are read by one
+        # gather per batch, which visits each part once, so they need no cache
+        readers = {
+            kind: PartReader(index, capacity=4 if kind == "thumb" else 96)
+            for kind, index in self.index.items()
+        }
         failures: list[tuple[object, str, str]] = []
         try:
             for batch in self._batches():
