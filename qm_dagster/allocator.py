@@ -9,6 +9,7 @@ that a worker keeps up to ``TRIM_BYTES`` of freed memory instead of returning it
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 
@@ -31,3 +32,16 @@ def tune_for_images() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_BYTES)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)
     )
+
+
+def release_memory() -> None:
+    """Give freed memory back to the kernel (glibc's heap and Arrow's pool): called between the
+    batches of a long pass so that its driver's resident size tracks the batch, not the
+    fragmentation of all batches so far."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)

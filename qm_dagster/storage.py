@@ -70,6 +70,9 @@ def write_bytes_atomic(url: str, data: bytes, content_type: str | None = None) -
     fs.pipe_file(path, data, **extra)
 
 
+ROW_GROUP = 65_536  # rows per Parquet row group: readers can stream and skip by statistics
+
+
 @contextlib.contextmanager
 def atomic_writer(url: str) -> Iterator[IO[bytes]]:
     """A binary file handle whose content appears at ``url`` only when the block exits cleanly.
@@ -114,7 +117,7 @@ class ParquetSink:
     ``with`` block) commits the file, an exception discards it.
     """
 
-    def __init__(self, url: str, schema: pa.Schema, row_group: int = 65_536):
+    def __init__(self, url: str, schema: pa.Schema, row_group: int = ROW_GROUP):
         import pyarrow.parquet as pq
 
         self.url, self.schema, self.row_group, self.rows = url, schema, row_group, 0
@@ -165,7 +168,7 @@ class ParquetSink:
 def write_parquet(url: str, frame: pd.DataFrame) -> None:
     """Serialise ``frame`` to Parquet in memory, then write it atomically."""
     buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
+    frame.to_parquet(buf, index=False, row_group_size=ROW_GROUP)
     write_bytes_atomic(url, buf.getvalue())
 
 

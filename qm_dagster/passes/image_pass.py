@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qm_dagster import storage
+from qm_dagster.allocator import release_memory
 from qm_dagster.coco import ANNOTATION_COLUMNS
 from qm_dagster.metrics.registry import MetricSpec
 from qm_dagster.metrics.view import Header
@@ -431,6 +432,7 @@ class _Pass:
             frame = frame[frame.ok.astype(bool)]
             if len(frame):
                 yield frame.reset_index(drop=True)
+            release_memory()
 
     def _objects(self, batch: pd.DataFrame) -> pd.DataFrame:
         """The annotations of ``batch``'s images (a filtered scan: bounded by the batch)."""
@@ -448,8 +450,10 @@ class _Pass:
         if pa.types.is_null(id_type):  # no annotation at all
             return pd.DataFrame(columns=columns)
         wanted = pa.array(batch.image_id.tolist(), type=id_type)
-        table = data.to_table(columns=columns, filter=pc.field("image_id").isin(wanted))
-        return table.to_pandas()
+        scanner = data.scanner(  # streamed: memory bounded by a row group, not the file
+            columns=columns, filter=pc.field("image_id").isin(wanted), batch_size=16_384
+        )
+        return scanner.to_table().to_pandas()
 
 
 def _object_keys(batch: pd.DataFrame, objects: pd.DataFrame) -> np.ndarray:
