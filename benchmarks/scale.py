@@ -102,6 +102,7 @@ def child_pass(version: str, storage: str, workers: int, dask_workers: int) -> d
         "reused": result.reused,
         "images": result.images,
         "failures": len(result.failures),
+        **result.stats,
     }
 
 
@@ -193,6 +194,12 @@ def image_pass(version: str, storage: Path, workers: int, dask: int = 0, kill_wh
     return run_child(["pass", version, str(storage), str(workers), str(dask)], kill_when=kill_when)
 
 
+def _phases(result: dict) -> str:
+    """The driver's own peak after each phase, as the pass recorded it."""
+    keys = [k for k in result if k.startswith("peak MB after")]
+    return "driver " + ", ".join(f"{k[len('peak MB ') :]} {result[k]:.0f} MB" for k in keys)
+
+
 def fmt_peaks(peaks: dict[str, float]) -> str:
     return ", ".join(f"{role} {mb:.0f} MB" for role, mb in sorted(peaks.items()))
 
@@ -261,7 +268,7 @@ def main() -> None:
             report["small seconds"] = r["seconds"]
             print(
                 f"    pass {r['seconds']:.1f}s, {r['decoded']} decoded, {rate:.1f} images/s; "
-                f"peak RSS: {fmt_peaks(p_small)}",
+                f"peak RSS: {fmt_peaks(p_small)}; {_phases(r)}",
                 flush=True,
             )
         if 1 in steps or 2 in steps:
@@ -276,7 +283,7 @@ def main() -> None:
             rate = r["decoded"] / r["seconds"]
             print(
                 f"    pass {r['seconds']:.1f}s, {r['decoded']} decoded, {rate:.1f} images/s; "
-                f"peak RSS: {fmt_peaks(p_large)}",
+                f"peak RSS: {fmt_peaks(p_large)}; {_phases(r)}",
                 flush=True,
             )
             if 1 in steps:

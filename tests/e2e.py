@@ -71,12 +71,23 @@ class Deployment:
         return answer["data"]
 
 
+_INIT_INSTANCE = (
+    "import dagster as dg; i = dg.DagsterInstance.get(); i.get_runs(limit=1); "
+    "i.get_asset_keys(); i.all_instigator_state(); i.dispose()"
+)
+
+
 @contextmanager
 def deployment(env: dict[str, str], home: Path, daemon: bool = True) -> Iterator[Deployment]:
     """Start the webserver (and the daemon) for ``workspace.yaml`` with ``DAGSTER_HOME=home``."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text((PROJECT / "dagster.yaml").read_text())
     env = {**env, "DAGSTER_HOME": str(home)}
+    # Create the SQLite storages once, before two processes race to create them (seen under
+    # load: "alembic_version has more than one head" and a code location that never loads).
+    subprocess.run(
+        [sys.executable, "-c", _INIT_INSTANCE], env=env, cwd=PROJECT, check=True, timeout=120
+    )
     port = free_port()
     with ExitStack() as stack:
         web = stack.enter_context(

@@ -15,6 +15,7 @@ A rerun after a kill finds the finished chunks in the cache and computes only th
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -166,11 +167,18 @@ def measure_images(
             progress.advance(summary.images)
         progress.finish()
         result.stats["compute seconds"] = round(progress.elapsed, 3)
+        result.stats["peak MB after compute"] = _peak_mb()
     pass_.assemble(version, result)
+    result.stats["peak MB after assembly"] = _peak_mb()
     result.decoded, result.reused = pass_.decoded, pass_.images - pass_.decoded_images
     result.images = pass_.images
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _peak_mb() -> float:
+    """This process's peak resident size so far (Linux reports KB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def auto_chunk_size(todo: int, slots: int) -> int:
