@@ -34,6 +34,13 @@ def artifact(name: str) -> Path:
     return ARTIFACTS / name
 
 
+def _dismiss_newsletter(page) -> None:
+    """Dagster's UI opens a first-visit newsletter dialog at a moment of its choosing, over
+    whatever the test is about to click: Playwright clicks its Skip whenever it shows."""
+    skip = page.get_by_role("button", name="Skip", exact=True)
+    page.add_locator_handler(skip, lambda button: button.click())
+
+
 @contextmanager
 def chromium_page(width: int = 1400, height: int = 1000) -> Iterator:
     """A Playwright page in Debian's Chromium; skips when either is missing."""
@@ -44,6 +51,7 @@ def chromium_page(width: int = 1400, height: int = 1000) -> Iterator:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
+            _dismiss_newsletter(page)
             yield page
         finally:
             browser.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -75,6 +78,43 @@ def settings(tmp_path: Path) -> Settings:
         workers=1,
         chunk_size=8,
     )
+
+
+# The named slices of the shared demo (qm.yaml's ``slices``)
+DEMO_SLICES = {
+    "dark": "`data/brightness` < 0.3",
+    "small_objects": {"level": "object", "where": "`label/relative_area` < 0.01"},
+}
+
+
+@dataclass(frozen=True)
+class Demo:
+    """The demo's train and production versions, materialized once per session with the shipped
+    checks.yaml and DEMO_SLICES; tests read it (and may add versions), never change it."""
+
+    settings: Settings
+    config: Path  # the qm.yaml holding DEMO_SLICES
+    runs: dict[str, dg.ExecuteInProcessResult]
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Demo:
+    from qm_dagster.demo import write_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    config = root / "qm.yaml"
+    config.write_text(json.dumps({"slices": DEMO_SLICES}))
+    settings = dataclasses.replace(
+        Settings.load({"QM_CONFIG": str(config)}),
+        datasets=str(root / "datasets"),
+        storage=str(root / "storage"),
+        workers=1,
+        chunk_size=8,
+        checks=str(PROJECT / "checks.yaml"),
+    )
+    write_demo(settings.datasets)
+    runs = {v: materialize_version(settings, v) for v in ("train", "production")}
+    return Demo(settings, config, runs)
 
 
 def materialize_version(

@@ -3,15 +3,12 @@ shifted production version and passes on train; bad check files are refused with
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 import pytest
 
 from qm_dagster.checks import Check, evaluate, load_checks
-from qm_dagster.demo import write_demo
 from qm_dagster.errors import QmError
-from tests.conftest import PROJECT, materialize_version
+from tests.conftest import PROJECT
 
 
 def outcomes(result) -> dict[str, tuple[bool, str]]:
@@ -21,16 +18,14 @@ def outcomes(result) -> dict[str, tuple[bool, str]]:
     }
 
 
-def test_demo_checks_pass_on_train_and_drift_fails_on_production(settings):
-    settings = dataclasses.replace(settings, checks=str(PROJECT / "checks.yaml"))
-    write_demo(settings.datasets)
-    train = materialize_version(settings, "train")
+def test_demo_checks_pass_on_train_and_drift_fails_on_production(demo):
+    train = demo.runs["train"]
     assert train.success
     results = outcomes(train)
     assert results["detector_ap50_overall"] == (True, "ERROR")
     assert results["no_brightness_drift"][0]  # train has no reference: nothing to drift from
     assert results["few_severe_brightness_outliers"] == (True, "WARN")
-    production = materialize_version(settings, "production")
+    production = demo.runs["production"]
     results = outcomes(production)
     assert results["no_brightness_drift"] == (False, "ERROR")
     evaluation = next(

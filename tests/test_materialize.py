@@ -63,10 +63,9 @@ def test_coco_version_from_shared_data(settings):
     assert meta["histogram"].startswith("![histogram](data:image/png;base64,")
 
 
-def test_demo_versions(settings):
-    write_demo(settings.datasets)
-    for version in ("train", "production"):
-        assert materialize_version(settings, version).success
+def test_demo_versions(demo):
+    settings = demo.settings
+    assert all(run.success for run in demo.runs.values())
     train = load("data/brightness", "train", settings).value
     prod = load("data/brightness", "production", settings).value
     assert prod.median() < 0.6 * train.median()  # the production camera is darker...

@@ -3,7 +3,6 @@ bucket logic on those images), `qm show --slice` and `qm export` (a valid new ve
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -13,21 +12,14 @@ from pathlib import Path
 import pytest
 
 from qm_dagster import load
-from qm_dagster.config import Settings
 from qm_dagster.dataset import DatasetRoot
-from qm_dagster.demo import write_demo
 from qm_dagster.errors import QmError
 from qm_dagster.slices import apply, find, parse_slices
-from tests.conftest import PROJECT, materialize_version
-
-SLICES = {
-    "dark": "`data/brightness` < 0.3",
-    "small_objects": {"level": "object", "where": "`label/relative_area` < 0.01"},
-}
+from tests.conftest import DEMO_SLICES, PROJECT
 
 
 def test_parse_and_errors():
-    slices = parse_slices(SLICES)
+    slices = parse_slices(DEMO_SLICES)
     assert find(slices, "small_objects").level == "object"
     with pytest.raises(QmError, match="no slice named 'nope'"):
         find(slices, "nope")
@@ -35,17 +27,9 @@ def test_parse_and_errors():
         parse_slices({"x": {"level": "pixel", "where": "a < 1"}})
 
 
-def test_slices_in_evaluation_show_and_export(tmp_path):
-    config = tmp_path / "qm.yaml"
-    config.write_text(json.dumps({"slices": SLICES}))
-    settings = dataclasses.replace(
-        Settings.load({"QM_CONFIG": str(config)}),
-        datasets=str(tmp_path / "d"),
-        storage=str(tmp_path / "s"),
-        workers=1,
-    )
-    write_demo(settings.datasets)
-    assert materialize_version(settings, "production").success
+def test_slices_in_evaluation_show_and_export(demo):
+    settings, config = demo.settings, demo.config
+    assert demo.runs["production"].success
     table = load("analysis/quality_table/image", "production", settings)
     dark = apply(find(settings.slices, "dark"), table)
     assert 0 < len(dark) < len(table)
