@@ -181,6 +181,29 @@ def test_code_version_bump_recomputes_only_that_metric(tmp_path):
     assert _run_pass(storage, tmp_path / "d" / "v1", bumped).decoded == 0
 
 
+def test_batch_and_slice_sizes_do_not_change_the_tables(tmp_path, monkeypatch):
+    """The sweeps cut the manifest into batches and heavy rows into slices; with sizes that cut
+    images and objects mid-way, fresh and reused tables equal one uncut pass."""
+    from qm_dagster.passes import image_pass
+
+    files = {f"p{i}.jpg": f.read_bytes() for i, f in enumerate(photos(7))}
+    write_version(tmp_path / "d", "v1", files, default_boxes(files))
+    specs = _pixel_specs()
+    options = {"embeddings": True, "object_embeddings": True, "chunk_size": 2}
+    whole = _run_pass(str(tmp_path / "whole"), tmp_path / "d" / "v1", specs, **options)
+    monkeypatch.setattr(image_pass, "BATCH_ROWS", 5)  # batches of 5 + 2 images, 10 + 4 objects
+    monkeypatch.setattr(image_pass, "HEAVY_ROWS", 1)  # image slices of 1, object slices of 8
+    cut_storage = str(tmp_path / "cut")
+    fresh = _run_pass(cut_storage, tmp_path / "d" / "v1", specs, **options)
+    reused = _run_pass(cut_storage, tmp_path / "d" / "v1", specs, **options)
+    assert (fresh.decoded, reused.decoded) == (7, 0)
+    assert {"data/embeddings", "label/embeddings", "label/object_brightness"} <= set(whole.outputs)
+    for key, url in whole.outputs.items():
+        expected = pd.read_parquet(url)
+        for run in (fresh, reused):
+            pd.testing.assert_frame_equal(pd.read_parquet(run.outputs[key]), expected, obj=key)
+
+
 def test_a_file_changed_after_its_manifest_is_not_cached(tmp_path):
     files = {f"p{i}.jpg": f.read_bytes() for i, f in enumerate(photos(2))}
     write_version(tmp_path / "d", "v1", files, {})

@@ -116,13 +116,23 @@ def key_words(keys: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Lookup:
-    """Where the keys of a set of parts are: a hash index on each key's low word, the high word
-    to confirm a hit (a low-word collision is a miss, never a wrong value)."""
+    """Where the keys of a set of parts are: keys sorted by their low word (binary search), the
+    high word to confirm a hit (a low-word collision is a miss, never a wrong value). 24 bytes
+    a key, no hash table."""
 
-    index: pd.Index
+    low: np.ndarray
     high: np.ndarray
     part: np.ndarray
     row: np.ndarray
+
+    def find(self, words: np.ndarray) -> np.ndarray:
+        """Position of each key (``n x 2`` words) in this lookup, -1 where absent."""
+        pos = np.searchsorted(self.low, words[:, 1])
+        pos = np.minimum(pos, max(len(self.low) - 1, 0))
+        hit = np.zeros(len(words), dtype=bool)
+        if len(self.low):
+            hit = (self.low[pos] == words[:, 1]) & (self.high[pos] == words[:, 0])
+        return np.where(hit, pos, -1)
 
 
 @dataclass
@@ -191,10 +201,8 @@ class CacheIndex:
         lookup = self._lookups.get(having)
         if lookup is None:
             lookup = self._lookups[having] = self._build(having)
-        words = key_words(keys)
-        pos = lookup.index.get_indexer(words[:, 1])
+        pos = lookup.find(key_words(keys))
         hit = pos >= 0
-        hit[hit] = lookup.high[pos[hit]] == words[hit, 0]
         part = np.full(len(pos), -1, dtype=np.int64)
         row = np.full(len(pos), -1, dtype=np.int64)
         part[hit] = lookup.part[pos[hit]]
@@ -203,16 +211,19 @@ class CacheIndex:
 
     def _build(self, having: tuple[int, ...]) -> _Lookup:
         if not having:
-            empty = np.array([], dtype=np.int64)
-            return _Lookup(
-                pd.Index(np.array([], dtype=np.uint64)), empty.astype(np.uint64), empty, empty
-            )
+            empty = np.array([], dtype=np.uint64)
+            return _Lookup(empty, empty, empty.astype(np.int32), empty.astype(np.int32))
         words = np.concatenate([self._words[i] for i in having])
         part = np.concatenate([np.full(len(self._words[i]), i, dtype=np.int32) for i in having])
         row = np.concatenate([np.arange(len(self._words[i]), dtype=np.int32) for i in having])
-        low = pd.Index(words[:, 1])
-        keep = ~low.duplicated(keep="last")  # a key computed twice: the newest part
-        return _Lookup(low[keep], words[keep, 0], part[keep], row[keep])
+        # sorted by low word, the newest part first among equal keys: a key computed twice
+        # (concurrent passes) is found in its newest part
+        order = np.lexsort((-part, words[:, 1]))
+        low = words[order, 1]
+        first = np.ones(len(low), dtype=bool)
+        first[1:] = low[1:] != low[:-1]
+        keep = order[first]
+        return _Lookup(words[keep, 1], words[keep, 0], part[keep], row[keep])
 
 
 def _read_keys(url: str) -> tuple[list[str], np.ndarray, list[tuple[bytes, str]]]:

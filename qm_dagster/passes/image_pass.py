@@ -46,7 +46,10 @@ from qm_dagster.passes.progress import Progress
 ENGINE_VERSION = "2"
 EMBEDDINGS, OBJECT_EMBEDDINGS = "data/embeddings", "label/embeddings"
 FAILURE_COLUMNS = ["image_id", "stage", "reason"]
-BATCH_ROWS = 16_384  # manifest rows per sweep batch
+BATCH_ROWS = 4096  # manifest rows per sweep batch: the driver's memory is a few batches
+# Rows per slice where rows are big (worker items with their objects, thumbnails, vectors): the
+# driver's peak is then the same for any version larger than a slice
+HEAVY_ROWS = 2048
 # What the workers need of an annotation (its record goes to custom object metrics)
 _OBJECT_FIELDS = [
     c for c in ANNOTATION_COLUMNS if c not in ("segmentation", "keypoints", "created")
@@ -261,19 +264,23 @@ class _Pass:
             need = mask != 0
             if not need.any():
                 continue
-            rows = batch[need]
+            rows, lacking = batch[need].reset_index(drop=True), mask[need]
             objects = self._objects(rows) if object_fps else None
-            by_image = _object_items(rows, objects) if objects is not None else {}
             local = storage.is_local(storage.filesystem(rows.url.iloc[0])[0])
-            for image_id, url, key, size, m in zip(
-                rows.image_id, rows.url, rows.content_hash, rows.bytes, mask[need], strict=True
-            ):
-                items = groups.setdefault(int(m), [])
-                objs = by_image.get(image_id, ())
-                items.append(ImageItem(image_id, url, objs, key.encode(), int(size), local))
-                if len(items) >= chunk_size:
-                    yield items, self._request(int(m), image_fps, object_fps)
-                    groups[int(m)] = []
+            for part in _slices(len(rows), HEAVY_ROWS):  # worker items of a slice at a time
+                sub = rows.iloc[part]
+                by_image = {}
+                if objects is not None:
+                    by_image = _object_items(sub, objects[objects.image_id.isin(sub.image_id)])
+                for image_id, url, key, size, m in zip(
+                    sub.image_id, sub.url, sub.content_hash, sub.bytes, lacking[part], strict=True
+                ):
+                    items = groups.setdefault(int(m), [])
+                    objs = by_image.get(image_id, ())
+                    items.append(ImageItem(image_id, url, objs, key.encode(), int(size), local))
+                    if len(items) >= chunk_size:
+                        yield items, self._request(int(m), image_fps, object_fps)
+                        groups[int(m)] = []
         for m, items in groups.items():
             if items:
                 yield items, self._request(m, image_fps, object_fps)
@@ -381,22 +388,21 @@ class _Pass:
             self._assemble_embeddings(batch, keys, failed, ids, sinks, readers)
 
     def _assemble_embeddings(self, batch, keys, failed, ids, sinks, readers) -> None:
-        image = self.index["image"]
-        phash = image.locate(keys, self.sel.phash_fp)
-        vector = image.locate(keys, self.sel.vector_fp)
-        thumb = self.index["thumb"].locate(keys, self.sel.thumb_fp)
+        image, sel = self.index["image"], self.sel
+        phash = image.locate(keys, sel.phash_fp)
+        vector = image.locate(keys, sel.vector_fp)
+        thumb = self.index["thumb"].locate(keys, sel.thumb_fp)
         take = phash.found & vector.found & thumb.found & ~failed
-        columns = {"image_id": ids.filter(pa.array(take))}
-        columns["phash"] = readers["image"].gather(phash.subset(take), (self.sel.phash_fp,))[
-            self.sel.phash_fp
-        ]
-        columns["vector"] = readers["image"].gather(vector.subset(take), (self.sel.vector_fp,))[
-            self.sel.vector_fp
-        ]
-        columns["thumb"] = readers["thumb"].gather(thumb.subset(take), (self.sel.thumb_fp,))[
-            self.sel.thumb_fp
-        ]
-        sinks.write(EMBEDDINGS, columns)
+        ids = ids.filter(pa.array(take))
+        phash, vector, thumb = phash.subset(take), vector.subset(take), thumb.subset(take)
+        for part in _slices(len(ids), HEAVY_ROWS):  # thumbnails are 4 KB a row
+            columns = {
+                "image_id": ids[part],
+                "phash": _column(readers["image"], phash.subset(part), sel.phash_fp),
+                "vector": _column(readers["image"], vector.subset(part), sel.vector_fp),
+                "thumb": _column(readers["thumb"], thumb.subset(part), sel.thumb_fp),
+            }
+            sinks.write(EMBEDDINGS, columns)
 
     def _gather(self, reader: PartReader, keys, fp: str, exclude: np.ndarray):
         """(rows taken, values, errors) of ``fp`` for ``keys``; rows not found or excluded are
@@ -428,9 +434,12 @@ class _Pass:
             fp = self.sel.object_vector_fp
             located = reader.index.locate(okeys, fp)
             take = located.found
-            vectors = reader.gather(located.subset(take), (fp,))[fp]
+            located = located.subset(take)
             cols = {k: v.filter(pa.array(take)) for k, v in base.items() if k != "category"}
-            sinks.write(OBJECT_EMBEDDINGS, {**cols, "vector": vectors})
+            for part in _slices(len(located.part), 8 * HEAVY_ROWS):  # 564 bytes a vector
+                sliced = {k: v[part] for k, v in cols.items()}
+                vectors = _column(reader, located.subset(part), fp)
+                sinks.write(OBJECT_EMBEDDINGS, {**sliced, "vector": vectors})
 
     # -- reading the inputs in batches ------------------------------------------------------
 
@@ -458,10 +467,22 @@ class _Pass:
         if pa.types.is_null(id_type):  # no annotation at all
             return pd.DataFrame(columns=columns)
         wanted = pa.array(batch.image_id.tolist(), type=id_type)
-        scanner = data.scanner(  # streamed: memory bounded by a row group, not the file
-            columns=columns, filter=pc.field("image_id").isin(wanted), batch_size=16_384
-        )
+        low, high = pc.min_max(wanted).values()
+        image_id = pc.field("image_id")
+        # the range lets row-group statistics skip most of the file (COCO files list their
+        # annotations by image); streamed: memory bounded by a row group, not the file
+        within = (image_id >= low) & (image_id <= high) & image_id.isin(wanted)
+        scanner = data.scanner(columns=columns, filter=within, batch_size=16_384)
         return scanner.to_table().to_pandas()
+
+
+def _slices(n: int, size: int) -> Iterator[slice]:
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
+
+
+def _column(reader: PartReader, located: Located, fp: str) -> pa.Array:
+    """The values of one fingerprint at ``located`` (all found)."""
+    return reader.gather(located, (fp,))[fp]
 
 
 def _object_keys(batch: pd.DataFrame, objects: pd.DataFrame) -> np.ndarray:
