@@ -55,8 +55,10 @@ def _model_errors(model: str, ann: pd.DataFrame, preds: pd.DataFrame) -> list[di
     best_any = np.zeros(len(ann))  # best IoU of any prediction, per object
     found = np.zeros(len(ann), bool)  # matched by a same-class prediction at IoU >= 0.5
     pred_by_image = preds.groupby("image_id").indices
+    ann_by_image = ann.groupby("image_id").indices  # one grouping, not a scan per image
+    none = np.zeros(0, np.int64)
     for image_id, p_rows in pred_by_image.items():
-        g_rows = np.flatnonzero((ann.image_id == image_id).to_numpy())
+        g_rows = ann_by_image.get(image_id, none)
         p, g = preds.iloc[p_rows], ann.iloc[g_rows]
         ious = geometry.box_iou(geometry.boxes(p), geometry.boxes(g))  # predictions x objects
         same = p.category_id.to_numpy()[:, None] == g.category_id.to_numpy()[None, :]
