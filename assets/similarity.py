@@ -14,13 +14,13 @@ from resources.dataset import QmResource
     partitions_def=dataset_versions,
     group_name="data",
     ins={"embeddings": dg.AssetIn(key=["data", "embeddings"])},
-    code_version="1",
-    kinds={"python", "scikitlearn"},
+    code_version="2",
+    kinds={"python", "faiss"},
     tags={"qm/level": "image", "qm/reads": "embeddings", "qm/origin": "builtin"},
 )
 def data_uniqueness(embeddings: pd.DataFrame):
     """Distance from each image's embedding to its nearest other image in the version
-    (0 = exact duplicate; nearest-neighbour search, no all-pairs matrix)."""
+    (0 = exact duplicate; exact search up to 20k images, a faiss index re-ranked exactly above)."""
     frame = pd.DataFrame({"image_id": embeddings.image_id, "value": uniqueness(embeddings)})
     return dg.Output(frame, metadata=value_summary(frame))
 
@@ -33,8 +33,8 @@ def data_uniqueness(embeddings: pd.DataFrame):
         "manifest": dg.AssetIn(key=["dataset", "manifest"]),
         "embeddings": dg.AssetIn(key=["data", "embeddings"]),
     },
-    code_version="1",
-    kinds={"python", "scikitlearn"},
+    code_version="2",
+    kinds={"python", "faiss"},
 )
 def analysis_duplicates(context: dg.AssetExecutionContext, qm: QmResource, manifest, embeddings):
     """Groups of exact (same content hash) and near duplicates (perceptual hash or embedding

@@ -70,28 +70,6 @@ def _hash_bits(gray: np.ndarray) -> np.ndarray:
 CROP_MARGINS = (0, 2, 4, 6)  # thumbnail pixels cut per side: 0 to 9% of the image
 
 
-def crop_hashes(thumb: bytes) -> np.ndarray:
-    """Hash bits (``n x 64``) of the thumbnail cropped by every combination of ``CROP_MARGINS``
-    per side; row 0 is the uncropped image."""
-    gray = np.frombuffer(thumb, np.uint8).reshape(THUMB, THUMB)
-    return np.array(
-        [
-            _hash_bits(gray[top : THUMB - bottom, left : THUMB - right])
-            for left in CROP_MARGINS
-            for top in CROP_MARGINS
-            for right in CROP_MARGINS
-            for bottom in CROP_MARGINS
-        ]
-    )
-
-
-def crop_tolerant_distance(a: np.ndarray, b: np.ndarray) -> int:
-    """Fewest differing bits between one image's hash and the other's cropped by up to 9% per
-    side, both ways (``a``, ``b`` from :func:`crop_hashes`): small for re-encoded, resized or
-    slightly cropped copies of one picture."""
-    return int(min((a != b[0]).sum(axis=1).min(), (b != a[0]).sum(axis=1).min()))
-
-
 def phash(bgr: np.ndarray) -> int:
     """64-bit perceptual hash: signs of the 8x8 low-frequency DCT of the 32x32 gray thumbnail
     against its median (DC excluded from the median), as a signed int64."""

@@ -1,7 +1,7 @@
 """Uniqueness and duplicate groups from embeddings and perceptual hashes.
 
-Neighbour search is scikit-learn's (a tree or brute-force in blocks, never an all-pairs matrix
-held in memory); groups are the connected components of the "is a near copy of" graph.
+Neighbours come from :mod:`qm_dagster.neighbours` (faiss indexes, no all-pairs comparison);
+groups are the connected components of the "is a near copy of" graph.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sklearn.neighbors import NearestNeighbors
 
-from qm_dagster.embeddings import crop_hashes, crop_tolerant_distance
+from qm_dagster.embeddings import THUMB
+from qm_dagster.neighbours import crop_distances, hash_pairs, knn, unique_pairs
 
 # Thresholds measured on the 249 distinct real photos of ../shared/data and planted copies of
 # them (JPEG quality 50, half size, crops of 3-8%): copies are within 0.03 in embedding distance
@@ -35,43 +35,56 @@ def uniqueness(embeddings: pd.DataFrame) -> np.ndarray:
     x = vectors(embeddings)
     if len(x) < 2:
         return np.full(len(x), np.nan)
-    distances, _ = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
-    return distances[:, 1]
+    distances, _ = knn(x, 1)
+    return np.where(np.isfinite(distances[:, 0]), distances[:, 0], np.nan)
 
 
 def _near_pairs(
     x: np.ndarray,
     hashes: np.ndarray,
-    thumbs: list[bytes],
+    thumbs: np.ndarray | None,
     radius: float,
     bits: int,
     crop_bits: int,
-) -> list[tuple[int, int]]:
-    pairs: set[tuple[int, int]] = set()
+) -> np.ndarray:
+    """Pairs of near copies: embeddings within ``radius`` (among each image's nearest), hashes
+    within ``bits``, or nearest neighbours whose crop-tolerant hash distance is within
+    ``crop_bits``."""
     if len(x) < 2:
-        return []
-    graph = NearestNeighbors(radius=radius).fit(x).radius_neighbors_graph(x, mode="connectivity")
-    rows, cols = graph.nonzero()
-    pairs |= {(int(a), int(b)) for a, b in zip(rows, cols, strict=True) if a < b}
-    hash_bits = np.unpackbits(hashes.astype(">i8").view(np.uint8).reshape(-1, 8), axis=1)
-    nn = NearestNeighbors(radius=(bits + 0.5) / 64, metric="hamming").fit(hash_bits)
-    rows, cols = nn.radius_neighbors_graph(hash_bits, mode="connectivity").nonzero()
-    pairs |= {(int(a), int(b)) for a, b in zip(rows, cols, strict=True) if a < b}
-    _, neighbours = NearestNeighbors(n_neighbors=min(CANDIDATES + 1, len(x))).fit(x).kneighbors(x)
-    crops: dict[int, np.ndarray] = {}
-    for i, row in enumerate(neighbours):
-        for j in (int(j) for j in row if j != i):
-            pair = (min(i, j), max(i, j))
-            if pair not in pairs and _crop_distance(crops, thumbs, i, j) <= crop_bits:
-                pairs.add(pair)
-    return sorted(pairs)
+        return np.zeros((0, 2), np.int64)
+    distances, neighbours = knn(x, CANDIDATES)
+    rows = np.repeat(np.arange(len(x)), neighbours.shape[1])
+    candidates = np.stack([rows, neighbours.ravel()], axis=1)
+    close = distances.ravel() <= radius
+    found = unique_pairs([candidates[close], hash_pairs(hashes, bits)])
+    if thumbs is None:
+        return found
+    rest = unique_pairs([candidates[~close & (neighbours.ravel() >= 0)]])
+    rest = rest[~_member(rest, found)]
+    cropped = crop_distances(rest, lambda r: thumbs[r], len(x)) <= crop_bits
+    return unique_pairs([found, rest[cropped]])
 
 
-def _crop_distance(cache: dict[int, np.ndarray], thumbs: list[bytes], i: int, j: int) -> int:
-    for k in (i, j):
-        if k not in cache:
-            cache[k] = crop_hashes(thumbs[k])
-    return crop_tolerant_distance(cache[i], cache[j])
+def _member(pairs: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Which rows of ``pairs`` are rows of ``of`` (both ``i < j``)."""
+    key = lambda p: p[:, 0].astype(np.int64) << 32 | p[:, 1]  # noqa: E731
+    return np.isin(key(pairs), key(of))
+
+
+def _thumbs(column: pd.Series) -> np.ndarray | None:
+    """The gray thumbnails as one ``n x 64 x 64`` array (None when any is missing)."""
+    if column.isna().any():
+        return None
+    raw = b"".join(column.tolist())
+    return np.frombuffer(raw, np.uint8).reshape(len(column), THUMB, THUMB)
+
+
+def _same_content_pairs(content: pd.Series) -> np.ndarray:
+    """Each row with a content hash seen before, paired with the first row of that hash."""
+    codes = pd.factorize(content)[0]
+    first = pd.Series(np.arange(len(codes))).groupby(codes).transform("first").to_numpy()
+    has = (codes >= 0) & (first != np.arange(len(codes)))
+    return np.stack([first[has], np.flatnonzero(has)], axis=1)
 
 
 def duplicate_groups(
@@ -93,19 +106,18 @@ def duplicate_groups(
     table = images.merge(embeddings, on=["version", "image_id"], how="left")
     table = table[table.vector.notna() | table.content_hash.notna()].reset_index(drop=True)
     n = len(table)
-    pairs: list[tuple[int, int]] = []
-    for _, rows in table.groupby("content_hash").indices.items():
-        pairs += [(int(rows[0]), int(r)) for r in rows[1:]]
+    pairs = [_same_content_pairs(table.content_hash)]
     has_vec = np.flatnonzero(table.vector.notna().to_numpy())
     if len(has_vec):
         x = vectors(table.iloc[has_vec])
         hashes = table.phash.to_numpy()[has_vec].astype(np.int64)
-        thumbs = table.thumb.to_numpy()[has_vec].tolist()
+        thumbs = _thumbs(table.thumb.iloc[has_vec]) if "thumb" in table else None
         near = _near_pairs(x, hashes, thumbs, radius, bits, crop_bits)
-        pairs += [(int(has_vec[a]), int(has_vec[b])) for a, b in near]
-    if not pairs:
+        pairs.append(has_vec[near])
+    pairs = unique_pairs(pairs)
+    if not len(pairs):
         return pd.DataFrame(columns=GROUP_COLUMNS)
-    a, b = np.array(pairs).T
+    a, b = pairs.T
     graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     table = table.assign(group=labels)

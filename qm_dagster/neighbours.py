@@ -1,0 +1,207 @@
+"""Near neighbours at scale: k nearest embeddings (faiss: exact for small sets, an inverted file
+of quantized codes, re-ranked exactly, above), 64-bit hashes within a few bits (faiss multi-index hashing), and the crop-tolerant
+hash distance of candidate pairs computed for all pairs at once.
+
+None of these compares all pairs: the embedding index probes a few cells per query, the hash
+index looks up exact matches of hash slices (two hashes within four bits agree exactly on one
+of five slices), and crop hashes are matrix products over thumbnails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import cache
+
+import numpy as np
+
+from qm_dagster.embeddings import CROP_MARGINS, THUMB
+
+EXACT_MAX = 20_000  # vectors up to which search is exact (one BLAS product per block)
+NPROBE = 16  # inverted-file cells visited per query above EXACT_MAX
+RERANK = 64  # candidates the quantized index proposes per query (at least), re-ranked exactly
+BLOCK = 4096  # queries (or thumbnails) per block: bounds the memory of one step
+
+
+def _faiss():
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return faiss
+
+
+def knn(x: np.ndarray, k: int, exact_max: int = EXACT_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest other rows of each row of ``x``: (euclidean distances, row indices),
+    both ``n x min(k, n - 1)``, nearest first; distances exact (float64), an index of -1 (at
+    distance inf) where fewer were found. Search is exact up to ``exact_max`` rows; above, an
+    inverted file of product-quantized codes (faiss ``IVF,PQ fast-scan``: ~2 sqrt(n) cells,
+    ``NPROBE`` visited) proposes ``RERANK`` candidates or more that are re-ranked exactly."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    k = min(k, n - 1)
+    if k <= 0:
+        return np.zeros((n, 0)), np.zeros((n, 0), np.int64)
+    approximate = n > exact_max
+    index = _ivf_pq(x) if approximate else _flat(x)
+    wanted = max(RERANK, 4 * (k + 1)) if approximate else k + 1
+    dist = np.empty((n, k), np.float64)
+    idx = np.empty((n, k), np.int64)
+    for start in range(0, n, BLOCK):
+        query = x[start : start + BLOCK]
+        _, found = index.search(_padded(query), min(wanted, n))
+        found = _drop_self(found, np.arange(start, start + len(found)))
+        # distances again, directly: the index's are quantized, or |x|^2 + |y|^2 - 2xy (~1e-4
+        # off on exact copies)
+        exact = np.linalg.norm(query[:, None, :].astype(np.float64) - x[found], axis=2)
+        exact[found < 0] = np.inf  # fewer found than asked (an almost empty cell)
+        order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+        dist[start : start + len(query)] = np.take_along_axis(exact, order, axis=1)
+        idx[start : start + len(query)] = np.take_along_axis(found, order, axis=1)
+    idx[~np.isfinite(dist)] = -1
+    return dist, idx
+
+
+def _flat(x: np.ndarray):
+    index = _faiss().IndexFlatL2(_padded(x[:1]).shape[1])
+    index.add(_padded(x))
+    return index
+
+
+def _ivf_pq(x: np.ndarray):
+    """Inverted file (~2 sqrt(n) cells) of 4-bit product-quantized codes, 2 dimensions a code:
+    fast to scan (SIMD), approximate; the caller re-ranks exactly."""
+    faiss = _faiss()
+    padded = _padded(x)
+    n, d = padded.shape
+    cells = int(min(2 * np.sqrt(n), n // 39))
+    index = faiss.index_factory(d, f"IVF{cells},PQ{d // 2}x4fs")
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.niter = 10  # cells only route queries: a rough k-means is enough
+    sample = np.random.default_rng(0).choice(n, min(n, 40 * cells), replace=False)
+    index.train(padded[np.sort(sample)])
+    for start in range(0, n, 65_536):
+        index.add(padded[start : start + 65_536])
+    ivf.nprobe = NPROBE
+    return index
+
+
+def _padded(x: np.ndarray) -> np.ndarray:
+    """``x`` with a zero column when its width is odd (codes take 2 dimensions each)."""
+    if x.shape[1] % 2 == 0:
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(np.pad(x, ((0, 0), (0, 1))))
+
+
+def _drop_self(found: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each query's k + 1 results less its own row (it may tie with an exact copy and not come
+    first); where it is absent, less the farthest."""
+    own = found == rows[:, None]
+    own[~own.any(axis=1), -1] = True
+    own &= np.cumsum(own, axis=1) == 1  # one per row
+    return found[~own].reshape(len(found), -1)
+
+
+def hash_pairs(hashes: np.ndarray, bits: int) -> np.ndarray:
+    """Pairs ``(i, j)``, ``i < j``, of 64-bit hashes differing in at most ``bits`` (<= 5) bits,
+    as an ``m x 2`` array. Multi-index hashing through faiss: ``bits + 1`` disjoint slices of the
+    hash, each a hash table; two hashes within ``bits`` agree exactly on one slice at least, so
+    exact lookups of each slice find every pair (then checked on all 64 bits)."""
+    if bits > 5:
+        raise ValueError("hash_pairs finds hashes within at most 5 bits")
+    faiss = _faiss()
+    codes = np.ascontiguousarray(hashes.astype(">i8").view(np.uint8).reshape(-1, 8))
+    index = faiss.IndexBinaryMultiHash(64, bits + 1, 64 // (bits + 1))
+    index.nflip = 0
+    index.add(codes)
+    out = []
+    for start in range(0, len(codes), BLOCK):
+        lims, _, found = index.range_search(codes[start : start + BLOCK], bits + 1)
+        query = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims.astype(np.int64)))
+        keep = query < found
+        out.append(np.stack([query[keep], found[keep]], axis=1))
+    pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+    within = _popcount(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]) <= bits
+    return pairs[within]
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x.astype(np.uint64))
+
+
+@cache
+def _crop_operators() -> tuple[np.ndarray, np.ndarray]:
+    """Row operators (16 x 8 x 64) and the index order: each is "keep rows top..64-bottom, area
+    resize to 32, 8 lowest DCT rows" for one (top, bottom) of CROP_MARGINS; the same serves
+    columns. Area resize and DCT are linear, so a crop's 8x8 low DCT is ``R @ T @ C.T``."""
+    from scipy.fft import dct
+
+    low = dct(np.eye(32), norm="ortho", axis=0)[:8]  # 8 x 32
+    ops, order = [], []
+    for top in CROP_MARGINS:
+        for bottom in CROP_MARGINS:
+            size = THUMB - top - bottom
+            resize = np.zeros((32, THUMB))
+            resize[:, top : THUMB - bottom] = _area_matrix(size, 32)
+            ops.append(low @ resize)
+            order.append((top, bottom))
+    return np.array(ops), np.array(order)
+
+
+def _area_matrix(src: int, dst: int) -> np.ndarray:
+    """``dst x src`` weights of an area (box-filter) downscale, as OpenCV's INTER_AREA."""
+    scale = src / dst
+    edges = np.arange(src + 1)
+    lo = np.arange(dst)[:, None] * scale
+    overlap = np.minimum(edges[1:], lo + scale) - np.maximum(edges[:-1], lo)
+    return np.clip(overlap, 0, None) / scale
+
+
+def crop_hash_words(thumbs: np.ndarray, crops: bool = True) -> np.ndarray:
+    """Per thumbnail (``n x 64 x 64`` uint8): the 64-bit hash of the image cropped by every
+    combination of CROP_MARGINS per side (``n x 256`` uint64; column 0 uncropped; only that
+    column without ``crops``), each the signs of its 8x8 low DCT against their median (DC
+    excluded from the median)."""
+    ops, _ = _crop_operators()
+    ops = ops if crops else ops[:1]
+    t = thumbs.astype(np.float64)
+    half = np.einsum("pij,njk->npik", ops, t)  # row crops: n x p x 8 x 64
+    coef = np.einsum("npik,qlk->npqil", half, ops)  # column crops: n x p x q x 8 x 8
+    coef = coef.reshape(len(t), len(ops) ** 2, 64)
+    median = np.median(coef[:, :, 1:], axis=2, keepdims=True)
+    packed = np.packbits(coef > median, axis=2)  # n x crops x 8, big-endian bit order
+    return packed.view(">u8")[..., 0].astype(np.uint64)
+
+
+def crop_distances(
+    pairs: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], n: int
+) -> np.ndarray:
+    """Crop-tolerant hash distance of each pair ``(i, j)`` of rows ``< n``: the fewest
+    differing bits between one image's hash and the other's cropped by up to 9% per side, both
+    ways. ``thumbs(rows)`` returns those rows' ``len(rows) x 64 x 64`` thumbnails."""
+    best = np.full(len(pairs), 64, np.int64)
+    if not len(pairs):
+        return best
+    rows = np.unique(pairs)
+    where = np.full(n, -1, np.int64)
+    where[rows] = np.arange(len(rows))
+    blocks = [rows[s : s + BLOCK] for s in range(0, len(rows), BLOCK)]
+    uncropped = np.concatenate([crop_hash_words(thumbs(b), crops=False)[:, 0] for b in blocks])
+    start = 0
+    for block in blocks:
+        words = crop_hash_words(thumbs(block))
+        for side in (0, 1):  # this side's crops against the other side's uncropped hash
+            pos = where[pairs[:, side]] - start
+            inside = (pos >= 0) & (pos < len(block))
+            other = uncropped[where[pairs[inside, 1 - side]]]
+            dist = _popcount(words[pos[inside]] ^ other[:, None]).min(axis=1)
+            best[inside] = np.minimum(best[inside], dist)
+        start += len(block)
+    return best
+
+
+def unique_pairs(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The distinct ``(i, j)`` rows, ``i < j``, of several ``m x 2`` pair arrays."""
+    joined = np.concatenate([p.reshape(-1, 2) for p in parts]) if parts else np.zeros((0, 2))
+    joined = np.sort(joined.astype(np.int64), axis=1)
+    joined = joined[joined[:, 0] != joined[:, 1]]
+    return np.unique(joined, axis=0) if len(joined) else joined.reshape(0, 2)
