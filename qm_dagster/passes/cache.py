@@ -242,24 +242,29 @@ def _read_keys(url: str) -> tuple[list[str], np.ndarray, list[tuple[bytes, str]]
 
 
 class PartReader:
-    """Recently used parts, whole (a small LRU), for gathering a version's values: the parts a
-    manifest batch touches are each read once for all the batch's columns."""
+    """Recently used parts, whole, up to ``budget`` bytes (a small LRU), for gathering a
+    version's values: the parts a manifest batch touches are each read once for all the batch's
+    columns. A budget in bytes, not parts, keeps the driver's memory the same whatever the chunk
+    size the parts were written with."""
 
-    def __init__(self, index: CacheIndex, capacity: int = 128):
-        self.index, self.capacity = index, capacity
+    def __init__(self, index: CacheIndex, budget: int = 64 << 20):
+        self.index, self.budget = index, budget
         self._tables: OrderedDict[int, pa.Table] = OrderedDict()
+        self._bytes = 0
         fs, path = storage.filesystem(index.url)
         fs.invalidate_cache(path)  # parts written by workers since the index was listed
 
     def table(self, part: int) -> pa.Table:
         table = self._tables.get(part)
-        if table is None:
-            table = storage.read_table(self.index.parts[part])
-            self._tables[part] = table
-            if len(self._tables) > self.capacity:
-                self._tables.popitem(last=False)
-        else:
+        if table is not None:
             self._tables.move_to_end(part)
+            return table
+        table = storage.read_table(self.index.parts[part])
+        self._tables[part] = table
+        self._bytes += table.nbytes
+        while self._bytes > self.budget and len(self._tables) > 1:
+            _, evicted = self._tables.popitem(last=False)
+            self._bytes -= evicted.nbytes
         return table
 
     def gather(self, located: Located, columns: tuple[str, ...]) -> dict[str, pa.Array]:

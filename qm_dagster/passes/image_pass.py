@@ -343,10 +343,10 @@ class _Pass:
 
     def assemble(self, version: str, result: PassResult) -> None:
         sinks = _Sinks(self.storage, version, self.schemas())
-        # a batch touches ~64 parts of each kind; thumbnails (1 MB a part) are read by one
-        # gather per batch, which visits each part once, so they need no cache
+        # a batch of 4,096 images touches ~16 parts of each kind (~25 MB of objects); thumbnails
+        # are read by one gather per slice, which visits each part once
         readers = {
-            kind: PartReader(index, capacity=4 if kind == "thumb" else 96)
+            kind: PartReader(index, budget=(8 if kind == "thumb" else 64) << 20)
             for kind, index in self.index.items()
         }
         failures: list[tuple[object, str, str]] = []
@@ -537,8 +537,10 @@ def _id_type(source: Source) -> pa.DataType:
         return pq.ParquetFile(fh).schema_arrow.field("image_id").type
 
 
-# Rows per row group: small where rows are big (vectors, 4 KB thumbnails), to bound memory.
+# Rows per row group: a writer holds one row group per asset (~45 at once), so they are kept
+# small: 16k scalar rows, fewer where rows are big (vectors, 4 KB thumbnails).
 _ROW_GROUPS = {EMBEDDINGS: 4096, OBJECT_EMBEDDINGS: 8192}
+SCALAR_ROW_GROUP = 16_384
 
 
 class _Sinks:
@@ -547,7 +549,9 @@ class _Sinks:
     def __init__(self, storage_url: str, version: str, schemas: dict[str, pa.Schema]):
         self._sinks = {
             key: storage.ParquetSink(
-                storage.asset_url(storage_url, key, version), schema, _ROW_GROUPS.get(key, 65_536)
+                storage.asset_url(storage_url, key, version),
+                schema,
+                _ROW_GROUPS.get(key, SCALAR_ROW_GROUP),
             )
             for key, schema in schemas.items()
         }
