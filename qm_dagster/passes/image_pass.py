@@ -15,6 +15,7 @@ A rerun after a kill finds the finished chunks in the cache and computes only th
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -343,12 +344,9 @@ class _Pass:
 
     def assemble(self, version: str, result: PassResult) -> None:
         sinks = _Sinks(self.storage, version, self.schemas())
-        # a batch of 4,096 images touches ~16 parts of each kind (~25 MB of objects); thumbnails
-        # are read by one gather per slice, which visits each part once
-        readers = {
-            kind: PartReader(index, budget=(8 if kind == "thumb" else 64) << 20)
-            for kind, index in self.index.items()
-        }
+        # every gather visits each part it needs once (the metrics of a part together), in
+        # order: a few parts of each kind in memory suffice
+        readers = {kind: PartReader(index, budget=8 << 20) for kind, index in self.index.items()}
         failures: list[tuple[object, str, str]] = []
         try:
             for batch in self._batches():
@@ -377,11 +375,10 @@ class _Pass:
         failed = self.index["image"].failed_mask(keys)
         for key, image_id in zip(keys[failed], batch.image_id[failed], strict=True):
             failures.append((image_id, "decode", self.index["image"].failed[key]))
-        for spec in self.sel.image_specs:
-            got = self._gather(readers["image"], keys, self.sel.fp(spec), failed)
-            if got is None:
-                continue
-            take, values, errors = got
+        fps = [self.sel.fp(spec) for spec in self.sel.image_specs]
+        gathered = _gather_all(readers["image"], keys, fps, failed)
+        for spec, fp in zip(self.sel.image_specs, fps, strict=True):
+            take, values, errors = gathered[fp]
             sinks.write(spec.asset_key, {"image_id": ids.filter(pa.array(take)), "value": values})
             failures += _metric_errors(errors, batch.image_id[take], spec.name)
         if self.sel.embeddings:
@@ -404,14 +401,6 @@ class _Pass:
             }
             sinks.write(EMBEDDINGS, columns)
 
-    def _gather(self, reader: PartReader, keys, fp: str, exclude: np.ndarray):
-        """(rows taken, values, errors) of ``fp`` for ``keys``; rows not found or excluded are
-        left out (their images could not be decoded or read)."""
-        located = reader.index.locate(keys, fp)
-        take = located.found & ~exclude
-        got = reader.gather(located.subset(take), (fp, ERRORS))
-        return take, got[fp], got[ERRORS]
-
     def _assemble_objects(self, batch, sinks: _Sinks, reader: PartReader, failures) -> None:
         objects = self._objects(batch)
         if objects.empty:
@@ -423,8 +412,10 @@ class _Pass:
             "category": pa.array(objects.category.tolist(), pa.string()),
         }
         none = np.zeros(len(objects), dtype=bool)
-        for spec in self.sel.object_specs:
-            take, values, errors = self._gather(reader, okeys, self.sel.fp(spec), none)
+        fps = [self.sel.fp(spec) for spec in self.sel.object_specs]
+        gathered = _gather_all(reader, okeys, fps, none)
+        for spec, fp in zip(self.sel.object_specs, fps, strict=True):
+            take, values, errors = gathered[fp]
             sinks.write(
                 spec.asset_key,
                 {**{k: v.filter(pa.array(take)) for k, v in base.items()}, "value": values},
@@ -478,6 +469,28 @@ class _Pass:
 
 def _slices(n: int, size: int) -> Iterator[slice]:
     return (slice(start, min(start + size, n)) for start in range(0, n, size))
+
+
+def _gather_all(
+    reader: PartReader, keys: np.ndarray, fps: Sequence[str], exclude: np.ndarray
+) -> dict[str, tuple[np.ndarray, pa.Array, pa.Array]]:
+    """(rows taken, values, errors) of each fingerprint for ``keys``; rows not found or
+    excluded are left out (their images could not be decoded or read). Fingerprints found in the
+    same rows of the same parts (all of them, in a fresh pass) are gathered together: each part
+    is read once for all of them, so the part cache needs to hold only a few parts."""
+    groups: dict[bytes, list[str]] = {}
+    located: dict[str, Located] = {}
+    for fp in fps:
+        located[fp] = where = reader.index.locate(keys, fp)
+        signature = hashlib.blake2b(where.part.tobytes() + where.row.tobytes()).digest()
+        groups.setdefault(signature, []).append(fp)
+    out = {}
+    for members in groups.values():
+        where = located[members[0]]
+        take = where.found & ~exclude
+        got = reader.gather(where.subset(take), (*members, ERRORS))
+        out.update({fp: (take, got[fp], got[ERRORS]) for fp in members})
+    return out
 
 
 def _column(reader: PartReader, located: Located, fp: str) -> pa.Array:
