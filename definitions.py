@@ -10,12 +10,17 @@ from assets.dataset import dataset_manifest
 from assets.image_metrics import build_image_metrics_asset
 from assets.jobs import JOBS
 from assets.schedules import build_production_drift_schedule
-from assets.sensors import build_new_predictions_sensor, build_new_versions_sensor
+from assets.sensors import (
+    build_new_predictions_sensor,
+    build_new_versions_sensor,
+    build_reference_sensor,
+)
 from assets.similarity import analysis_duplicates, data_uniqueness
 from assets.table_metrics import (
     build_label_metrics_asset,
     build_model_metrics_asset,
     dataset_predictions,
+    model_matching,
 )
 from qm_dagster.checks import load_checks
 from qm_dagster.config import Settings
@@ -49,6 +54,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     assets = [
         dataset_manifest,
         dataset_predictions,
+        model_matching,
         build_image_metrics_asset(settings.metric_modules),
         build_label_metrics_asset(settings.metric_modules),
         build_model_metrics_asset(settings.metric_modules),
@@ -72,6 +78,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         sensors=[
             build_new_versions_sensor(interval, window),
             build_new_predictions_sensor(interval, window),
+            build_reference_sensor(interval),
             dg.AutomationConditionSensorDefinition(
                 "analysis_automation_sensor",
                 target=dg.AssetSelection.all(),

@@ -11,6 +11,7 @@ from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
 from qm_dagster.drift import domain_classifier, label_drift, table_drift
+from qm_dagster.evaluation import STATS
 from qm_dagster.importance import metric_importance
 from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
 from qm_dagster.label_errors import label_errors
@@ -38,6 +39,7 @@ TABLES = {
     "annotations": ["dataset", "annotations"],
     "categories": ["dataset", "categories"],
     "predictions": ["dataset", "predictions"],
+    "matches": ["model", "matching"],
     "image_table": ["analysis", "quality_table", "image"],
     "object_table": ["analysis", "quality_table", "object"],
 }
@@ -216,23 +218,35 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            **_named("manifest", "annotations", "categories", "predictions", "image_table"),
+            **_named(
+                "manifest", "annotations", "categories", "predictions", "matches", "image_table"
+            ),
         },
-        code_version="1",
-        kinds={"python", "pycocotools"},
+        code_version="2",
+        kinds={"python", "faster-coco-eval"},
     )
-    def analysis_sliced_evaluation(manifest, annotations, categories, predictions, image_table):
-        """Per model: COCO AP, AP50, AP75, AR100 and TP/FP/FN, precision, recall, F1 (at the
-        configured score threshold) on the whole version, on each bucket of each image metric
-        (quantiles, or configured edges), on named slices and on size buckets of object_area.
-        One pycocotools evaluation per model; slices re-use its matching."""
+    def analysis_sliced_evaluation(
+        manifest, annotations, categories, predictions, matches, image_table
+    ):
+        """Per model: COCO's 12 statistics on the whole version; AP, AP50, AP75, AR100 and
+        TP/FP/FN, precision, recall, F1 (at the configured score threshold, from model/matching)
+        on each bucket of each image metric (quantiles, or configured edges), on named slices
+        and on size buckets of object_area. One COCO evaluation per model (faster-coco-eval);
+        slices accumulate its per-image results."""
         named = {
             s.name: apply_slice(s, image_table).image_id.tolist()
             for s in slices
             if s.level == "image"
         }
         frame = sliced_evaluation(
-            manifest, annotations, categories, predictions, image_table, named=named, **options
+            manifest,
+            annotations,
+            categories,
+            predictions,
+            matches,
+            image_table,
+            named=named,
+            **options,
         )
         overall = frame[frame.metric == "all"]
         yield from _checked(checks, "analysis/sliced_evaluation", frame)
@@ -240,10 +254,12 @@ def build_analysis_assets(
             frame,
             metadata={
                 "dagster/row_count": len(frame),
-                **{f"AP {m}": float(ap) for m, ap in zip(overall.model, overall.AP, strict=True)},
-                "overall": table_preview(
-                    overall[["model", "AP", "AP50", "AP75", "AR100", "precision", "recall", "f1"]]
-                ),
+                **{
+                    f"{stat} {row.model}": float(getattr(row, stat))
+                    for row in overall.itertuples()
+                    for stat in ("AP", "AP50", "AR100")
+                },
+                "overall": table_preview(overall[["model", *STATS, "precision", "recall", "f1"]]),
                 **sliced_charts(frame, CHARTED),
             },
         )
@@ -253,16 +269,16 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            **_named("annotations", "predictions"),
+            **_named("annotations", "predictions", "matches"),
         },
-        code_version="1",
+        code_version="2",
         kinds={"python", "pandas"},
     )
-    def analysis_label_errors(annotations, predictions):
+    def analysis_label_errors(annotations, predictions, matches):
         """A ranked review queue of likely label mistakes — missing, spurious, wrong class, badly
         located — from each model's confident disagreements with the labels, with the evidence."""
         frame = (
-            label_errors(annotations, predictions)
+            label_errors(annotations, predictions, matches)
             if len(predictions) and len(annotations)
             else (pd.DataFrame(columns=LABEL_ERROR_COLUMNS))
         )

@@ -34,4 +34,19 @@ production_drift_job = dg.define_asset_job(
     "and its report: what production_drift_schedule runs.",
 )
 
-JOBS = (version_metrics_job, model_metrics_job, analysis_job, production_drift_job)
+REFERENCE_DEPENDANTS = (["analysis", "drift"], ["analysis", "duplicates"], ["analysis", "report"])
+
+reference_dependants_job = dg.define_asset_job(
+    "reference_dependants_job",
+    selection=dg.AssetSelection.assets(*REFERENCE_DEPENDANTS),
+    description="What reads a version's reference (drift, duplicates against the reference, "
+    "the report): what reference_sensor runs when a reference lands after its dependants.",
+)
+
+JOBS = (
+    version_metrics_job,
+    model_metrics_job,
+    analysis_job,
+    production_drift_job,
+    reference_dependants_job,
+)

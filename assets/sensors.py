@@ -1,4 +1,6 @@
-"""Sensors at the system boundary: new dataset versions and new or changed predictions.
+"""Sensors at the system boundary: new dataset versions and new or changed predictions; and
+the one link Dagster's partition mappings cannot express, a version's reference (a data-dependent
+partition: version.json ``reference``), which ``reference_sensor`` follows.
 
 Both keep their state in the cursor and fall back on what the instance recorded (the signature
 each materialization read, in its metadata), so a cursor reset or a restart never runs a version
@@ -10,7 +12,12 @@ import json
 import dagster as dg
 
 from assets.dataset import SIGNATURE_LABEL
-from assets.jobs import model_metrics_job, version_metrics_job
+from assets.jobs import (
+    REFERENCE_DEPENDANTS,
+    model_metrics_job,
+    reference_dependants_job,
+    version_metrics_job,
+)
 from assets.partitions import dataset_versions
 from assets.table_metrics import PREDICTION_FILES_LABEL
 from qm_dagster.watch import (
@@ -23,6 +30,8 @@ from resources.dataset import QmResource
 
 MANIFEST = dg.AssetKey(["dataset", "manifest"])
 PREDICTIONS = dg.AssetKey(["dataset", "predictions"])
+# what a dependant reads from its reference; it lands last of them (it needs every metric)
+REFERENCE_LANDED = dg.AssetKey(["analysis", "quality_table", "image"])
 
 
 def recorded_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, label: str):
@@ -149,3 +158,77 @@ def _models(changed: list[tuple[str, str]]) -> str:
     """A tag value naming the changed models (tag values allow ``[A-Za-z0-9_.-]``, 63 chars)."""
     text = "_".join(sorted({m for m, _ in changed}))
     return "".join(c if c.isalnum() or c in "_.-" else "-" for c in text)[:63]
+
+
+def latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> int:
+    """Storage id of the latest materialization of ``key`` for ``partition`` (0 if none)."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    )
+    return result.records[0].storage_id if result.records else 0
+
+
+def _references(qm: QmResource, versions: list[str], log) -> dict[str, list[str]]:
+    """``{reference: [versions that name it]}`` from each version's version.json."""
+    out: dict[str, list[str]] = {}
+    for name in versions:
+        try:
+            reference = qm.version(name).meta().reference
+        except Exception as exc:  # a removed or unreadable version must not stop the others
+            log.warning(f"version {name!r}: cannot read its version.json ({exc})")
+            continue
+        if reference:
+            out.setdefault(reference, []).append(name)
+    return out
+
+
+def build_reference_sensor(interval: int) -> dg.SensorDefinition:
+    """``reference_sensor``: a reference materialized after its dependants re-runs them."""
+
+    @dg.sensor(
+        name="reference_sensor",
+        job=reference_dependants_job,
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Follows materializations of analysis/quality_table/image. When version R "
+        "lands (or is re-materialized), each version whose version.json names R as its "
+        "reference and whose drift, duplicates or report is older than R's tables (or ran "
+        "without them) runs reference_dependants_job, so drift is never left empty or stale "
+        "until the daily schedule.",
+    )
+    def reference_sensor(context: dg.SensorEvaluationContext, qm: QmResource):
+        after = int(context.cursor or 0)
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=REFERENCE_LANDED, after_storage_id=after),
+            limit=1000,
+            ascending=True,
+        ).records
+        if not records:
+            return dg.SensorResult(skip_reason="no version's tables landed", cursor=str(after))
+        landed = {r.partition_key: r.storage_id for r in records if r.partition_key}
+        versions = context.instance.get_dynamic_partitions(dataset_versions.name)
+        dependants = _references(qm, list(versions), context.log)
+        requests = []
+        for reference, storage_id in sorted(landed.items()):
+            for name in sorted(dependants.get(reference, [])):
+                stale = [
+                    "/".join(k)
+                    for k in REFERENCE_DEPENDANTS
+                    if latest_storage_id(context.instance, dg.AssetKey(k), name) < storage_id
+                ]
+                if stale:
+                    requests.append(
+                        dg.RunRequest(
+                            partition_key=name,
+                            run_key=f"reference:{name}:{reference}:{storage_id}",
+                            tags={"qm/trigger": "reference", "qm/reference": reference},
+                        )
+                    )
+        cursor = str(max(r.storage_id for r in records))
+        if not requests:
+            return dg.SensorResult(
+                skip_reason="no dependant older than its reference", cursor=cursor
+            )
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return reference_sensor

@@ -8,6 +8,7 @@ from assets.image_metrics import metric_out
 from assets.metadata import value_summary
 from assets.partitions import dataset_versions
 from qm_dagster.coco import empty_predictions
+from qm_dagster.matching import matching
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.table_pass import model_metrics, table_metrics
 from qm_dagster.watch import prediction_signatures
@@ -78,6 +79,34 @@ def dataset_predictions(context: dg.AssetExecutionContext, qm: QmResource):
     )
 
 
+MATCHING_KEY = ["model", "matching"]
+
+
+@dg.asset(
+    key=MATCHING_KEY,
+    partitions_def=dataset_versions,
+    group_name="model",
+    ins={
+        "manifest": dg.AssetIn(key=["dataset", "manifest"]),
+        "annotations": dg.AssetIn(key=["dataset", "annotations"]),
+        "categories": dg.AssetIn(key=["dataset", "categories"]),
+        "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+    },
+    code_version="1",
+    kinds={"python", "faster-coco-eval"},
+)
+def model_matching(manifest, annotations, categories, predictions):
+    """Each model's predictions matched to the ground truth once (COCO's greedy matching at IoU
+    0.5, area all, maxDets 100, by faster-coco-eval): status tp / fp / ignored / not_evaluated,
+    the matched object and the IoU. Model metrics, sliced evaluation and label errors read it."""
+    frame = matching(manifest, annotations, categories, predictions)
+    shares = {
+        f"{model} tp share": float((rows.status == "tp").mean())
+        for model, rows in frame.groupby("model")
+    }
+    return dg.Output(frame, metadata={"dagster/row_count": len(frame), **shares})
+
+
 def build_model_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.AssetsDefinition:
     """Prediction-level metrics of every model: reads tables only, so new predictions never
     re-decode an image."""
@@ -91,19 +120,19 @@ def build_model_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.Assets
         ins={
             "manifest": dg.AssetIn(key=["dataset", "manifest"]),
             "annotations": dg.AssetIn(key=["dataset", "annotations"]),
-            "categories": dg.AssetIn(key=["dataset", "categories"]),
             "predictions": dg.AssetIn(key=["dataset", "predictions"]),
+            "matches": dg.AssetIn(key=MATCHING_KEY),
         },
         outs=_outs(specs),
     )
     def model_tables(
-        context: dg.AssetExecutionContext, manifest, annotations, categories, predictions
+        context: dg.AssetExecutionContext, manifest, annotations, predictions, matches
     ):
-        """Match each model's predictions to the ground truth once (COCO, pycocotools) and
-        compute every selected prediction-level metric."""
+        """Every selected prediction-level metric, each prediction read with its row of
+        model/matching."""
         selected = {"/".join(k.path) for k in context.selected_asset_keys}
         chosen = [s for s in by_out.values() if s.asset_key in selected]
-        tables = model_metrics(chosen, manifest, annotations, categories, predictions)
+        tables = model_metrics(chosen, manifest, annotations, predictions, matches)
         for key, frame in tables.items():
             yield dg.Output(
                 frame, output_name=key.replace("/", "__"), metadata=value_summary(frame)

@@ -10,9 +10,13 @@ from here: wall time, images decoded / reused, and the peak RSS of every process
   (3) kill -9 half-way through s10k, rerun: decoded by the rerun vs images left unfinished
   (4) s10k on a Dask LocalCluster (2 worker processes, 1 thread each) / on the local pool,
       and whether every output table is identical
+  (5) every asset of a labelled version materialized through Dagster (``qm materialize``'s own
+      path, in-process executor), on ``--pipeline`` sizes (default 12000, 100000): the whole
+      run / its image pass step, and each step's share of the run, from the run's step stats
 
-Usage: python benchmarks/scale.py [--small 10000] [--large 100000] [--steps 1,2,3,4]
-       [--cache DIR] (generated data, written once) [--work DIR] (outputs, deleted at the end)
+Usage: python benchmarks/scale.py [--small 10000] [--large 100000] [--steps 1,2,3,4,5]
+       [--pipeline 12000,100000] [--cache DIR] (generated data, written once)
+       [--work DIR] (outputs, deleted at the end)
 """
 
 from __future__ import annotations
@@ -106,6 +110,32 @@ def child_pass(version: str, storage: str, workers: int, dask_workers: int) -> d
     }
 
 
+def child_pipeline(version: str, datasets: str, storage: str, home: str) -> dict:
+    """``qm materialize VERSION`` (every asset), then the run's step durations."""
+    import contextlib
+    import io
+
+    os.environ.update(DAGSTER_HOME=home, QM_DATASETS=datasets, QM_STORAGE=storage)
+    Path(home).mkdir(parents=True, exist_ok=True)
+    import dagster as dg
+
+    from qm_dagster.cli_dagster import materialize_version
+    from qm_dagster.config import Settings
+
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        ok = materialize_version(ROOT, Settings.load(), version, "*")
+    seconds = time.perf_counter() - start
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_runs(limit=1)[0]
+        steps = {
+            s.step_key: s.end_time - s.start_time
+            for s in instance.get_run_step_stats(run.run_id)
+            if s.end_time and s.start_time
+        }
+    return {"ok": ok, "seconds": seconds, "steps": steps}
+
+
 # --- the parent side ---------------------------------------------------------------------
 
 
@@ -194,6 +224,23 @@ def image_pass(version: str, storage: Path, workers: int, dask: int = 0, kill_wh
     return run_child(["pass", version, str(storage), str(workers), str(dask)], kill_when=kill_when)
 
 
+def pipeline(version_dir: Path, work: Path) -> None:
+    """Step (5) on one version: whole run / image pass, and every step's share."""
+    print(f"\n(5) every asset of {version_dir.name} through Dagster", flush=True)
+    args = [version_dir.name, str(version_dir.parent), str(work / "storage"), str(work / "home")]
+    result, peaks = run_child(["pipeline", *args])
+    steps = result["steps"]
+    total = result["seconds"]
+    pass_step = steps.get("image_pass", float("nan"))
+    for key, sec in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"    {key:34s} {sec:7.1f} s  {sec / total:6.1%}")
+    print(
+        f"    (5) whole run {total:.1f} s (ok: {result['ok']}), image pass {pass_step:.1f} s; "
+        f"run / pass = {total / pass_step:.2f}  (target <= 1.5); peak RSS {fmt_peaks(peaks)}",
+        flush=True,
+    )
+
+
 def _phases(result: dict) -> str:
     """The driver's own peak after each phase, as the pass recorded it."""
     keys = [k for k in result if k.startswith("peak MB after")]
@@ -234,7 +281,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--large", type=int, default=100_000)
-    parser.add_argument("--steps", default="1,2,3,4")
+    parser.add_argument("--steps", default="1,2,3,4,5")
+    parser.add_argument("--pipeline", default="12000,100000")
     parser.add_argument("--cache", type=Path, default=scale_data.CACHE)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -242,11 +290,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        out = (
-            child_manifest(*rest)
-            if kind == "manifest"
-            else child_pass(rest[0], rest[1], int(rest[2]), int(rest[3]))
-        )
+        if kind == "manifest":
+            out = child_manifest(*rest)
+        elif kind == "pipeline":
+            out = child_pipeline(*rest)
+        else:
+            out = child_pass(rest[0], rest[1], int(rest[2]), int(rest[3]))
         print(json.dumps(out), flush=True)
         return
     steps = {int(s) for s in args.steps.split(",")}
@@ -340,6 +389,9 @@ def main() -> None:
                 f"(target <= 1.3); identical outputs: {same}",
                 flush=True,
             )
+        if 5 in steps:
+            for size in (int(n) for n in args.pipeline.split(",")):
+                pipeline(scale_data.base_version(size, args.cache), work / f"pipeline-{size}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -9,8 +9,11 @@ Only confident predictions (score >= ``MIN_SCORE``) count; IoUs are COCO's box I
   (0.1 <= IoU < 0.7) and overlaps no other object more; score = prediction score x (1 - IoU).
   That prediction is then not also reported as ``missing``.
 - ``spurious``: a non-crowd object no prediction overlaps (best IoU < 0.1) although the model
-  finds most objects of its class elsewhere; score = half that class's recall (a missed object is
-  as often the model's failure as the label's, so it weighs less).
+  finds most objects of its class elsewhere; score = half that class's recall (the share of its
+  non-crowd objects that COCO's matching, ``model/matching``, gives a confident prediction; a
+  missed object is as often the model's failure as the label's, so it weighs less).
+
+All of it is vectorised over the (prediction, object) pairs of the same image.
 """
 
 from __future__ import annotations
@@ -35,13 +38,18 @@ COLUMNS = [
 ]
 
 
-def label_errors(annotations: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Candidates of every model, highest score first."""
-    rows: list[dict[str, object]] = []
+def label_errors(
+    annotations: pd.DataFrame, predictions: pd.DataFrame, matches: pd.DataFrame
+) -> pd.DataFrame:
+    """Candidates of every model, highest score first; ``matches`` (``model/matching``) gives
+    the class recalls that weigh spurious objects."""
+    frames = []
+    ann = annotations.reset_index(drop=True)
     for model, preds in predictions.groupby("model", sort=True):
         confident = preds[preds.score >= MIN_SCORE].reset_index(drop=True)
-        rows += _model_errors(str(model), annotations.reset_index(drop=True), confident)
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+        found = matches[(matches.model == model) & (matches.score >= MIN_SCORE)]
+        frames.append(_model_errors(str(model), ann, confident, found))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     located = frame[frame.kind == "badly_located"][["model", "prediction_id"]]
     explained = frame.set_index(["model", "prediction_id"]).index.isin(
         located.set_index(["model", "prediction_id"]).index
@@ -50,105 +58,138 @@ def label_errors(annotations: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
     return frame.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _model_errors(model: str, ann: pd.DataFrame, preds: pd.DataFrame) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    best_any = np.zeros(len(ann))  # best IoU of any prediction, per object
-    found = np.zeros(len(ann), bool)  # matched by a same-class prediction at IoU >= 0.5
-    pred_by_image = preds.groupby("image_id").indices
-    ann_by_image = ann.groupby("image_id").indices  # one grouping, not a scan per image
-    none = np.zeros(0, np.int64)
-    for image_id, p_rows in pred_by_image.items():
-        g_rows = ann_by_image.get(image_id, none)
-        p, g = preds.iloc[p_rows], ann.iloc[g_rows]
-        ious = geometry.box_iou(geometry.boxes(p), geometry.boxes(g))  # predictions x objects
-        same = p.category_id.to_numpy()[:, None] == g.category_id.to_numpy()[None, :]
-        if len(g_rows):
-            best_any[g_rows] = np.maximum(best_any[g_rows], ious.max(axis=0))
-            found[g_rows] |= ((ious >= 0.5) & same).any(axis=0)
-        rows += _prediction_errors(model, image_id, p, g, ious, same)
-        rows += _located(model, image_id, p, g, np.where(same, ious, 0.0).T)
-    recall = pd.Series(found).groupby(ann.category.to_numpy()).mean()
-    for i in np.flatnonzero((best_any < 0.1) & (ann.iscrowd.to_numpy() == 0)):
-        a = ann.iloc[i]
-        share = float(recall.get(a.category, 0.0))
-        rows.append(
-            {
-                "kind": "spurious",
-                "score": 0.5 * share,
-                "model": model,
-                "image_id": a.image_id,
-                "annotation_id": a.annotation_id,
-                "category": a.category,
-                "iou": best_any[i],
-                "evidence": f"no prediction on this {a.category}; the model finds "
-                f"{share:.0%} of {a.category} elsewhere",
-            }
-        )
-    return rows
+class _Pairs:
+    """Every (prediction, object) pair of the same image with its box IoU, as flat arrays
+    (a join on image_id, no loop per image); ``p`` and ``g`` are row positions."""
+
+    def __init__(self, ann: pd.DataFrame, preds: pd.DataFrame):
+        left = pd.DataFrame({"image_id": preds.image_id.to_numpy(), "p": np.arange(len(preds))})
+        right = pd.DataFrame({"image_id": ann.image_id.to_numpy(), "g": np.arange(len(ann))})
+        joined = left.merge(right, on="image_id").sort_values(["p", "g"], kind="stable")
+        self.p, self.g = joined.p.to_numpy(), joined.g.to_numpy()
+        pb, gb = geometry.boxes(preds), geometry.boxes(ann)
+        self.iou = geometry.pair_iou(pb[self.p], gb[self.g])
+        self.same = preds.category_id.to_numpy()[self.p] == ann.category_id.to_numpy()[self.g]
+
+    def best(self, by: np.ndarray, other: np.ndarray, values: np.ndarray, n: int):
+        """Per row ``0..n-1`` of ``by``: the largest of ``values`` (0 without pairs) and the
+        ``other`` position where it is reached first (-1 without pairs), like ``argmax``."""
+        top, where = np.zeros(n), np.full(n, -1)
+        order = np.lexsort((other, -values, by))
+        first = order[np.r_[True, by[order][1:] != by[order][:-1]]] if len(order) else order
+        top[by[first]], where[by[first]] = values[first], other[first]
+        return top, where
 
 
-def _prediction_errors(model, image_id, p, g, ious, same) -> list[dict[str, object]]:
-    rows = []
-    for j, pred in enumerate(p.itertuples()):
-        base = {
-            "model": model,
-            "image_id": image_id,
-            "prediction_id": pred.prediction_id,
-            "predicted_category": pred.category,
-        }
-        best = float(ious[j].max()) if ious.shape[1] else 0.0
-        if best < 0.5:
-            rows.append(
-                {
-                    **base,
-                    "kind": "missing",
-                    "score": pred.score * (1 - best),
-                    "iou": best,
-                    "evidence": f"{pred.category} ({pred.score:.2f}) on no labelled object",
-                }
-            )
-            continue
-        other = np.where(~same[j], ious[j], 0.0)
-        k = int(other.argmax())
-        if other[k] >= 0.5 and np.where(same[j], ious[j], 0.0).max() < 0.5:
-            label = g.category.iloc[k]
-            rows.append(
-                {
-                    **base,
-                    "kind": "wrong_class",
-                    "score": pred.score * other[k],
-                    "annotation_id": g.annotation_id.iloc[k],
-                    "category": label,
-                    "iou": other[k],
-                    "evidence": f"labelled {label}, the model says "
-                    f"{pred.category} ({pred.score:.2f}, IoU {other[k]:.2f})",
-                }
-            )
-    return rows
+def _model_errors(
+    model: str, ann: pd.DataFrame, preds: pd.DataFrame, found: pd.DataFrame
+) -> pd.DataFrame:
+    pairs = _Pairs(ann, preds)
+    n_p, n_g = len(preds), len(ann)
+    best_any = np.zeros(n_g)  # best IoU of any confident prediction, per object
+    np.maximum.at(best_any, pairs.g, pairs.iou)
+    same_iou = np.where(pairs.same, pairs.iou, 0.0)
+    other_iou = np.where(pairs.same, 0.0, pairs.iou)
+    best, _ = pairs.best(pairs.p, pairs.g, pairs.iou, n_p)
+    best_same, _ = pairs.best(pairs.p, pairs.g, same_iou, n_p)
+    best_other, other_at = pairs.best(pairs.p, pairs.g, other_iou, n_p)
+    missing = best < 0.5
+    wrong = ~missing & (best_other >= 0.5) & (best_same < 0.5)
+    # an object's best same-class prediction, and that prediction's best same-class object
+    obj_best, obj_pred = pairs.best(pairs.g, pairs.p, same_iou, n_g)
+    _, pred_obj = pairs.best(pairs.p, pairs.g, same_iou, n_p)
+    located = (obj_best >= 0.1) & (obj_best < 0.7)
+    located &= pred_obj[np.where(obj_pred >= 0, obj_pred, 0)] == np.arange(n_g)
+    crowd = ann.iscrowd.to_numpy() != 0
+    spurious = (best_any < 0.1) & ~crowd
+    recall = _class_recall(ann, found, crowd)
+    return pd.concat(
+        [
+            _missing(model, preds, np.flatnonzero(missing), best),
+            _wrong_class(model, ann, preds, np.flatnonzero(wrong), other_at, best_other),
+            _badly_located(model, ann, preds, np.flatnonzero(located), obj_pred, obj_best),
+            _spurious(model, ann, np.flatnonzero(spurious), best_any, recall),
+        ],
+        ignore_index=True,
+    )[COLUMNS]
 
 
-def _located(model, image_id, p, g, ious) -> list[dict[str, object]]:
-    """``ious``: objects x predictions, same class only."""
-    rows = []
-    for i in range(len(g)):
-        if not ious.shape[1]:
-            break
-        j = int(ious[i].argmax())
-        if 0.1 <= ious[i, j] < 0.7 and int(ious[:, j].argmax()) == i:
-            pred = p.iloc[j]
-            rows.append(
-                {
-                    "kind": "badly_located",
-                    "score": pred.score * (1 - ious[i, j]),
-                    "model": model,
-                    "image_id": image_id,
-                    "annotation_id": g.annotation_id.iloc[i],
-                    "prediction_id": pred.prediction_id,
-                    "category": g.category.iloc[i],
-                    "predicted_category": pred.category,
-                    "iou": ious[i, j],
-                    "evidence": f"the model's {pred.category} ({pred.score:.2f}) overlaps "
-                    f"this box only at IoU {ious[i, j]:.2f}",
-                }
-            )
-    return rows
+def _class_recall(ann: pd.DataFrame, found: pd.DataFrame, crowd: np.ndarray) -> pd.Series:
+    """Per class: the share of its non-crowd objects that a confident prediction matched
+    (COCO's matching, from model/matching)."""
+    hit = np.isin(ann.annotation_id.to_numpy(), found.gt_id[found.status == "tp"].to_numpy())
+    return pd.Series(hit[~crowd]).groupby(ann.category.to_numpy()[~crowd]).mean()
+
+
+def _rows(model: str, kind: str, score: np.ndarray, **columns) -> pd.DataFrame:
+    return pd.DataFrame({"kind": kind, "score": score, "model": model, **columns}, columns=COLUMNS)
+
+
+def _missing(model, preds, j, best) -> pd.DataFrame:
+    p = preds.iloc[j]
+    evidence = [
+        f"{c} ({s:.2f}) on no labelled object" for c, s in zip(p.category, p.score, strict=True)
+    ]
+    return _rows(
+        model,
+        "missing",
+        p.score.to_numpy() * (1 - best[j]),
+        image_id=p.image_id.to_numpy(),
+        prediction_id=p.prediction_id.to_numpy(),
+        predicted_category=p.category.to_numpy(),
+        iou=best[j],
+        evidence=evidence,
+    )
+
+
+def _wrong_class(model, ann, preds, j, other_at, best_other) -> pd.DataFrame:
+    p, g, iou = preds.iloc[j], ann.iloc[other_at[j]], best_other[j]
+    evidence = [
+        f"labelled {label}, the model says {c} ({s:.2f}, IoU {v:.2f})"
+        for label, c, s, v in zip(g.category, p.category, p.score, iou, strict=True)
+    ]
+    return _pair_rows(model, "wrong_class", g, p, iou, p.score.to_numpy() * iou, evidence)
+
+
+def _badly_located(model, ann, preds, i, obj_pred, obj_best) -> pd.DataFrame:
+    g, p, iou = ann.iloc[i], preds.iloc[obj_pred[i]], obj_best[i]
+    evidence = [
+        f"the model's {c} ({s:.2f}) overlaps this box only at IoU {v:.2f}"
+        for c, s, v in zip(p.category, p.score, iou, strict=True)
+    ]
+    return _pair_rows(model, "badly_located", g, p, iou, p.score.to_numpy() * (1 - iou), evidence)
+
+
+def _pair_rows(model, kind, g, p, iou, score, evidence) -> pd.DataFrame:
+    """Rows naming an object ``g`` and a prediction ``p`` (aligned frames)."""
+    return _rows(
+        model,
+        kind,
+        score,
+        image_id=g.image_id.to_numpy(),
+        annotation_id=g.annotation_id.to_numpy(),
+        prediction_id=p.prediction_id.to_numpy(),
+        category=g.category.to_numpy(),
+        predicted_category=p.category.to_numpy(),
+        iou=iou,
+        evidence=evidence,
+    )
+
+
+def _spurious(model, ann, i, best_any, recall) -> pd.DataFrame:
+    g = ann.iloc[i]
+    share = g.category.map(recall).fillna(0.0).to_numpy(float)
+    evidence = [
+        f"no prediction on this {c}; the model finds {r:.0%} of {c} elsewhere"
+        for c, r in zip(g.category, share, strict=True)
+    ]
+    return _rows(
+        model,
+        "spurious",
+        0.5 * share,
+        image_id=g.image_id.to_numpy(),
+        annotation_id=g.annotation_id.to_numpy(),
+        category=g.category.to_numpy(),
+        iou=best_any[i],
+        evidence=evidence,
+    )

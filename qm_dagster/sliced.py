@@ -8,18 +8,17 @@ import numpy as np
 import pandas as pd
 
 from qm_dagster.evaluation import (
+    COCO_AREAS,
+    STATS,
     SUMMARY,
-    area_buckets,
-    counts,
     evaluate,
     image_subset,
-    summarize,
+    size_bucket,
+    stats,
     whole,
     with_scores,
 )
-from qm_dagster.matching import coco_dt, coco_gt
-from qm_dagster.metrics.label import object_area
-from qm_dagster.metrics.tables import Tables
+from qm_dagster.matching import coco_dt, ground_truth
 
 BUCKETS = 5
 COCO_AREA_EDGES = [0.0, 32.0**2, 96.0**2, 1e10]
@@ -31,7 +30,7 @@ COLUMNS = [
     "lo",
     "hi",
     "n_images",
-    *SUMMARY,
+    *STATS,
     "tp",
     "fp",
     "fn",
@@ -55,8 +54,61 @@ def _image_buckets(values: pd.Series, edges: np.ndarray) -> list[tuple[int, floa
     for b, (lo, hi) in enumerate(itertools.pairwise(edges)):
         last = b == len(edges) - 2
         inside = (values >= lo) & ((values <= hi) if last else (values < hi))
-        out.append((b, float(lo), float(hi), [int(i) for i in values.index[inside]]))
+        out.append((b, float(lo), float(hi), values.index[inside].to_numpy()))
     return out
+
+
+def image_slices(
+    image_table: pd.DataFrame,
+    named: dict[str, list] | None,
+    edges: dict[str, list[float]],
+    buckets: int,
+) -> list[tuple[dict[str, object], np.ndarray]]:
+    """(row labels, image ids) of each bucket of each image-level metric and each named slice:
+    the same for every model."""
+    metric_cols = [
+        c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
+    ]
+    table = image_table.set_index("image_id")
+    out = []
+    for col in metric_cols:
+        values = pd.to_numeric(table[col], errors="coerce")
+        cuts = (
+            np.asarray(edges[col], float)
+            if col in edges
+            else quantile_edges(values.to_numpy(float), buckets)
+        )
+        for b, lo, hi, ids in _image_buckets(values, cuts):
+            out.append(({"metric": col, "bucket": b, "lo": lo, "hi": hi}, ids))
+    for name, ids in (named or {}).items():
+        out.append(({"metric": f"slice:{name}", "bucket": 0}, np.asarray(list(ids))))
+    return out
+
+
+class _Counts:
+    """TP / FP / FN per image of one model at IoU 0.5 for predictions scoring at least
+    ``score`` (crowd regions and predictions beyond maxDets excluded), from the matching
+    table, so that any slice's counts are three sums."""
+
+    def __init__(self, image_ids: np.ndarray, matches: pd.DataFrame, annotations, score: float):
+        self.ids = np.sort(np.asarray(image_ids))
+        confident = matches[matches.score >= score]
+        self.tp = self._per_image(confident.image_id[confident.status == "tp"])
+        self.fp = self._per_image(confident.image_id[confident.status == "fp"])
+        self.gt = self._per_image(annotations.image_id[annotations.iscrowd == 0])
+
+    def _per_image(self, image_ids: pd.Series) -> np.ndarray:
+        where = np.searchsorted(self.ids, image_ids.to_numpy())
+        return np.bincount(where, minlength=len(self.ids))
+
+    def positions(self, image_ids: np.ndarray) -> np.ndarray:
+        ids = np.intersect1d(np.asarray(image_ids, dtype=self.ids.dtype), self.ids)
+        return np.searchsorted(self.ids, ids)
+
+    def of(self, positions: np.ndarray | None = None) -> dict[str, int]:
+        pick = slice(None) if positions is None else positions
+        tp, fp, gt = (int(a[pick].sum()) for a in (self.tp, self.fp, self.gt))
+        return {"tp": tp, "fp": fp, "fn": gt - tp}
 
 
 def sliced_evaluation(
@@ -64,81 +116,49 @@ def sliced_evaluation(
     annotations: pd.DataFrame,
     categories: pd.DataFrame,
     predictions: pd.DataFrame,
+    matches: pd.DataFrame,
     image_table: pd.DataFrame,
     score: float = 0.5,
     named: dict[str, list] | None = None,
     edges: dict[str, list[float]] | None = None,
     buckets: int = BUCKETS,
 ) -> pd.DataFrame:
-    """Rows per model: the whole version, each bucket of each image-level metric (``buckets``
-    quantile buckets, or the explicit ``edges`` configured for that metric), each named image
-    slice (``metric`` = ``slice:<name>``), and size buckets of ``object_area`` (COCO's small /
-    medium / large unless ``edges`` names ``label/object_area``). Precision, recall and F1
-    count detections with score >= ``score``."""
+    """Rows per model: the whole version (COCO's 12 statistics), each bucket of each
+    image-level metric (``buckets`` quantile buckets, or the explicit ``edges`` configured for
+    that metric), each named image slice (``metric`` = ``slice:<name>``), and size buckets of
+    ``object_area`` (COCO's small / medium / large unless ``edges`` names
+    ``label/object_area``). TP / FP / FN, precision, recall and F1 count detections with score
+    >= ``score``, from the matching table. One COCO evaluation per model."""
     edges = edges or {}
     if annotations.empty or predictions.empty:
         return pd.DataFrame(columns=COLUMNS)
-    areas = object_area(Tables(images, annotations))
-    cats = sorted(set(categories.category_id) | set(predictions.category_id))
-    gt = coco_gt(images, annotations, areas, cats)
-    metric_cols = [
-        c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
-    ]
-    table = image_table.set_index("image_id")
+    gt = ground_truth(images, annotations, categories, predictions)
+    slices = image_slices(image_table, named, edges, buckets)
+    size_edges = list(edges.get("label/object_area", COCO_AREA_EDGES))
+    custom = size_edges != COCO_AREA_EDGES
     rows = []
     for model, preds in predictions.groupby("model", sort=True):
         dt = coco_dt(gt, preds.reset_index(drop=True))
-        ev = evaluate(gt, dt)
-        base = {"model": model, "n_images": len(gt.getImgIds())}
-        rows.append(
-            with_scores(
-                {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)},
-                counts(ev, score),
-            )
-        )
-        for col in metric_cols:
-            values = pd.to_numeric(table[col], errors="coerce")
-            cuts = (
-                np.asarray(edges[col], float)
-                if col in edges
-                else quantile_edges(values.to_numpy(float), buckets)
-            )
-            for b, lo, hi, ids in _image_buckets(values, cuts):
-                rows.append(
-                    _slice_row(
-                        ev, ids, score, {**base, "metric": col, "bucket": b, "lo": lo, "hi": hi}
-                    )
-                )
-        for name, ids in (named or {}).items():
-            rows.append(
-                _slice_row(
-                    ev,
-                    [int(i) for i in ids],
-                    score,
-                    {**base, "metric": f"slice:{name}", "bucket": 0},
-                )
-            )
-        gt_area = dict(zip(annotations.annotation_id.astype(int), areas, strict=True))
-        dt_area = {i: a["area"] for i, a in dt.anns.items()}
-        area_edges = list(edges.get("label/object_area", COCO_AREA_EDGES))
-        for b, summary in enumerate(area_buckets(gt, dt, gt_area, dt_area, area_edges)):
-            rows.append(
-                {
-                    **base,
-                    "level": "object",
-                    "metric": "label/object_area",
-                    "bucket": b,
-                    "lo": area_edges[b],
-                    "hi": area_edges[b + 1],
-                    **summary,
-                }
-            )
+        ev = evaluate(gt, dt, size_edges=size_edges if custom else None)
+        counts = _Counts(ev._paramsEval.imgIds, matches[matches.model == model], annotations, score)
+        base = {"model": model, "n_images": len(counts.ids)}
+        whole_row = {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)}
+        rows.append(with_scores(whole_row, counts.of()))
+        for labels, ids in slices:
+            rows.append(_slice_row(ev, counts, counts.positions(ids), {**base, **labels}))
+        first = len(COCO_AREAS) if custom else 1  # COCO's own small/medium/large otherwise
+        for b, (lo, hi) in enumerate(itertools.pairwise(size_edges)):
+            labels = {"level": "object", "metric": "label/object_area", "bucket": b}
+            rows.append({**base, **labels, "lo": lo, "hi": hi, **size_bucket(ev, first + b)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _slice_row(ev, ids: list[int], score: float, row: dict[str, object]) -> dict[str, object]:
-    """Summary and counts of the images ``ids`` from the model's one evaluation."""
-    sub = image_subset(ev, ids) if ids else None
-    summary = dict.fromkeys(SUMMARY, -1.0) if sub is None else summarize(sub)
-    found = counts(sub, score) if sub is not None else {"tp": 0, "fp": 0, "fn": 0}
-    return with_scores({**row, "level": "image", "n_images": len(ids), **summary}, found)
+def _slice_row(ev, counts: _Counts, positions: np.ndarray, row: dict) -> dict[str, object]:
+    """Summary and counts of the images at ``positions`` from the model's one evaluation."""
+    if positions.size:
+        result = image_subset(ev, positions)
+        summary = {k: v for k, v in stats(result, result["params"]).items() if k in SUMMARY}
+    else:
+        summary = dict.fromkeys(SUMMARY, -1.0)
+    found = counts.of(positions)
+    return with_scores({**row, "level": "image", "n_images": int(positions.size), **summary}, found)

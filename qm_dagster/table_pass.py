@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from qm_dagster.matching import match
-from qm_dagster.metrics.label import object_area
+from qm_dagster.matching import gt_found
 from qm_dagster.metrics.registry import MetricSpec
 from qm_dagster.metrics.tables import Tables
 
@@ -76,21 +75,17 @@ def table_metrics(
 def matched_tables(
     images: pd.DataFrame,
     annotations: pd.DataFrame,
-    categories: pd.DataFrame,
     predictions: pd.DataFrame,
+    matches: pd.DataFrame,
 ) -> Tables:
-    """One model's predictions with their COCO match, as metrics see them."""
+    """One model's predictions with their COCO match (its rows of ``model/matching``, in the
+    same order), as metrics see them."""
     t = Tables(images, annotations, predictions.reset_index(drop=True))
-    if annotations.empty or not pd.api.types.is_integer_dtype(images.image_id):
-        t.predictions = t.predictions.assign(status="no_ground_truth", gt_id=np.nan)
-        t.extra.update(
-            gt_found=np.zeros(len(annotations), bool), gt_ignored=np.zeros(len(annotations), bool)
-        )
-        return t
-    cats = sorted(set(categories.category_id) | set(predictions.category_id))
-    pred, truth = match(images, annotations, object_area(t), cats, t.predictions)
-    t.predictions = t.predictions.assign(status=pred.status.to_numpy(), gt_id=pred.gt_id.to_numpy())
-    t.extra.update(gt_found=truth.found.to_numpy(), gt_ignored=truth.gt_ignored.to_numpy())
+    t.predictions = t.predictions.assign(
+        status=matches.status.to_numpy(), gt_id=matches.gt_id.to_numpy()
+    )
+    crowd = annotations.iscrowd.to_numpy() != 0 if len(annotations) else np.zeros(0, bool)
+    t.extra.update(gt_found=gt_found(matches, annotations), gt_ignored=crowd)
     return t
 
 
@@ -98,13 +93,18 @@ def model_metrics(
     specs: Sequence[MetricSpec],
     images: pd.DataFrame,
     annotations: pd.DataFrame,
-    categories: pd.DataFrame,
     predictions: pd.DataFrame,
+    matches: pd.DataFrame,
 ) -> dict[str, pd.DataFrame]:
-    """``{asset key: table}`` of prediction-level metrics for every model (``model`` column)."""
+    """``{asset key: table}`` of prediction-level metrics for every model (``model`` column),
+    each model's predictions read with their rows of the matching table."""
     out: dict[str, list[pd.DataFrame]] = {s.asset_key: [] for s in specs}
+    by_model = matches.groupby("model", sort=True)
     for model, preds in predictions.groupby("model", sort=True):
-        t = matched_tables(images, annotations, categories, preds)
+        matched = by_model.get_group(model)
+        if not np.array_equal(matched.prediction_id.to_numpy(), preds.prediction_id.to_numpy()):
+            raise ValueError(f"model/matching is stale for model {model!r}: re-materialize it")
+        t = matched_tables(images, annotations, preds, matched)
         for s in specs:
             frame = _frame(s, t, _evaluate(s, t))
             frame.insert(0, "model", model)

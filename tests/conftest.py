@@ -45,6 +45,22 @@ def coco_fake_spec(predictions: bool = True):
     )
 
 
+def cartucho_spec():
+    """The import spec of ../shared/data/cartucho-voc85 (VOC-style txt boxes, a real detector's
+    output as model ``detector``); skips when the data is absent."""
+    from qm_dagster.importers import ImportSpec
+
+    src = shared("cartucho-voc85") / "input"
+    return ImportSpec(
+        images=str(src / "images-optional"),
+        format="txt-xyxy",
+        labels=str(src / "ground-truth"),
+        predictions=str(src / "detection-results"),
+        pred_format="txt-xyxy",
+        model="detector",
+    )
+
+
 BUCKET = "qm-test"
 
 

@@ -173,7 +173,11 @@ def test_versions_flow_to_metrics_analysis_and_checks(landed):
 
     run = wait_for(predictions_run, PHASE_TIMEOUT, "the new-predictions run")
     assert run["jobName"] == "model_metrics_job"
-    assert {s["stepKey"] for s in run["stepStats"]} == {"dataset__predictions", "model_tables"}
+    assert {s["stepKey"] for s in run["stepStats"]} == {
+        "dataset__predictions",
+        "model__matching",
+        "model_tables",
+    }
     wait_for(
         lambda: len(materializations(stack, ["analysis", "report"], "production")) == 2,
         PHASE_TIMEOUT,

@@ -5,50 +5,102 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 
 import numpy as np
 import pytest
+from faster_coco_eval import COCO as FastCOCO
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from qm_dagster.errors import QmError
-from qm_dagster.evaluation import VocBox, area_buckets, evaluate, image_slice, voc_ap, whole
+from qm_dagster.evaluation import (
+    STATS,
+    SUMMARY,
+    VocBox,
+    evaluate,
+    image_slice,
+    size_bucket,
+    voc_ap,
+    whole,
+)
 from qm_dagster.importers.readers import read_txt_dir, read_voc_dir
-from tests.conftest import coco_fake_spec, shared
+from qm_dagster.matching import matching
+from tests.conftest import cartucho_spec, coco_fake_spec, shared
 
 
 @pytest.fixture(scope="module")
 def coco():
+    """pycocotools' objects (the reference) and faster-coco-eval's (ours) of the same files."""
     src = shared("coco-val2014-fake100")
+    gt_file = str(src / "instances_val2014_100.json")
+    dt_file = str(src / "results" / "instances_val2014_fakebbox100_results.json")
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(src / "instances_val2014_100.json"))
-        dt = gt.loadRes(str(src / "results" / "instances_val2014_fakebbox100_results.json"))
+        gt = COCO(gt_file)
+        dt = gt.loadRes(dt_file)
+    fast_gt = FastCOCO(gt_file)
     reference = json.loads((src / "REFERENCE.json").read_text())["published"]
-    return gt, dt, reference["bbox_full_faster_coco_eval"]
+    return gt, dt, reference["bbox_full_faster_coco_eval"], fast_gt, fast_gt.loadRes(dt_file)
 
 
-def test_whole_dataset_equals_published_cocoapi(coco):
-    gt, dt, published = coco
-    summary = whole(evaluate(gt, dt))
-    assert [summary[k] for k in ("AP", "AP50", "AP75")] == pytest.approx(published[:3], abs=1e-12)
-    assert summary["AR100"] == pytest.approx(published[8], abs=1e-12)
-
-
-def fresh_pycocotools(gt, dt, image_ids):
-    """pycocotools' own bbox evaluation restricted to ``image_ids``, summarized."""
+def fresh_pycocotools(gt, dt, image_ids=None, area_rng=None):
+    """pycocotools' own bbox evaluation (restricted to ``image_ids``), summarized."""
     fresh = COCOeval(gt, dt, "bbox")
-    fresh.params.imgIds = image_ids
+    if image_ids is not None:
+        fresh.params.imgIds = image_ids
+    if area_rng is not None:
+        fresh.params.areaRng = area_rng
+        fresh.params.areaRngLbl = [f"r{i}" for i in range(len(area_rng))]
     with contextlib.redirect_stdout(io.StringIO()):
         fresh.evaluate()
         fresh.accumulate()
-        fresh.summarize()
+        if area_rng is None:  # summarize looks the ranges up by COCO's labels
+            fresh.summarize()
     return fresh
 
 
+def test_whole_dataset_equals_published_cocoapi_and_pycocotools(coco):
+    gt, dt, published, fast_gt, fast_dt = coco
+    summary = whole(evaluate(fast_gt, fast_dt))
+    assert [summary[k] for k in STATS] == pytest.approx(published, abs=1e-12)
+    assert [summary[k] for k in STATS] == pytest.approx(fresh_pycocotools(gt, dt).stats, abs=1e-12)
+
+
+def _cartucho(tmp_path):
+    """The cartucho-voc85 real detector output as COCO files, by our importer."""
+    from qm_dagster.importers import import_version
+
+    import_version(cartucho_spec(), str(tmp_path), "c")
+    return tmp_path / "c" / "annotations.json", tmp_path / "c" / "predictions" / "detector.json"
+
+
+def test_all_twelve_stats_and_slices_equal_pycocotools_on_real_detections(tmp_path):
+    """faster-coco-eval (ours) against pycocotools (the reference) on a real detector's output:
+    the 12 statistics of the whole version and of 20 random image subsets."""
+    gt_file, dt_file = _cartucho(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        dt = gt.loadRes(json.loads(dt_file.read_text()))
+    fast_gt = FastCOCO(str(gt_file))
+    ev = evaluate(fast_gt, fast_gt.loadRes(json.loads(dt_file.read_text())))
+    assert [whole(ev)[k] for k in STATS] == pytest.approx(
+        fresh_pycocotools(gt, dt).stats, abs=1e-12
+    )
+    rng = np.random.default_rng(7)
+    ids = sorted(gt.getImgIds())
+    for _ in range(20):
+        subset = sorted(rng.choice(ids, size=int(rng.integers(1, len(ids))), replace=False))
+        ours = image_slice(ev, [int(i) for i in subset])
+        fresh = fresh_pycocotools(gt, dt, [int(i) for i in subset]).stats
+        assert [ours[k] for k in SUMMARY] == pytest.approx(
+            [fresh[0], fresh[1], fresh[2], fresh[8]], abs=1e-12
+        )
+
+
 def test_image_slice_equals_fresh_pycocotools_on_the_subset(coco):
-    gt, dt, _ = coco
-    ev = evaluate(gt, dt)
+    gt, dt, _, fast_gt, fast_dt = coco
+    ev = evaluate(fast_gt, fast_dt)
     subset = sorted(gt.getImgIds())[::3]
     ours = image_slice(ev, subset)
     fresh = fresh_pycocotools(gt, dt, subset)
@@ -56,15 +108,21 @@ def test_image_slice_equals_fresh_pycocotools_on_the_subset(coco):
         [fresh.stats[0], fresh.stats[1], fresh.stats[2], fresh.stats[8]], abs=1e-12
     )
     # and it really is a different number from the whole version
-    assert abs(ours["AP"] - whole(evaluate(gt, dt))["AP"]) > 1e-3
+    assert abs(ours["AP"] - whole(evaluate(fast_gt, fast_dt))["AP"]) > 1e-3
 
 
-def test_object_area_buckets_reproduce_coco_small_medium_large(coco):
-    gt, dt, published = coco
-    gt_area = {i: a["area"] for i, a in gt.anns.items()}
-    dt_area = {i: a["area"] for i, a in dt.anns.items()}
-    buckets = area_buckets(gt, dt, gt_area, dt_area, [0, 32**2, 96**2, 1e5**2])
-    assert [b["AP"] for b in buckets] == pytest.approx(published[3:6], abs=1e-12)
+def test_size_buckets_reproduce_coco_small_medium_large(coco):
+    gt, dt, published, fast_gt, fast_dt = coco
+    edges = [0, 500, 5000, 1e10]
+    ev = evaluate(fast_gt, fast_dt, size_edges=edges)
+    whole(ev)
+    assert [size_bucket(ev, a)["AP"] for a in (1, 2, 3)] == pytest.approx(published[3:6], 1e-12)
+    ranges = [[lo, hi] for lo, hi in itertools.pairwise(edges)]
+    precision = fresh_pycocotools(gt, dt, area_rng=ranges).eval["precision"]
+    expected = [precision[:, :, :, a, -1][precision[:, :, :, a, -1] > -1].mean() for a in range(3)]
+    buckets = [size_bucket(ev, a) for a in (4, 5, 6)]
+    assert [b["AP"] for b in buckets] == pytest.approx(expected, abs=1e-12)
+    assert buckets[0]["AP"] != pytest.approx(published[3], abs=1e-3)
 
 
 def _toy():
@@ -127,14 +185,16 @@ def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
 
     from qm_dagster.sliced import sliced_evaluation
 
-    gt, dt, published = coco
+    gt, dt, published = coco[:3]
     manifest, tables, preds = _imported(tmp_path)
     ids = sorted(gt.getImgIds())
     image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
-    frame = sliced_evaluation(manifest, tables.annotations, tables.categories, preds, image_table)
+    matches = matching(manifest, tables.annotations, tables.categories, preds)
+    frame = sliced_evaluation(
+        manifest, tables.annotations, tables.categories, preds, matches, image_table
+    )
     overall = frame[frame.metric == "all"].iloc[0]
-    whole_version = [overall["AP"], overall["AP50"], overall["AP75"]]
-    assert whole_version == pytest.approx(published[:3], abs=1e-12)
+    assert [overall[k] for k in STATS] == pytest.approx(published, abs=1e-12)
     bucket = frame[(frame.metric == "data/x") & (frame.bucket == 1)].iloc[0]
     subset = [
         i for i, x in zip(ids, image_table["data/x"], strict=True) if bucket.lo <= x < bucket.hi
@@ -154,13 +214,16 @@ def test_explicit_edges_and_score_threshold(tmp_path, coco):
 
     from qm_dagster.sliced import sliced_evaluation
 
-    gt, dt, _ = coco
+    gt, dt = coco[:2]
     manifest, tables, preds = _imported(tmp_path)
     ids = sorted(gt.getImgIds())
     image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
     edges = {"data/x": [0.0, 10.0, 30.0, 99.0], "label/object_area": [0.0, 1000.0, 1e10]}
+    matches = matching(manifest, tables.annotations, tables.categories, preds)
     frame = sliced_evaluation(
-        manifest, tables.annotations, tables.categories, preds, image_table, score=0.3, edges=edges
+        *(manifest, tables.annotations, tables.categories, preds, matches, image_table),
+        score=0.3,
+        edges=edges,
     )
     rows = frame[frame.metric == "data/x"]
     assert rows.lo.tolist() == [0.0, 10.0, 30.0] and rows.hi.tolist() == [10.0, 30.0, 99.0]

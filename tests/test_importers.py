@@ -10,7 +10,7 @@ import pytest
 from qm_dagster.dataset import DatasetRoot
 from qm_dagster.errors import DatasetError
 from qm_dagster.importers import ImportSpec, import_version
-from tests.conftest import coco_fake_spec, shared
+from tests.conftest import cartucho_spec, coco_fake_spec, shared
 
 
 def _lines(folder) -> int:
@@ -31,14 +31,7 @@ def test_cartucho_txt(tmp_path):
     src = shared("cartucho-voc85") / "input"
     coco, preds = _imported(
         tmp_path,
-        ImportSpec(
-            images=str(src / "images-optional"),
-            format="txt-xyxy",
-            labels=str(src / "ground-truth"),
-            predictions=str(src / "detection-results"),
-            pred_format="txt-xyxy",
-            model="detector",
-        ),
+        cartucho_spec(),
     )
     assert len(coco.images) == 85
     assert len(coco.annotations) == _lines(src / "ground-truth") == 686

@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from qm_dagster import geometry
 from qm_dagster.coco import parse_instances, parse_results
 from qm_dagster.label_errors import label_errors
+from qm_dagster.matching import matching
 from tests.conftest import shared
 
 PLANTED_PER_KIND = 12
@@ -99,7 +101,9 @@ def planted_version(seed: int = 0, model: str = "good"):
 
 def precision_at(seed: int, model: str) -> tuple[dict[int, float], dict[str, int]]:
     ann, preds, planted, deleted = planted_version(seed, model)
-    queue = label_errors(ann, preds)
+    images = pd.DataFrame({"image_id": sorted(set(ann.image_id) | set(preds.image_id))})
+    cats = ann[["category_id", "category"]].drop_duplicates()
+    queue = label_errors(ann, preds, matching(images, ann, cats, preds))
 
     def is_planted(row) -> bool:
         if row.kind == "missing":
@@ -137,3 +141,62 @@ def test_with_the_cocoapi_fake_results_every_planted_mistake_is_still_queued():
     at, found = precision_at(0, "fake")
     assert all(n >= 10 for n in found.values())
     assert at[36] >= 0.3
+
+
+def reference_queue(ann: pd.DataFrame, preds: pd.DataFrame) -> dict[str, dict]:
+    """The module docstring's rules image by image, on pycocotools' IoU matrices: per kind,
+    {prediction or annotation id: (score, iou)}; spurious: {annotation id: iou}."""
+    confident = preds[preds.score >= 0.5]
+    out: dict[str, dict] = {k: {} for k in ("missing", "wrong_class", "badly_located")}
+    best_any = dict.fromkeys(ann.annotation_id, 0.0)
+    for image_id, p in confident.groupby("image_id"):
+        g = ann[ann.image_id == image_id]
+        ious = geometry.box_iou(geometry.boxes(p), geometry.boxes(g))
+        same = p.category_id.to_numpy()[:, None] == g.category_id.to_numpy()[None, :]
+        for i, a in enumerate(g.annotation_id):
+            if len(p):
+                best_any[a] = max(best_any[a], float(ious[:, i].max()))
+        for j, pred in enumerate(p.itertuples()):
+            best = float(ious[j].max()) if len(g) else 0.0
+            if best < 0.5:
+                out["missing"][pred.prediction_id] = (pred.score * (1 - best), best)
+                continue
+            other = np.where(~same[j], ious[j], 0.0)
+            if other.max() >= 0.5 and np.where(same[j], ious[j], 0.0).max() < 0.5:
+                out["wrong_class"][pred.prediction_id] = (pred.score * other.max(), other.max())
+        s = np.where(same, ious, 0.0)
+        for i, a in enumerate(g.annotation_id):
+            j = int(s[:, i].argmax())
+            if 0.1 <= s[j, i] < 0.7 and int(s[j].argmax()) == i:
+                score = p.score.iloc[j]
+                out["badly_located"][a] = (score * (1 - s[j, i]), s[j, i])
+                out["missing"].pop(p.prediction_id.iloc[j], None)
+    crowd = dict(zip(ann.annotation_id, ann.iscrowd, strict=True))
+    out["spurious"] = {a: v for a, v in best_any.items() if v < 0.1 and not crowd[a]}
+    return out
+
+
+def test_vectorised_queue_equals_the_rules_applied_image_by_image():
+    """On the cocoapi fake results (many confident disagreements of every kind): the same
+    candidates with the same scores and IoUs as a direct per-image reading of the rules."""
+    ann, preds, _, _ = planted_version(0, "fake")
+    images = pd.DataFrame({"image_id": sorted(set(ann.image_id) | set(preds.image_id))})
+    cats = ann[["category_id", "category"]].drop_duplicates()
+    queue = label_errors(ann, preds, matching(images, ann, cats, preds))
+    expected = reference_queue(ann, preds)
+    for kind, key in (
+        ("missing", "prediction_id"),
+        ("wrong_class", "prediction_id"),
+        ("badly_located", "annotation_id"),
+    ):
+        rows = queue[queue.kind == kind]
+        got = dict(zip(rows[key], zip(rows.score, rows.iou, strict=True), strict=True))
+        assert len(expected[kind]) >= 5, kind
+        assert got.keys() == expected[kind].keys(), kind
+        for k, (score, iou) in expected[kind].items():
+            assert got[k] == pytest.approx((score, iou), abs=1e-12), (kind, k)
+    spurious = queue[queue.kind == "spurious"]
+    assert len(expected["spurious"]) >= 5
+    assert dict(zip(spurious.annotation_id, spurious.iou, strict=True)) == pytest.approx(
+        expected["spurious"], abs=1e-12
+    )

@@ -21,9 +21,10 @@ from qm_dagster.dataset import DatasetRoot
 from qm_dagster.demo import write_demo
 from qm_dagster.importers import ImportSpec, import_version
 from qm_dagster.manifest import build_manifest
+from qm_dagster.matching import matching
 from qm_dagster.metrics import load_metrics, metrics
 from qm_dagster.table_pass import model_metrics
-from tests.conftest import materialize_version, shared
+from tests.conftest import cartucho_spec, materialize_version, shared
 
 load_metrics()
 
@@ -51,7 +52,8 @@ def ours(root: str, name: str) -> pd.DataFrame:
     manifest = build_manifest(version, 10**8, table=coco.images).images
     preds = pd.concat([version.predictions(m, coco) for m in version.prediction_files()])
     specs = [s for s in metrics("prediction", ()) if s.name in ("match", "iou", "confidence")]
-    tables = model_metrics(specs, manifest, coco.annotations, coco.categories, preds)
+    matches = matching(manifest, coco.annotations, coco.categories, preds)
+    tables = model_metrics(specs, manifest, coco.annotations, preds, matches)
     return tables["model/match"].merge(
         tables["model/iou"], on=["model", "prediction_id"], suffixes=("", "_iou")
     )
@@ -92,16 +94,8 @@ def test_match_equals_pycocotools_on_coco_fake_results(tmp_path):
 
 
 def test_match_equals_pycocotools_on_cartucho(tmp_path):
-    src = shared("cartucho-voc85") / "input"
     import_version(
-        ImportSpec(
-            images=str(src / "images-optional"),
-            format="txt-xyxy",
-            labels=str(src / "ground-truth"),
-            predictions=str(src / "detection-results"),
-            pred_format="txt-xyxy",
-            model="detector",
-        ),
+        cartucho_spec(),
         str(tmp_path),
         "c",
     )
@@ -166,7 +160,7 @@ def _tiny_tables(scores_vectors=None):
 def test_small_case_by_hand():
     images, ann, cats, preds = _tiny_tables()
     specs = metrics("prediction", ())
-    out = model_metrics(specs, images, ann, cats, preds)
+    out = model_metrics(specs, images, ann, preds, matching(images, ann, cats, preds))
     # p1 sits exactly on the cat (TP); p2 is a "cat" exactly on the dog (FP, class confusion);
     # p3 is on image 2, which has no objects (FP); the dog is missed.
     assert out["model/match"].value.tolist() == [1.0, 0.0, 0.0]
@@ -188,7 +182,8 @@ def test_scores_vector_drives_the_acquisition_functions():
     images, ann, cats, preds = _tiny_tables(
         [json.dumps([0.5, 0.3, 0.2]), json.dumps([0.25, 0.25, 0.5]), json.dumps([1.0, 0.0, 0.0])]
     )
-    out = model_metrics(metrics("prediction", ()), images, ann, cats, preds)
+    matches = matching(images, ann, cats, preds)
+    out = model_metrics(metrics("prediction", ()), images, ann, preds, matches)
     e1 = -(0.5 * np.log2(0.5) + 0.3 * np.log2(0.3) + 0.2 * np.log2(0.2))
     e2 = 1.5
     assert out["model/entropy"].value.tolist() == pytest.approx([(e1 + e2) / 2, 0.0])

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assets.sensors import recorded_metadata
 from qm_dagster.dataset import DatasetRoot
 from qm_dagster.watch import scan_versions
 from resources.dataset import QmResource
@@ -230,3 +231,45 @@ def test_predictions_sensor_targets_only_model_assets(defs):
     assert all(k == "dataset/predictions" or k.startswith("model/") for k in keys)
     assert defs.resolve_sensor_def("new_predictions_sensor").job_name == "model_metrics_job"
     assert defs.resolve_sensor_def("new_versions_sensor").job_name == "version_metrics_job"
+
+
+def _everything(defs, instance, version: str) -> None:
+    keys = [k.path for k in defs.resolve_asset_graph().get_all_asset_keys()]
+    materialize(defs, instance, version, keys)
+
+
+def test_reference_landing_after_its_dependant_reruns_the_dependant(defs, instance, settings):
+    """``cur`` (reference ``ref``) is analysed before ``ref`` exists: its drift is empty. When
+    ``ref``'s tables land, reference_sensor runs cur's drift, duplicates and report, which then
+    see the reference; it asks nothing more until ``ref`` is materialized again."""
+    root = Path(settings.datasets)
+    tiny_version(root, "ref", kind="train")
+    tiny_version(root, "cur", kind="production", reference="ref")
+    instance.add_dynamic_partitions(PARTITIONS, ["ref", "cur"])
+    _everything(defs, instance, "cur")
+    drift = dg.AssetKey(["analysis", "drift"])
+    assert recorded_metadata(instance, drift, "cur", "reference materialized") is False
+
+    first = tick(defs, instance, settings, "reference_sensor")
+    assert not first.run_requests  # cur's own tables landed; nothing names cur as reference
+    _everything(defs, instance, "ref")
+    second = tick(defs, instance, settings, "reference_sensor", first.cursor)
+    assert requested(second) == ["cur"]
+    assert second.run_requests[0].tags["qm/reference"] == "ref"
+
+    job = defs.resolve_job_def("reference_dependants_job")
+    assert {k.path[-1] for k in job.asset_layer.selected_asset_keys} == {
+        "drift",
+        "duplicates",
+        "report",
+    }
+    assert job.execute_in_process(instance=instance, partition_key="cur").success
+    assert recorded_metadata(instance, drift, "cur", "reference") == "ref"
+    assert recorded_metadata(instance, drift, "cur", "reference materialized") is None
+
+    third = tick(defs, instance, settings, "reference_sensor", second.cursor)
+    assert not third.run_requests  # cur's dependants are newer than ref's tables
+    tables = [["analysis", "quality_table", level] for level in ("image", "object", "prediction")]
+    materialize(defs, instance, "ref", tables)
+    fourth = tick(defs, instance, settings, "reference_sensor", third.cursor)
+    assert requested(fourth) == ["cur"]  # ref re-materialized: cur's drift is stale again
