@@ -5,23 +5,28 @@ import pandas as pd
 
 from assets.metadata import table_preview, value_summary
 from assets.partitions import dataset_versions
-from qm_dagster.similarity import duplicate_groups, uniqueness
+from qm_dagster import storage
+from qm_dagster.similarity import EmbeddingSet, duplicate_groups, uniqueness
+from qm_dagster.storage import StoredTable
 from resources.dataset import QmResource
+from resources.io_manager import LAZY
 
 
 @dg.asset(
     key=["data", "uniqueness"],
     partitions_def=dataset_versions,
     group_name="data",
-    ins={"embeddings": dg.AssetIn(key=["data", "embeddings"])},
+    ins={"embeddings": dg.AssetIn(key=["data", "embeddings"], metadata={LAZY: True})},
     code_version="2",
     kinds={"python", "faiss"},
     tags={"qm/level": "image", "qm/reads": "embeddings", "qm/origin": "builtin"},
 )
-def data_uniqueness(embeddings: pd.DataFrame):
+def data_uniqueness(context: dg.AssetExecutionContext, embeddings: StoredTable):
     """Distance from each image's embedding to its nearest other image in the version
-    (0 = exact duplicate; exact search up to 20k images, a faiss index re-ranked exactly above)."""
-    frame = pd.DataFrame({"image_id": embeddings.image_id, "value": uniqueness(embeddings)})
+    (0 = exact duplicate; exact search up to 20k images, a faiss index re-ranked exactly above).
+    Reads the vectors only, never the thumbnails."""
+    emb = EmbeddingSet.read([(context.partition_key, embeddings.url)])
+    frame = pd.DataFrame({"image_id": emb.image_id, "value": uniqueness(emb)})
     return dg.Output(frame, metadata=value_summary(frame))
 
 
@@ -31,30 +36,32 @@ def data_uniqueness(embeddings: pd.DataFrame):
     group_name="analysis",
     ins={
         "manifest": dg.AssetIn(key=["dataset", "manifest"]),
-        "embeddings": dg.AssetIn(key=["data", "embeddings"]),
+        "embeddings": dg.AssetIn(key=["data", "embeddings"], metadata={LAZY: True}),
     },
     code_version="2",
     kinds={"python", "faiss"},
 )
-def analysis_duplicates(context: dg.AssetExecutionContext, qm: QmResource, manifest, embeddings):
+def analysis_duplicates(
+    context: dg.AssetExecutionContext, qm: QmResource, manifest, embeddings: StoredTable
+):
     """Groups of exact (same content hash) and near duplicates (perceptual hash or embedding
-    distance) within the version and against its reference version."""
+    distance) within the version and against its reference version. Vectors and hashes are
+    read whole, thumbnails only for the rows the crop check asks for."""
     version = context.partition_key
     images = [manifest.assign(version=version)]
-    vectors = [embeddings.assign(version=version)]
+    sources = [(version, embeddings.url)]
     reference = qm.version(version).meta().reference
     if reference:
         ref_manifest = qm.stored("dataset/manifest", reference)
-        ref_embeddings = qm.stored("data/embeddings", reference)
-        if ref_manifest is None or ref_embeddings is None:
+        ref_url = storage.asset_url(qm.storage, "data/embeddings", reference)
+        if ref_manifest is None or not storage.exists(ref_url):
             context.log.warning(f"reference {reference!r} has no stored manifest/embeddings yet")
         else:
             images.append(ref_manifest.assign(version=reference))
-            vectors.append(ref_embeddings.assign(version=reference))
+            sources.append((reference, ref_url))
     columns = ["version", "image_id", "file_name", "content_hash"]
     groups = duplicate_groups(
-        pd.concat([i[columns] for i in images], ignore_index=True),
-        pd.concat(vectors, ignore_index=True),
+        pd.concat([i[columns] for i in images], ignore_index=True), EmbeddingSet.read(sources)
     )
     involving = groups[groups.group.isin(groups[groups.version == version].group)]
     return dg.Output(

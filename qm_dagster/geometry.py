@@ -22,13 +22,16 @@ def box_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) -> np
     return np.asarray(mask_utils.iou(a.tolist(), b.tolist(), flags.tolist()), dtype=np.float64)
 
 
-def pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pair_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
     """IoU of ``a[i]`` with ``b[i]`` (xywh rows), with pycocotools' own arithmetic (same order of
-    operations, so equal to ``box_iou``'s entries): the vectorised form for paired rows."""
+    operations, so equal to ``box_iou``'s entries; ``crowd`` marks pairs whose ``b`` is a crowd
+    region: intersection over ``a``'s area): the vectorised form for paired rows."""
     w = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
     h = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
     inter = np.where((w > 0) & (h > 0), w * h, 0.0)
     union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    if crowd is not None:
+        union = np.where(np.asarray(crowd, bool), a[:, 2] * a[:, 3], union)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(inter > 0, inter / union, 0.0)
 

@@ -163,13 +163,18 @@ def crop_hash_words(thumbs: np.ndarray, crops: bool = True) -> np.ndarray:
     excluded from the median)."""
     ops, _ = _crop_operators()
     ops = ops if crops else ops[:1]
-    t = thumbs.astype(np.float64)
-    half = np.einsum("pij,njk->npik", ops, t)  # row crops: n x p x 8 x 64
-    coef = np.einsum("npik,qlk->npqil", half, ops)  # column crops: n x p x q x 8 x 8
-    coef = coef.reshape(len(t), len(ops) ** 2, 64)
-    median = np.median(coef[:, :, 1:], axis=2, keepdims=True)
-    packed = np.packbits(coef > median, axis=2)  # n x crops x 8, big-endian bit order
-    return packed.view(">u8")[..., 0].astype(np.uint64)
+    p, n = len(ops), len(thumbs)
+    flat = ops.reshape(p * 8, THUMB)  # every row operator stacked, so each stage is one GEMM
+    columns = thumbs.astype(np.float64).transpose(1, 0, 2).reshape(THUMB, n * THUMB)
+    half = (flat @ columns).reshape(p, 8, n, THUMB)  # row crops: p x 8 x n x 64
+    out = np.empty((n, p, p), np.uint64)
+    for a in range(p):  # one row crop at a time: temporaries of n x p x 64, not n x p^2 x 64
+        rows = np.ascontiguousarray(half[a].transpose(1, 0, 2)).reshape(n * 8, THUMB)
+        coef = (rows @ flat.T).reshape(n, 8, p, 8).transpose(0, 2, 1, 3).reshape(n, p, 64)
+        # 63 values without the DC: the median is the 32nd smallest
+        median = np.partition(coef[:, :, 1:], 31, axis=2)[:, :, 31:32]
+        out[:, a, :] = np.packbits(coef > median, axis=2).view(">u8")[..., 0]
+    return out.reshape(n, p * p)
 
 
 def crop_distances(

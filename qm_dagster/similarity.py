@@ -6,11 +6,16 @@ groups are the connected components of the "is a near copy of" graph.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from qm_dagster import storage
 from qm_dagster.embeddings import THUMB
 from qm_dagster.neighbours import crop_distances, hash_pairs, knn, unique_pairs
 
@@ -24,15 +29,111 @@ CANDIDATES = 5  # nearest neighbours in embedding space checked with the crop-to
 GROUP_COLUMNS = ["group", "kind", "version", "image_id", "file_name", "content_hash"]
 
 
+@dataclass
+class EmbeddingSet:
+    """The embeddings of one or more versions, as neighbour search needs them: ids, vectors and
+    hashes in memory (~600 bytes an image); the thumbnails (4 KB an image, 4 GB at a million)
+    stay in their Parquet files and are read a block of rows at a time, only for the rows the
+    crop check asks for."""
+
+    version: np.ndarray
+    image_id: np.ndarray
+    vectors: np.ndarray
+    phash: np.ndarray
+    _files: list[tuple[str, int, np.ndarray]] = field(default_factory=list)  # url, start, groups
+    _thumbs: np.ndarray | None = None  # in memory instead (from_frame)
+
+    @classmethod
+    def read(cls, sources: Sequence[tuple[str, str]]) -> EmbeddingSet:
+        """``(version, url)`` of each data/embeddings file, read without the thumbnails."""
+        import pyarrow.parquet as pq
+
+        parts, files, start = [], [], 0
+        for version, url in sources:
+            fs, path = storage.filesystem(url)
+            with fs.open(path, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+                table = pf.read(columns=["image_id", "phash", "vector"])
+            files.append((url, start, np.cumsum([0, *sizes])))
+            start += table.num_rows
+            parts.append((version, table))
+        return cls(*_columns(parts), _files=files)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> EmbeddingSet:
+        """From an in-memory table with ``version, image_id, phash, vector`` (and ``thumb``)."""
+        x = np.stack(frame.vector.to_numpy()).astype(np.float32) if len(frame) else None
+        thumbs = _thumbs(frame.thumb) if "thumb" in frame and len(frame) else None
+        return cls(
+            frame.version.to_numpy(object),
+            frame.image_id.to_numpy(),
+            x if x is not None else np.zeros((0, 0), np.float32),
+            frame.phash.to_numpy().astype(np.int64),
+            _thumbs=thumbs,
+        )
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    @property
+    def has_thumbs(self) -> bool:
+        return self._thumbs is not None or bool(self._files)
+
+    def thumbs(self, rows: np.ndarray) -> np.ndarray:
+        """The ``len(rows) x 64 x 64`` thumbnails of ``rows``, reading only their row groups."""
+        if self._thumbs is not None:
+            return self._thumbs[rows]
+        out = np.empty((len(rows), THUMB, THUMB), np.uint8)
+        for url, start, groups in self._files:
+            local = rows - start
+            inside = np.flatnonzero((local >= 0) & (local < groups[-1]))
+            if inside.size:
+                out[inside] = _read_thumbs(url, groups, local[inside])
+        return out
+
+
+def _columns(parts: list[tuple[str, pa.Table]]):
+    """version, image_id, vectors and phash of the concatenated tables."""
+    tables = [t for _, t in parts]
+    n = sum(t.num_rows for t in tables)
+    version = np.concatenate([np.full(t.num_rows, v, dtype=object) for v, t in parts] or [[]])
+    if not n:
+        empty = np.zeros(0)
+        return version, empty, np.zeros((0, 0), np.float32), empty.astype(np.int64)
+    image_id = np.concatenate([t.column("image_id").to_numpy() for t in tables])
+    phash = np.concatenate([t.column("phash").to_numpy() for t in tables]).astype(np.int64)
+    lists = [t.column("vector").combine_chunks() for t in tables if t.num_rows]
+    flat = np.concatenate([a.values.to_numpy() for a in lists]).astype(np.float32)
+    return version, image_id, flat.reshape(n, -1), phash
+
+
+def _read_thumbs(url: str, groups: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Thumbnails of rows ``local`` of one file whose row groups start at ``groups``."""
+    import pyarrow.parquet as pq
+
+    out = np.empty((len(local), THUMB, THUMB), np.uint8)
+    group_of = np.searchsorted(groups, local, side="right") - 1
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        for g in np.unique(group_of):
+            mine = np.flatnonzero(group_of == g)
+            column = pf.read_row_group(int(g), columns=["thumb"]).column("thumb")
+            picked = column.take(pa.array(local[mine] - groups[g]))
+            out[mine] = _thumbs(pd.Series(picked.to_pylist()))
+    return out
+
+
 def vectors(embeddings: pd.DataFrame) -> np.ndarray:
     if embeddings.empty:
         return np.zeros((0, 0), np.float32)
     return np.stack(embeddings.vector.to_numpy()).astype(np.float32)
 
 
-def uniqueness(embeddings: pd.DataFrame) -> np.ndarray:
+def uniqueness(embeddings: pd.DataFrame | EmbeddingSet) -> np.ndarray:
     """Euclidean distance from each image's embedding to its nearest other image (0 = exact copy)."""
-    x = vectors(embeddings)
+    x = embeddings.vectors if isinstance(embeddings, EmbeddingSet) else vectors(embeddings)
     if len(x) < 2:
         return np.full(len(x), np.nan)
     distances, _ = knn(x, 1)
@@ -42,7 +143,7 @@ def uniqueness(embeddings: pd.DataFrame) -> np.ndarray:
 def _near_pairs(
     x: np.ndarray,
     hashes: np.ndarray,
-    thumbs: np.ndarray | None,
+    thumbs,
     radius: float,
     bits: int,
     crop_bits: int,
@@ -61,7 +162,7 @@ def _near_pairs(
         return found
     rest = unique_pairs([candidates[~close & (neighbours.ravel() >= 0)]])
     rest = rest[~_member(rest, found)]
-    cropped = crop_distances(rest, lambda r: thumbs[r], len(x)) <= crop_bits
+    cropped = crop_distances(rest, thumbs, len(x)) <= crop_bits
     return unique_pairs([found, rest[cropped]])
 
 
@@ -89,7 +190,7 @@ def _same_content_pairs(content: pd.Series) -> np.ndarray:
 
 def duplicate_groups(
     images: pd.DataFrame,
-    embeddings: pd.DataFrame,
+    embeddings: pd.DataFrame | EmbeddingSet,
     radius: float = EMBEDDING_DISTANCE,
     bits: int = PHASH_BITS,
     crop_bits: int = CROP_BITS,
@@ -97,22 +198,27 @@ def duplicate_groups(
     """Groups of exact (same content hash) and near copies among ``images``.
 
     ``images`` has ``version, image_id, file_name, content_hash`` (rows of several versions may
-    be mixed, e.g. a version and its reference); ``embeddings`` has ``version, image_id, phash,
-    vector, thumb``. Near copies: embedding distance <= ``radius``, perceptual hashes within
+    be mixed, e.g. a version and its reference); ``embeddings`` is an ``EmbeddingSet`` (or a
+    table with ``version, image_id, phash, vector, thumb``). Near copies: embedding distance <= ``radius``, perceptual hashes within
     ``bits``, or, among each image's nearest neighbours, a crop-tolerant hash distance within
     ``crop_bits``. A group is ``exact`` when all its members share one content hash, else
     ``near``.
     """
-    table = images.merge(embeddings, on=["version", "image_id"], how="left")
-    table = table[table.vector.notna() | table.content_hash.notna()].reset_index(drop=True)
+    emb = (
+        embeddings if isinstance(embeddings, EmbeddingSet) else EmbeddingSet.from_frame(embeddings)
+    )
+    rows = pd.DataFrame(
+        {"version": emb.version, "image_id": emb.image_id, "row": np.arange(len(emb))}
+    )
+    table = images.merge(rows, on=["version", "image_id"], how="left")
+    table = table[table.row.notna() | table.content_hash.notna()].reset_index(drop=True)
     n = len(table)
     pairs = [_same_content_pairs(table.content_hash)]
-    has_vec = np.flatnonzero(table.vector.notna().to_numpy())
+    has_vec = np.flatnonzero(table.row.notna().to_numpy())
     if len(has_vec):
-        x = vectors(table.iloc[has_vec])
-        hashes = table.phash.to_numpy()[has_vec].astype(np.int64)
-        thumbs = _thumbs(table.thumb.iloc[has_vec]) if "thumb" in table else None
-        near = _near_pairs(x, hashes, thumbs, radius, bits, crop_bits)
+        at = table.row.to_numpy()[has_vec].astype(np.int64)
+        thumbs = (lambda r: emb.thumbs(at[r])) if emb.has_thumbs else None
+        near = _near_pairs(emb.vectors[at], emb.phash[at], thumbs, radius, bits, crop_bits)
         pairs.append(has_vec[near])
     pairs = unique_pairs(pairs)
     if not len(pairs):

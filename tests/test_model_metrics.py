@@ -244,3 +244,30 @@ def test_new_predictions_rerun_only_model_assets(settings, tmp_path, monkeypatch
     assert half == pytest.approx(full / 2)
     again = load("model/tp_box_area", "validation", settings)
     assert again[again.model == "demo_detector"].value.tolist() == first.value.tolist()
+
+
+def test_iou_equals_pycocotools_compute_iou_with_crowd_regions(tmp_path):
+    """model/iou (vectorised over same-image pairs) against pycocotools' own ``computeIoU``
+    per image and class, on the cocoapi fake results, whose ground truth has crowd regions."""
+    from qm_dagster.importers import import_version
+    from tests.conftest import coco_fake_spec
+
+    spec = coco_fake_spec()
+    import_version(spec, str(tmp_path), "v")
+    frame = ours(str(tmp_path), "v")
+    got = dict(zip(frame.prediction_id, frame.value_iou, strict=True))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(spec.labels)
+        dt = gt.loadRes(spec.predictions)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+    assert any(a["iscrowd"] for a in gt.anns.values())
+    checked = 0
+    for (image_id, cat), ious in ev.ious.items():
+        dts = sorted(ev._dts[image_id, cat], key=lambda d: -d["score"])
+        if len(ious) == 0:
+            continue
+        for d, row in zip(dts, np.asarray(ious), strict=False):
+            assert got[d["id"]] == pytest.approx(row.max(), abs=1e-12)
+            checked += 1
+    assert checked > 500

@@ -56,31 +56,16 @@ def border_proximity(t: Tables) -> np.ndarray:
     return np.max(np.stack([x2 / w, y2 / h, 1 - x1 / w, 1 - y1 / h]), axis=0)
 
 
-def _pair_ious(t: Tables, rows: np.ndarray) -> np.ndarray:
-    """IoU between the annotations ``rows`` of one image: mask IoU where both have a mask,
-    box IoU otherwise (pycocotools, no crowd rule)."""
-    ious = geometry.box_iou(
-        geometry.boxes(t.annotations.iloc[rows]), geometry.boxes(t.annotations.iloc[rows])
-    )
-    masked = rows[t.has_mask[rows]]
-    if len(masked) > 1 and all(t.rles[i] is not None for i in masked):
-        pos = np.flatnonzero(t.has_mask[rows])
-        ious[np.ix_(pos, pos)] = geometry.mask_iou([t.rles[i] for i in masked])
-    np.fill_diagonal(ious, -np.inf)
-    return ious
-
-
 def _max_iou(t: Tables, same_class: bool) -> np.ndarray:
+    """Per annotation: the largest IoU with another annotation of its image (of its class),
+    0 when there is none."""
+    first, second, ious = t.image_pairs
+    if same_class:
+        cats = t.annotations.category_id.to_numpy()
+        keep = cats[first] == cats[second]
+        first, ious = first[keep], ious[keep]
     out = np.zeros(len(t.annotations))
-    categories = t.annotations.category_id.to_numpy()
-    for rows in t.groups(t.annotations):
-        if len(rows) < 2:
-            continue
-        ious = _pair_ious(t, rows)
-        if same_class:
-            cats = categories[rows]
-            ious = np.where(cats[:, None] == cats[None, :], ious, -np.inf)
-        out[rows] = np.maximum(ious.max(axis=1), 0.0)
+    np.maximum.at(out, first, ious)
     return out
 
 

@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pandas as pd
 
-from qm_dagster import geometry
 from qm_dagster.metrics.registry import metric
 from qm_dagster.metrics.tables import Tables
 
@@ -24,22 +23,13 @@ def confidence(t: Tables) -> np.ndarray:
 def best_iou(t: Tables, same_class: bool) -> np.ndarray:
     """Per prediction, the best COCO IoU (crowd rule included) with a ground truth of the same
     class (``same_class``) or of another class."""
-    out = np.zeros(len(t.predictions))
     if t.annotations.empty:
         return np.full(len(t.predictions), np.nan)
-    gt_by_image = t.annotations.groupby("image_id").indices
-    pred_cats = t.predictions.category_id.to_numpy()
-    gt_cats = t.annotations.category_id.to_numpy()
-    crowd = t.annotations.iscrowd.to_numpy()
-    gt_boxes = geometry.boxes(t.annotations)
-    for image_id, rows in t.predictions.groupby("image_id").indices.items():
-        g = gt_by_image.get(image_id)
-        if g is None:
-            continue
-        ious = geometry.box_iou(geometry.boxes(t.predictions.iloc[rows]), gt_boxes[g], crowd[g])
-        same = pred_cats[rows][:, None] == gt_cats[g][None, :]
-        ious = np.where(same if same_class else ~same, ious, 0.0)
-        out[rows] = ious.max(axis=1)
+    pred, gt, ious = t.prediction_pairs
+    same = t.predictions.category_id.to_numpy()[pred] == t.annotations.category_id.to_numpy()[gt]
+    keep = same if same_class else ~same
+    out = np.zeros(len(t.predictions))
+    np.maximum.at(out, pred[keep], ious[keep])
     return out
 
 

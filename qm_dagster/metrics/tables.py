@@ -53,6 +53,51 @@ class Tables:
     def has_mask(self) -> np.ndarray:
         return self.annotations.segmentation.notna().to_numpy()
 
+    @cached_property
+    def image_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every ordered pair (i, j), i != j, of annotations of the same image and their IoU:
+        mask IoU where both have a mask (the image's masks all at a known size), box IoU
+        otherwise (pycocotools' arithmetic, no crowd rule). A join on image_id, no loop over
+        images except for the mask IoUs."""
+        ann = self.annotations
+        rows = pd.DataFrame({"image_id": ann.image_id.to_numpy(), "i": np.arange(len(ann))})
+        joined = rows.merge(rows.rename(columns={"i": "j"}), on="image_id")
+        joined = joined[joined.i != joined.j].sort_values(["i", "j"], kind="stable")
+        first, second = joined.i.to_numpy(), joined.j.to_numpy()
+        boxes = geometry.boxes(ann)
+        ious = geometry.pair_iou(boxes[first], boxes[second])
+        self._mask_ious(first, second, ious)
+        return first, second, ious
+
+    @cached_property
+    def prediction_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (prediction, ground truth) pair of the same image and their COCO box IoU (crowd
+        rule included), as row positions: a join on image_id, no loop over images."""
+        preds, ann = self.predictions, self.annotations
+        left = pd.DataFrame({"image_id": preds.image_id.to_numpy(), "p": np.arange(len(preds))})
+        right = pd.DataFrame({"image_id": ann.image_id.to_numpy(), "g": np.arange(len(ann))})
+        joined = left.merge(right, on="image_id")
+        pred, gt = joined.p.to_numpy(), joined.g.to_numpy()
+        crowd = ann.iscrowd.to_numpy()[gt] != 0
+        ious = geometry.pair_iou(geometry.boxes(preds)[pred], geometry.boxes(ann)[gt], crowd)
+        return pred, gt, ious
+
+    def _mask_ious(self, first: np.ndarray, second: np.ndarray, ious: np.ndarray) -> None:
+        """Overwrite, in ``ious``, the pairs whose two annotations have masks."""
+        masked = np.flatnonzero(self.has_mask)
+        if len(masked) < 2:
+            return
+        key = first.astype(np.int64) * len(self.annotations) + second
+        by_image = pd.Series(masked).groupby(self.annotations.image_id.to_numpy()[masked])
+        for rows in by_image.indices.values():
+            rows = masked[rows]
+            if len(rows) < 2 or any(self.rles[i] is None for i in rows):
+                continue
+            m = geometry.mask_iou([self.rles[i] for i in rows])
+            a, b = np.nonzero(~np.eye(len(rows), dtype=bool))
+            where = np.searchsorted(key, rows[a].astype(np.int64) * len(self.annotations) + rows[b])
+            ious[where] = m[a, b]
+
     def groups(self, frame: pd.DataFrame) -> list[np.ndarray]:
         """Row positions of ``frame`` grouped by image."""
         return [np.asarray(g) for g in frame.groupby("image_id", sort=False).indices.values()]
