@@ -117,6 +117,9 @@ def child_pipeline(version: str, datasets: str, storage: str, home: str) -> dict
 
     os.environ.update(DAGSTER_HOME=home, QM_DATASETS=datasets, QM_STORAGE=storage)
     Path(home).mkdir(parents=True, exist_ok=True)
+    link = Path(home) / "dagster.yaml"  # the project's instance settings, as `qm` uses them
+    if not link.exists():
+        link.symlink_to(ROOT / "dagster.yaml")
     import dagster as dg
 
     from qm_dagster.cli_dagster import materialize_version

@@ -34,6 +34,25 @@ def tune_for_images() -> bool:
     )
 
 
+@contextlib.contextmanager
+def arrow_single_threaded():
+    """Arrow's CPU and IO pools at one thread inside the block. Each pool thread keeps its own
+    allocator heap, which ``release_memory`` (called from the main thread) cannot trim: in the
+    pass driver, whose Arrow work is small reads and writes, that residue grew with the number
+    of batches (measured: driver peak 100k / 10k images 1.26 with the default pools, 1.18 with
+    one thread each, same assembly time)."""
+    import pyarrow as pa
+
+    cpu, io = pa.cpu_count(), pa.io_thread_count()
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    try:
+        yield
+    finally:
+        pa.set_cpu_count(cpu)
+        pa.set_io_thread_count(io)
+
+
 def release_memory() -> None:
     """Give freed memory back to the kernel (glibc's heap and Arrow's pool): called between the
     batches of a long pass so that its driver's resident size tracks the batch, not the

@@ -70,7 +70,7 @@ def write_bytes_atomic(url: str, data: bytes, content_type: str | None = None) -
     fs.pipe_file(path, data, **extra)
 
 
-ROW_GROUP = 65_536  # rows per Parquet row group: readers can stream and skip by statistics
+ROW_GROUP = 16_384  # rows per Parquet row group: readers can stream and skip by statistics
 
 
 @contextlib.contextmanager

@@ -383,3 +383,30 @@ def test_cache_on_s3_identifies_objects_by_etag_and_reuses_them(s3, tmp_path, mo
     assert materialize_version(fresh, "v2", selection).success
     for key in ("data/brightness", "label/object_sharpness", "data/embeddings", "label/embeddings"):
         pd.testing.assert_frame_equal(load(key, "v2", on_s3), load(key, "v2", fresh), obj=key)
+
+
+def test_sealed_index_finds_the_same_rows_and_refuses_new_parts(tmp_path):
+    """Two parts sharing a key: the newest part wins, before and after ``seal`` (which drops
+    the per-part keys); a part added after sealing is an error, not a silent miss."""
+    import numpy as np
+    import pytest
+
+    from qm_dagster.passes.cache import CacheIndex
+
+    keys = np.array([f"{i:032x}".encode() for i in range(6)], dtype="S32")
+    index = CacheIndex.empty(str(tmp_path), "image")
+    index.add("p0", ["a", "b"], keys[:4])
+    index.add("p1", ["a"], keys[2:6])
+    query = keys[[5, 0, 3, 2]]
+    before = {fp: index.locate(query, fp) for fp in ("a", "b", "c")}
+    assert before["a"].part.tolist() == [1, 0, 1, 1]  # keys 2 and 3: the newer part
+    assert before["a"].row.tolist() == [3, 0, 1, 0]
+    assert before["b"].part.tolist() == [-1, 0, 0, 0]  # "b" only in part 0
+    assert before["c"].part.tolist() == [-1] * 4
+    index.seal()
+    for fp, located in before.items():
+        after = index.locate(query, fp)
+        assert after.part.tolist() == located.part.tolist()
+        assert after.row.tolist() == located.row.tolist()
+    with pytest.raises(RuntimeError, match="sealed"):
+        index.add("p2", ["a"], keys[:1])

@@ -150,6 +150,7 @@ class CacheIndex:
     failed: dict[bytes, str] = field(default_factory=dict)  # image keys OpenCV cannot decode
     _words: list[np.ndarray] = field(default_factory=list)
     _lookups: dict[tuple[int, ...], _Lookup] = field(default_factory=dict)
+    _sealed: bool = False
 
     @classmethod
     def load(cls, storage_url: str, kind: str, threads: int = 16) -> CacheIndex:
@@ -183,11 +184,24 @@ class CacheIndex:
         failed: Sequence[tuple[bytes, str]] = (),
     ) -> None:
         """Register one part: its columns, its keys, and which of them could not be decoded."""
+        if self._sealed:
+            raise RuntimeError(f"{self.url}: index sealed for reading, no part can be added")
         self.parts.append(url)
         self.columns.append(frozenset(columns) - set(RESERVED))
         self._words.append(key_words(keys))
         self.failed.update(failed)
         self._lookups.clear()
+
+    def seal(self) -> None:
+        """Build the lookup of every set of parts a fingerprint is found in, then drop the
+        per-part keys (16 bytes a key) that only rebuilding needs: once the pass has computed
+        everything, assembly only reads."""
+        for fp in set().union(*self.columns) if self.columns else ():
+            having = tuple(i for i, cols in enumerate(self.columns) if fp in cols)
+            if having not in self._lookups:
+                self._lookups[having] = self._build(having)
+        self._words.clear()
+        self._sealed = True
 
     def failed_mask(self, keys: np.ndarray) -> np.ndarray:
         """Which of ``keys`` are bytes known to be undecodable."""
@@ -199,7 +213,9 @@ class CacheIndex:
         """Part and row of each of ``keys`` in a part that has ``fp``; the newest part wins."""
         having = tuple(i for i, cols in enumerate(self.columns) if fp in cols)
         lookup = self._lookups.get(having)
-        if lookup is None:
+        if lookup is None and self._sealed:
+            lookup = self._build(())  # no part has ``fp``
+        elif lookup is None:
             lookup = self._lookups[having] = self._build(having)
         pos = lookup.find(key_words(keys))
         hit = pos >= 0
@@ -213,17 +229,23 @@ class CacheIndex:
         if not having:
             empty = np.array([], dtype=np.uint64)
             return _Lookup(empty, empty, empty.astype(np.int32), empty.astype(np.int32))
-        words = np.concatenate([self._words[i] for i in having])
-        part = np.concatenate([np.full(len(self._words[i]), i, dtype=np.int32) for i in having])
-        row = np.concatenate([np.arange(len(self._words[i]), dtype=np.int32) for i in having])
-        # sorted by low word, the newest part first among equal keys: a key computed twice
-        # (concurrent passes) is found in its newest part
-        order = np.lexsort((-part, words[:, 1]))
-        low = words[order, 1]
-        first = np.ones(len(low), dtype=bool)
-        first[1:] = low[1:] != low[:-1]
-        keep = order[first]
-        return _Lookup(words[keep, 1], words[keep, 0], part[keep], row[keep])
+        low = np.concatenate([self._words[i][:, 1] for i in having])
+        # a stable sort keeps parts in index order among equal keys: the last of each run of
+        # equal keys is in the newest part, which wins (a key computed twice by concurrent
+        # passes is found in its newest part)
+        order = np.argsort(low, kind="stable")
+        low = low[order]
+        last = np.ones(len(low), dtype=bool)
+        last[:-1] = low[1:] != low[:-1]
+        keep = order[last]
+        del order
+        high = np.concatenate([self._words[i][:, 0] for i in having])[keep]
+        sizes = np.array([len(self._words[i]) for i in having])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        which = np.searchsorted(starts, keep, side="right") - 1  # position in ``having``
+        part = np.asarray(having, dtype=np.int32)[which]
+        row = (keep - starts[which]).astype(np.int32)
+        return _Lookup(low[last], high, part, row)
 
 
 def _read_keys(url: str) -> tuple[list[str], np.ndarray, list[tuple[bytes, str]]]:
