@@ -224,7 +224,13 @@ def manifest(version_dir: Path, storage: Path) -> dict:
 
 
 def image_pass(version: str, storage: Path, workers: int, dask: int = 0, kill_when=None):
-    return run_child(["pass", version, str(storage), str(workers), str(dask)], kill_when=kill_when)
+    args = ["pass", version, str(storage), str(workers), str(dask)]
+    result, peaks = run_child(args, kill_when=kill_when)
+    # the driver's own kernel-reported peak (ru_maxrss) is exact; sampling can miss a spike
+    exact = result.get("peak MB after assembly", 0.0)
+    if "driver" in peaks:
+        peaks["driver"] = max(peaks["driver"], exact)
+    return result, peaks
 
 
 def pipeline(version_dir: Path, work: Path) -> None:

@@ -57,6 +57,7 @@ _OBJECT_FIELDS = [
     c for c in ANNOTATION_COLUMNS if c not in ("segmentation", "keypoints", "created")
 ]
 _MANIFEST_COLUMNS = ["image_id", "url", "content_hash", "bytes", "width", "height", "ok"]
+_ASSEMBLY_COLUMNS = ["image_id", "content_hash", "width", "height", "ok"]  # no file to open
 
 Source = pd.DataFrame | str  # a table in memory, or the URL of a Parquet file
 
@@ -353,7 +354,7 @@ class _Pass:
         readers = {kind: PartReader(index, budget=8 << 20) for kind, index in self.index.items()}
         failures: list[tuple[object, str, str]] = []
         try:
-            for batch in self._batches():
+            for batch in self._batches(_ASSEMBLY_COLUMNS):
                 self.images += len(batch)
                 self._assemble_images(batch, sinks, readers, failures)
                 if self.sel.needs_objects:
@@ -366,7 +367,7 @@ class _Pass:
         result.failures = pd.DataFrame(failures + self.read_failures, columns=FAILURE_COLUMNS)
 
     def _assemble_images(self, batch, sinks: _Sinks, readers, failures) -> None:
-        ids = pa.array(batch.image_id.tolist())
+        ids = pa.array(batch.image_id.to_numpy())
         for spec in self.sel.header_specs:
             vals = [
                 spec.fn(Header(int(w), int(h)))
@@ -412,8 +413,8 @@ class _Pass:
         okeys = _object_keys(batch, objects)
         base = {
             "annotation_id": pa.array(objects.annotation_id.to_numpy()),
-            "image_id": pa.array(objects.image_id.tolist()),
-            "category": pa.array(objects.category.tolist(), pa.string()),
+            "image_id": pa.array(objects.image_id.to_numpy()),
+            "category": pa.array(objects.category.to_numpy(object), pa.string()),
         }
         none = np.zeros(len(objects), dtype=bool)
         fps = [self.sel.fp(spec) for spec in self.sel.object_specs]
@@ -438,8 +439,8 @@ class _Pass:
 
     # -- reading the inputs in batches ------------------------------------------------------
 
-    def _batches(self) -> Iterator[pd.DataFrame]:
-        for batch in _read_batches(self.manifest, _MANIFEST_COLUMNS):
+    def _batches(self, columns: list[str] = _MANIFEST_COLUMNS) -> Iterator[pd.DataFrame]:
+        for batch in _read_batches(self.manifest, columns):
             frame = batch.to_pandas()
             frame = frame[frame.ok.astype(bool)]
             if len(frame):
