@@ -2,7 +2,11 @@
 
 Per model, over its matched predictions (TP or FP at IoU 0.5): Spearman's rank correlation with
 TP (``scipy.stats.spearmanr``) and the mutual information in nats
-(``sklearn.feature_selection.mutual_info_classif``, fixed seed).
+(``sklearn.feature_selection.mutual_info_classif``, fixed seed). The mutual information, a
+k-nearest-neighbour estimate, reads at most ``MI_ROWS`` predictions per model (a fixed-seed
+sample): measured on 400k synthetic rows, 1.34 s a column in full and 0.12 s on 50k, estimates
+0.2096 and 0.2090; at a million predictions and 40 metrics the full estimate would take minutes
+per model. Spearman uses every row.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from sklearn.feature_selection import mutual_info_classif
 
 COLUMNS = ["model", "metric", "n", "spearman", "p_value", "mutual_information"]
 EXCLUDED = {"model/match", "model/confidence"}
+MI_ROWS = 50_000
 
 
-def metric_importance(prediction_table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def metric_importance(
+    prediction_table: pd.DataFrame, seed: int = 0, mi_rows: int = MI_ROWS
+) -> pd.DataFrame:
     """One row per model and numeric metric column of the prediction quality table."""
     if "model/match" not in prediction_table:
         return pd.DataFrame(columns=COLUMNS)
@@ -35,7 +42,7 @@ def metric_importance(prediction_table: pd.DataFrame, seed: int = 0) -> pd.DataF
             if ok.sum() < 5 or len(np.unique(tp[ok])) < 2 or np.ptp(x[ok]) == 0:
                 continue
             rho = stats.spearmanr(x[ok], tp[ok])
-            mi = mutual_info_classif(x[ok].reshape(-1, 1), tp[ok], random_state=seed)[0]
+            mi = _mutual_information(x[ok], tp[ok], seed, mi_rows)
             rows.append(
                 {
                     "model": model,
@@ -50,3 +57,11 @@ def metric_importance(prediction_table: pd.DataFrame, seed: int = 0) -> pd.DataF
     return frame.sort_values(["model", "mutual_information"], ascending=[True, False]).reset_index(
         drop=True
     )
+
+
+def _mutual_information(x: np.ndarray, tp: np.ndarray, seed: int, rows: int) -> float:
+    """scikit-learn's estimate on at most ``rows`` of the values (a fixed-seed sample)."""
+    if len(x) > rows:
+        pick = np.sort(np.random.default_rng(seed).choice(len(x), rows, replace=False))
+        x, tp = x[pick], tp[pick]
+    return float(mutual_info_classif(x.reshape(-1, 1), tp, random_state=seed)[0])
