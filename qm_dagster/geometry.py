@@ -22,6 +22,15 @@ def box_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) -> np
     return np.asarray(mask_utils.iou(a.tolist(), b.tolist(), flags.tolist()), dtype=np.float64)
 
 
+def same_image_pairs(left: pd.Series, right: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(i, j)`` of every pair with ``left[i] == right[j]`` (image ids), sorted by
+    ``i`` then ``j``: a join, no loop over images."""
+    a = pd.DataFrame({"image_id": left.to_numpy(), "i": np.arange(len(left))})
+    b = pd.DataFrame({"image_id": right.to_numpy(), "j": np.arange(len(right))})
+    joined = a.merge(b, on="image_id").sort_values(["i", "j"], kind="stable")
+    return joined.i.to_numpy(), joined.j.to_numpy()
+
+
 def pair_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
     """IoU of ``a[i]`` with ``b[i]`` (xywh rows), with pycocotools' own arithmetic (same order of
     operations, so equal to ``box_iou``'s entries; ``crowd`` marks pairs whose ``b`` is a crowd

@@ -63,10 +63,7 @@ class _Pairs:
     (a join on image_id, no loop per image); ``p`` and ``g`` are row positions."""
 
     def __init__(self, ann: pd.DataFrame, preds: pd.DataFrame):
-        left = pd.DataFrame({"image_id": preds.image_id.to_numpy(), "p": np.arange(len(preds))})
-        right = pd.DataFrame({"image_id": ann.image_id.to_numpy(), "g": np.arange(len(ann))})
-        joined = left.merge(right, on="image_id").sort_values(["p", "g"], kind="stable")
-        self.p, self.g = joined.p.to_numpy(), joined.g.to_numpy()
+        self.p, self.g = geometry.same_image_pairs(preds.image_id, ann.image_id)
         pb, gb = geometry.boxes(preds), geometry.boxes(ann)
         self.iou = geometry.pair_iou(pb[self.p], gb[self.g])
         self.same = preds.category_id.to_numpy()[self.p] == ann.category_id.to_numpy()[self.g]

@@ -99,10 +99,11 @@ def evaluator(gt: COCO, dt: COCO, iou_type: str = "bbox", **params: object) -> C
     return ev
 
 
-def match(gt: COCO, predictions: pd.DataFrame) -> pd.DataFrame:
+def match(gt: COCO, predictions: pd.DataFrame, crowd: np.ndarray) -> pd.DataFrame:
     """Per prediction of one model (in ``predictions`` order): ``status`` (tp / fp / ignored,
     the last for a match to a crowd region, or not_evaluated beyond maxDets of its image and
-    class), the matched ground truth ``gt_id`` and the ``iou`` of that match."""
+    class), the matched ground truth ``gt_id`` and the ``iou`` of that match; ``crowd``: the
+    ids of the crowd regions."""
     dt = coco_dt(gt, predictions)
     ev = COCOeval_faster(gt, dt, "bbox", print_function=_quiet)
     ev.params.iouThrs = np.array([IOU])
@@ -116,10 +117,9 @@ def match(gt: COCO, predictions: pd.DataFrame) -> pd.DataFrame:
     if pairs:
         d, g, v = (np.array(x) for x in zip(*pairs, strict=True))
         gt_id[d - 1], iou[d - 1] = g, v
-    crowd = {a["id"] for a in gt.anns.values() if a.get("iscrowd", 0) or a.get("ignore", 0)}
     matched = ~np.isnan(gt_id)
     status = np.where(matched, "tp", "fp").astype(object)
-    status[matched & np.isin(gt_id, list(crowd))] = "ignored"
+    status[matched & np.isin(gt_id, crowd)] = "ignored"
     status[~matched & ~_within_max_dets(predictions)] = "not_evaluated"
     return pd.DataFrame(
         {
@@ -179,9 +179,10 @@ def matching(
     if predictions.empty or annotations.empty or not labelled:
         return _unmatched(predictions)
     gt = ground_truth(images, annotations, categories, predictions)
+    crowd = annotations.annotation_id.to_numpy()[annotations.iscrowd.to_numpy() != 0]
     frames = []
     for model, preds in predictions.groupby("model", sort=True):
-        frame = match(gt, preds.reset_index(drop=True))
+        frame = match(gt, preds.reset_index(drop=True), crowd)
         frame.insert(0, "model", model)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)[COLUMNS]

@@ -60,10 +60,9 @@ class Tables:
         otherwise (pycocotools' arithmetic, no crowd rule). A join on image_id, no loop over
         images except for the mask IoUs."""
         ann = self.annotations
-        rows = pd.DataFrame({"image_id": ann.image_id.to_numpy(), "i": np.arange(len(ann))})
-        joined = rows.merge(rows.rename(columns={"i": "j"}), on="image_id")
-        joined = joined[joined.i != joined.j].sort_values(["i", "j"], kind="stable")
-        first, second = joined.i.to_numpy(), joined.j.to_numpy()
+        first, second = geometry.same_image_pairs(ann.image_id, ann.image_id)
+        other = first != second
+        first, second = first[other], second[other]
         boxes = geometry.boxes(ann)
         ious = geometry.pair_iou(boxes[first], boxes[second])
         self._mask_ious(first, second, ious)
@@ -74,10 +73,7 @@ class Tables:
         """Every (prediction, ground truth) pair of the same image and their COCO box IoU (crowd
         rule included), as row positions: a join on image_id, no loop over images."""
         preds, ann = self.predictions, self.annotations
-        left = pd.DataFrame({"image_id": preds.image_id.to_numpy(), "p": np.arange(len(preds))})
-        right = pd.DataFrame({"image_id": ann.image_id.to_numpy(), "g": np.arange(len(ann))})
-        joined = left.merge(right, on="image_id")
-        pred, gt = joined.p.to_numpy(), joined.g.to_numpy()
+        pred, gt = geometry.same_image_pairs(preds.image_id, ann.image_id)
         crowd = ann.iscrowd.to_numpy()[gt] != 0
         ious = geometry.pair_iou(geometry.boxes(preds)[pred], geometry.boxes(ann)[gt], crowd)
         return pred, gt, ious
