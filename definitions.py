@@ -9,6 +9,7 @@ from assets.analysis import build_analysis_assets
 from assets.dataset import dataset_manifest
 from assets.image_metrics import build_image_metrics_asset
 from assets.jobs import JOBS
+from assets.reference import build_reference_assets
 from assets.schedules import build_production_drift_schedule
 from assets.sensors import (
     build_new_predictions_sensor,
@@ -59,6 +60,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         build_label_metrics_asset(settings.metric_modules),
         build_model_metrics_asset(settings.metric_modules),
         data_uniqueness,
+        *build_reference_assets(),
         analysis_duplicates,
         *build_analysis_assets(
             settings.metric_modules,

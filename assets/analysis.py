@@ -6,6 +6,7 @@ import pandas as pd
 
 from assets.metadata import drift_chart, sliced_charts, table_preview
 from assets.partitions import dataset_versions
+from assets.reference import reference_key
 from qm_dagster import storage
 from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
@@ -42,6 +43,8 @@ TABLES = {
     "matches": ["model", "matching"],
     "image_table": ["analysis", "quality_table", "image"],
     "object_table": ["analysis", "quality_table", "object"],
+    "ref_images": reference_key(("analysis", "quality_table", "image")),
+    "ref_objects": reference_key(("analysis", "quality_table", "object")),
 }
 
 
@@ -139,24 +142,28 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            **_named("image_table", "object_table"),
+            **_named("image_table", "object_table", "ref_images", "ref_objects"),
         },
-        code_version="1",
+        code_version="2",
         kinds={"python", "scipy"},
     )
     def analysis_drift(
-        context: dg.AssetExecutionContext, qm: QmResource, image_table, object_table
+        context: dg.AssetExecutionContext,
+        qm: QmResource,
+        image_table,
+        object_table,
+        ref_images,
+        ref_objects,
     ):
-        """This version against its reference (version.json ``reference``): per metric KS, p-value,
-        Wasserstein/std, PSI and JS with a size-aware verdict; class shares; a domain classifier."""
+        """This version against its reference (version.json ``reference``, read through the
+        reference/* aliases): per metric KS, p-value, Wasserstein/std, PSI and JS with a
+        size-aware verdict; class shares; a domain classifier."""
         reference = qm.version(context.partition_key).meta().reference
         empty = pd.DataFrame(columns=DRIFT_COLUMNS)
         if not reference:
             yield from _checked(checks, "analysis/drift", empty)
             yield dg.Output(empty, metadata={"reference": "", "note": "no reference version"})
             return
-        ref_images = qm.stored("analysis/quality_table/image", reference)
-        ref_objects = qm.stored("analysis/quality_table/object", reference)
         if ref_images is None or ref_objects is None:
             context.log.warning(
                 f"reference {reference!r} has no quality tables yet; drift is empty "
@@ -317,10 +324,10 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            **_named("manifest", "annotations", "image_table"),
+            **_named("manifest", "annotations", "image_table", "ref_images"),
             **{name: dg.AssetIn(key=["analysis", name]) for name in REPORT_SECTIONS},
         },
-        code_version="1",
+        code_version="2",
         kinds={"python", "html"},
     )
     def analysis_report(
@@ -329,6 +336,7 @@ def build_analysis_assets(
         manifest,
         annotations,
         image_table,
+        ref_images,
         **sections,
     ):
         """One self-contained HTML report of the version (histograms with the reference
@@ -336,15 +344,12 @@ def build_analysis_assets(
         queue with boxes), written through the storage and linked here."""
         version = context.partition_key
         meta = qm.version(version).meta()
-        reference = (
-            qm.stored("analysis/quality_table/image", meta.reference) if meta.reference else None
-        )
         page = build_report(
             version,
             {"kind": meta.kind or "", "reference": meta.reference or ""},
             manifest,
             image_table,
-            reference,
+            ref_images,
             annotations,
             sections,
         )

@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from assets.reference import REFERENCED, reference_key
+
 METRIC_GROUPS = ("dataset", "data", "label", "model")
 
 version_metrics_job = dg.define_asset_job(
@@ -21,15 +23,19 @@ model_metrics_job = dg.define_asset_job(
 
 analysis_job = dg.define_asset_job(
     "analysis_job",
-    selection=dg.AssetSelection.groups("analysis"),
+    selection=dg.AssetSelection.groups("analysis", "reference"),
     description="Every analysis asset of one version (quality tables, outliers, duplicates, "
     "drift, sliced evaluation, label errors, importance, report) and their checks, from stored "
-    "metrics.",
+    "metrics, with the reference/* aliases they read.",
 )
 
 production_drift_job = dg.define_asset_job(
     "production_drift_job",
-    selection=dg.AssetSelection.assets(["analysis", "drift"], ["analysis", "report"]),
+    selection=dg.AssetSelection.assets(
+        ["analysis", "drift"],
+        ["analysis", "report"],
+        *(reference_key(s) for s in REFERENCED if s[0] == "analysis"),
+    ),
     description="Drift of a production version against its reference (with the drift checks) "
     "and its report: what production_drift_schedule runs.",
 )
@@ -38,9 +44,11 @@ REFERENCE_DEPENDANTS = (["analysis", "drift"], ["analysis", "duplicates"], ["ana
 
 reference_dependants_job = dg.define_asset_job(
     "reference_dependants_job",
-    selection=dg.AssetSelection.assets(*REFERENCE_DEPENDANTS),
-    description="What reads a version's reference (drift, duplicates against the reference, "
-    "the report): what reference_sensor runs when a reference lands after its dependants.",
+    selection=dg.AssetSelection.assets(*REFERENCE_DEPENDANTS)
+    | dg.AssetSelection.groups("reference"),
+    description="The reference/* aliases of a version and what reads them (drift, duplicates "
+    "against the reference, the report): what reference_sensor runs when a reference lands "
+    "after its dependants.",
 )
 
 JOBS = (

@@ -1,5 +1,5 @@
 """Sensors at the system boundary: new dataset versions and new or changed predictions; and
-the one link Dagster's partition mappings cannot express, a version's reference (a data-dependent
+a version's reference landing after the version's reference/* aliases (a data-dependent
 partition: version.json ``reference``), which ``reference_sensor`` follows.
 
 Both keep their state in the cursor and fall back on what the instance recorded (the signature
@@ -19,6 +19,7 @@ from assets.jobs import (
     version_metrics_job,
 )
 from assets.partitions import dataset_versions
+from assets.reference import latest_storage_id
 from assets.table_metrics import PREDICTION_FILES_LABEL
 from qm_dagster.watch import (
     prediction_signatures,
@@ -158,14 +159,6 @@ def _models(changed: list[tuple[str, str]]) -> str:
     """A tag value naming the changed models (tag values allow ``[A-Za-z0-9_.-]``, 63 chars)."""
     text = "_".join(sorted({m for m, _ in changed}))
     return "".join(c if c.isalnum() or c in "_.-" else "-" for c in text)[:63]
-
-
-def latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> int:
-    """Storage id of the latest materialization of ``key`` for ``partition`` (0 if none)."""
-    result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-    )
-    return result.records[0].storage_id if result.records else 0
 
 
 def _references(qm: QmResource, versions: list[str], log) -> dict[str, list[str]]:

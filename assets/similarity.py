@@ -5,7 +5,7 @@ import pandas as pd
 
 from assets.metadata import table_preview, value_summary
 from assets.partitions import dataset_versions
-from qm_dagster import storage
+from assets.reference import reference_key
 from qm_dagster.similarity import EmbeddingSet, duplicate_groups, uniqueness
 from qm_dagster.storage import StoredTable
 from resources.dataset import QmResource
@@ -37,28 +37,36 @@ def data_uniqueness(context: dg.AssetExecutionContext, embeddings: StoredTable):
     ins={
         "manifest": dg.AssetIn(key=["dataset", "manifest"]),
         "embeddings": dg.AssetIn(key=["data", "embeddings"], metadata={LAZY: True}),
+        "ref_manifest": dg.AssetIn(key=reference_key(("dataset", "manifest"))),
+        "ref_embeddings": dg.AssetIn(
+            key=reference_key(("data", "embeddings")), metadata={LAZY: True}
+        ),
     },
-    code_version="2",
+    code_version="3",
     kinds={"python", "faiss"},
 )
 def analysis_duplicates(
-    context: dg.AssetExecutionContext, qm: QmResource, manifest, embeddings: StoredTable
+    context: dg.AssetExecutionContext,
+    qm: QmResource,
+    manifest,
+    embeddings: StoredTable,
+    ref_manifest,
+    ref_embeddings: StoredTable | None,
 ):
     """Groups of exact (same content hash) and near duplicates (perceptual hash or embedding
-    distance) within the version and against its reference version. Vectors and hashes are
-    read whole, thumbnails only for the rows the crop check asks for."""
+    distance) within the version and against its reference version (through the reference/*
+    aliases). Vectors and hashes are read whole, thumbnails only for the rows the crop check
+    asks for."""
     version = context.partition_key
     images = [manifest.assign(version=version)]
     sources = [(version, embeddings.url)]
     reference = qm.version(version).meta().reference
     if reference:
-        ref_manifest = qm.stored("dataset/manifest", reference)
-        ref_url = storage.asset_url(qm.storage, "data/embeddings", reference)
-        if ref_manifest is None or not storage.exists(ref_url):
+        if ref_manifest is None or ref_embeddings is None:
             context.log.warning(f"reference {reference!r} has no stored manifest/embeddings yet")
         else:
             images.append(ref_manifest.assign(version=reference))
-            sources.append((reference, ref_url))
+            sources.append((reference, ref_embeddings.url))
     columns = ["version", "image_id", "file_name", "content_hash"]
     groups = duplicate_groups(
         pd.concat([i[columns] for i in images], ignore_index=True), EmbeddingSet.read(sources)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
-import pandas as pd
 
-from qm_dagster import storage
 from qm_dagster.dataset import DatasetRoot, Version
 
 
@@ -25,8 +23,3 @@ class QmResource(dg.ConfigurableResource):
 
     def version(self, name: str) -> Version:
         return self.root().version(name)
-
-    def stored(self, asset: str, version: str) -> pd.DataFrame | None:
-        """Another partition's stored table (e.g. the reference version's), or None if absent."""
-        url = storage.asset_url(self.storage, asset, version)
-        return storage.read_parquet(url) if storage.exists(url) else None

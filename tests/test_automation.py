@@ -17,7 +17,7 @@ import pytest
 from assets.alerts import build_alert_sensors
 from qm_dagster.config import Settings
 from resources.dataset import QmResource
-from tests.test_sensors import tiny_version, write_predictions
+from tests.test_sensors import materialize, tiny_version, write_predictions
 
 PARTITIONS = "dataset_versions"
 
@@ -68,18 +68,24 @@ def test_analysis_follows_new_metrics_and_new_predictions(settings, tick_instanc
     folder = tiny_version(Path(settings.datasets), "v1", {"det_a": 0.9})
     instance.add_dynamic_partitions(PARTITIONS, ["v1"])
     start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    assert start.total_requested == 0
+    aliases = requested(defs, start, "v1")
+    assert aliases and all(k.startswith("reference/") for k in aliases)  # nothing else yet
+    assert start.total_requested == len(aliases)
+    materialize(defs, instance, "v1", [k.split("/") for k in aliases])
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    assert quiet.total_requested == 0  # an alias is requested once, not on every tick
 
     metrics = defs.resolve_job_def("version_metrics_job")
     assert metrics.execute_in_process(instance=instance, partition_key="v1").success
     after_metrics = dg.evaluate_automation_conditions(
-        defs=defs, instance=instance, cursor=start.cursor
+        defs=defs, instance=instance, cursor=quiet.cursor
     )
     analysis = {
         k.to_user_string()
         for k in defs.resolve_job_def("analysis_job").asset_layer.selected_asset_keys
     }
-    assert requested(defs, after_metrics, "v1") == analysis  # every analysis asset, no metric
+    # every analysis asset, no metric, and the aliases are not asked again
+    assert requested(defs, after_metrics, "v1") == analysis - aliases
     run = defs.resolve_job_def("analysis_job").execute_in_process(
         instance=instance, partition_key="v1"
     )
@@ -134,6 +140,8 @@ def test_production_drift_schedule_picks_newest_production_per_reference(setting
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
         "analysis/drift",
         "analysis/report",
+        "reference/analysis/quality_table/image",  # a reference re-materialized since is seen
+        "reference/analysis/quality_table/object",
     }
 
 
@@ -152,7 +160,7 @@ def test_default_statuses(settings):
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.description, key
-        if key.path[0] == "analysis":
+        if key.path[0] in ("analysis", "reference"):
             assert node.automation_condition is not None, key
         else:
             assert node.automation_condition is None, key

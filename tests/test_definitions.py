@@ -43,6 +43,28 @@ def test_definitions_load_with_every_image_metric(tmp_path):
         assert node.code_version
 
 
+def test_the_reference_is_a_declared_dependency_in_the_asset_graph(tmp_path):
+    """Drift, duplicates and the report read the reference through reference/* aliases, each of
+    which depends on every partition of the table it points into: lineage shows the link."""
+    defs = build_definitions(Settings(datasets=str(tmp_path), storage=str(tmp_path / "s")))
+    graph = defs.resolve_asset_graph()
+    key = dg.AssetKey.from_user_string
+    expected = {
+        "analysis/drift": {"analysis/quality_table/image", "analysis/quality_table/object"},
+        "analysis/report": {"analysis/quality_table/image"},
+        "analysis/duplicates": {"dataset/manifest", "data/embeddings"},
+    }
+    for dependant, sources in expected.items():
+        parents = {p.to_user_string() for p in graph.get(key(dependant)).parent_keys}
+        for source in sources:
+            alias = f"reference/{source}"
+            assert alias in parents, (dependant, alias)
+            assert {p.to_user_string() for p in graph.get(key(alias)).parent_keys} == {source}
+            mapping = graph.get_partition_mapping(key(alias), key(source))
+            assert isinstance(mapping, dg.AllPartitionMapping)
+            assert graph.get(key(alias)).group_name == "reference"
+
+
 def test_dg_check_defs_passes():
     proc = subprocess.run(
         [str(Path(sys.executable).with_name("dg")), "check", "defs"],

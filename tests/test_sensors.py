@@ -258,10 +258,14 @@ def test_reference_landing_after_its_dependant_reruns_the_dependant(defs, instan
     assert second.run_requests[0].tags["qm/reference"] == "ref"
 
     job = defs.resolve_job_def("reference_dependants_job")
-    assert {k.path[-1] for k in job.asset_layer.selected_asset_keys} == {
-        "drift",
-        "duplicates",
-        "report",
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
+        "analysis/drift",
+        "analysis/duplicates",
+        "analysis/report",
+        "reference/dataset/manifest",
+        "reference/data/embeddings",
+        "reference/analysis/quality_table/image",
+        "reference/analysis/quality_table/object",
     }
     assert job.execute_in_process(instance=instance, partition_key="cur").success
     assert recorded_metadata(instance, drift, "cur", "reference") == "ref"
