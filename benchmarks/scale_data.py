@@ -169,6 +169,18 @@ def shared_version(size: int, shared: float = 0.9, cache: Path = CACHE, workers:
     return folder
 
 
+def unlabeled_version(size: int, cache: Path = CACHE, workers: int = 2) -> Path:
+    """``s<size>-unlabeled``: ``s<size>``'s images alone (``images_root`` points at them; no
+    annotations, no predictions), the input CleanVision and fastdup see."""
+    base = base_version(size, cache, workers)
+    folder = cache / f"s{size}-unlabeled"
+    if not (folder / "version.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": "production", "reference": None, "images_root": str(base / "images")}
+        (folder / "version.json").write_text(json.dumps(meta))
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", nargs="+", type=int)
