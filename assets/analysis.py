@@ -18,12 +18,20 @@ from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
 from qm_dagster.label_errors import label_errors
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.outliers import all_outliers, multivariate_scores
-from qm_dagster.quality_table import image_table, object_table, prediction_table
+from qm_dagster.quality_table import (
+    IMAGE_BASE,
+    OBJECT_BASE,
+    PREDICTION_BASE,
+    image_table,
+    object_table,
+    prediction_table,
+)
 from qm_dagster.report import build_report
 from qm_dagster.sliced import sliced_evaluation
 from qm_dagster.slices import Slice
 from qm_dagster.slices import apply as apply_slice
 from resources.dataset import QmResource
+from resources.io_manager import COLUMNS
 
 EXTRA_METRIC_ASSETS = ("data/uniqueness",)
 CHARTED = ["data/brightness", "data/sharpness", "label/object_area"]  # charts in the UI panel
@@ -48,9 +56,14 @@ TABLES = {
 }
 
 
-def _named(*names: str) -> dict[str, dg.AssetIn]:
-    """Inputs by the parameter names the analysis assets use for the version's tables."""
-    return {n: dg.AssetIn(key=TABLES[n]) for n in names}
+def _named(*names: str, columns: dict[str, list[str]] | None = None) -> dict[str, dg.AssetIn]:
+    """Inputs by the parameter names the analysis assets use for the version's tables; a name
+    in ``columns`` loads only those columns of its table."""
+    columns = columns or {}
+    return {
+        n: dg.AssetIn(key=TABLES[n], metadata={COLUMNS: columns[n]} if n in columns else None)
+        for n in names
+    }
 
 
 def _ins(keys: list[str]) -> dict[str, dg.AssetIn]:
@@ -70,7 +83,16 @@ def build_analysis_assets(
     """The analysis assets; ``checks`` (from the checks YAML) become asset checks of the assets
     they target, evaluated per version when the asset materializes."""
     keys = metric_keys(metric_modules)
-    base = _named("manifest", "annotations", "predictions")
+    base = _named(  # the wide tables' own columns only: no URLs, hashes, masks or keypoints
+        "manifest",
+        "annotations",
+        "predictions",
+        columns={
+            "manifest": IMAGE_BASE,
+            "annotations": OBJECT_BASE,
+            "predictions": PREDICTION_BASE,
+        },
+    )
     options = evaluation or {}  # score, edges, buckets of sliced_evaluation
 
     @dg.multi_asset(

@@ -13,6 +13,7 @@ from qm_dagster.metrics.registry import metrics
 from qm_dagster.table_pass import model_metrics, table_metrics
 from qm_dagster.watch import prediction_signatures
 from resources.dataset import QmResource
+from resources.io_manager import COLUMNS
 
 PREDICTION_FILES_LABEL = "prediction files"  # read back by new_predictions_sensor
 
@@ -56,17 +57,26 @@ def build_label_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.Assets
     key=["dataset", "predictions"],
     partitions_def=dataset_versions,
     group_name="dataset",
-    deps=[dg.AssetKey(["dataset", "annotations"])],
-    code_version="1",
+    ins={
+        "manifest": dg.AssetIn(key=["dataset", "manifest"], metadata={COLUMNS: ["image_id"]}),
+        "categories": dg.AssetIn(key=["dataset", "categories"]),
+    },
+    code_version="2",
     kinds={"python", "parquet"},
 )
-def dataset_predictions(context: dg.AssetExecutionContext, qm: QmResource):
+def dataset_predictions(
+    context: dg.AssetExecutionContext, qm: QmResource, manifest, categories
+) -> dg.Output:
     """Every model's predictions (predictions/<model>.json), validated against the version's
-    images and categories, one row per prediction with a ``model`` column."""
+    images and categories (the stored manifest and categories: annotations.json is not parsed
+    again), one row per prediction with a ``model`` column."""
     version = qm.version(context.partition_key)
     signatures = prediction_signatures(version)  # before reading: a later change must look new
-    coco = version.instances()
-    frames = [version.predictions(model, coco) for model in sorted(version.prediction_files())]
+    image_ids = manifest.image_id if version.has_annotations() else None
+    frames = [
+        version.predictions(model, image_ids=image_ids, categories=categories)
+        for model in sorted(version.prediction_files())
+    ]
     frame = pd.concat(frames, ignore_index=True) if frames else empty_predictions()
     counts = frame.groupby("model").size().to_dict() if len(frame) else {}
     return dg.Output(

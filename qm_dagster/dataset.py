@@ -142,12 +142,21 @@ class Version:
                 out[rel[: -len(".json")]] = storage.join(self.predictions_url, rel)
         return out
 
-    def predictions(self, model: str, coco: CocoTables | None = None) -> pd.DataFrame:
-        """The validated predictions of one model."""
+    def predictions(
+        self,
+        model: str,
+        coco: CocoTables | None = None,
+        image_ids: pd.Series | None = None,
+        categories: pd.DataFrame | None = None,
+    ) -> pd.DataFrame:
+        """The validated predictions of one model, against ``image_ids`` and ``categories``
+        (by default those of ``coco``, parsed from annotations.json when not given; no image
+        check and no categories for an unlabeled version)."""
         url = self.prediction_files()[model]
-        coco = coco if coco is not None else self.instances()
-        image_ids = None if coco is None else coco.images.image_id
-        categories = coco.categories if coco is not None else parse_categories({}, url)
+        if categories is None:
+            coco = coco if coco is not None else self.instances()
+            image_ids = None if coco is None else coco.images.image_id
+            categories = coco.categories if coco is not None else parse_categories({}, url)
         frame = parse_results(load_json(storage.read_bytes(url), url), url, image_ids, categories)
         frame.insert(0, "model", model)
         return frame

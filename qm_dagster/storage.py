@@ -172,12 +172,13 @@ def write_parquet(url: str, frame: pd.DataFrame) -> None:
     write_bytes_atomic(url, buf.getvalue())
 
 
-def read_parquet(url: str) -> pd.DataFrame:
+def read_parquet(url: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The Parquet file at ``url`` as a DataFrame; only ``columns`` (read alone) when given."""
     import pandas as pd  # lazy: image-pass workers use this module without pandas
 
     fs, path = filesystem(url)
     with fs.open(path, "rb") as fh:
-        return pd.read_parquet(fh)
+        return pd.read_parquet(fh, columns=columns)
 
 
 def iter_parquet(

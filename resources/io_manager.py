@@ -11,6 +11,7 @@ import pandas as pd
 from qm_dagster import storage
 
 LAZY = "qm/lazy"  # input metadata: hand the asset a StoredTable to stream, not a DataFrame
+COLUMNS = "qm/columns"  # input metadata: load only these columns (Parquet reads no others)
 ALIAS = "qm/alias"  # asset metadata: its partitions are Alias pointers to other files
 
 
@@ -24,11 +25,12 @@ class Alias(NamedTuple):
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores DataFrames at ``<base_url>/<asset key>/<version>.parquet`` (local path or s3://).
 
-    The layout is the engine's (``qm_dagster.storage.asset_url``), so ``qm_dagster.load`` reads
-    the same files without Dagster. Assets that stream their output write that file themselves
-    and return a ``StoredTable`` for it; inputs declared with ``metadata={LAZY: True}`` arrive as
-    a ``StoredTable`` to read in batches. An ``Alias`` output is stored as a small JSON pointer;
-    loading it loads the file it points at (None when it points at nothing).
+        The layout is the engine's (``qm_dagster.storage.asset_url``), so ``qm_dagster.load`` reads
+        the same files without Dagster. Assets that stream their output write that file themselves
+        and return a ``StoredTable`` for it; inputs declared with ``metadata={LAZY: True}`` arrive as
+        a ``StoredTable`` to read in batches; inputs declared with ``metadata={COLUMNS: [...]}`` load
+    only those columns (the rest of the file is not read). An ``Alias`` output is stored as a small JSON pointer;
+        loading it loads the file it points at (None when it points at nothing).
     """
 
     base_url: str
@@ -78,4 +80,4 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                     f"{context.asset_key.to_user_string()} is not stored: {url}"
                 )
             return storage.StoredTable(url)
-        return storage.read_parquet(url)
+        return storage.read_parquet(url, (context.definition_metadata or {}).get(COLUMNS))

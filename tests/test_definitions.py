@@ -92,3 +92,40 @@ def test_engine_imports_no_dagster():
                 f"{path.name}: {n}" for n in names if n.split(".")[0].startswith("dagster")
             ]
     assert offenders == []
+
+
+def test_inputs_with_columns_load_only_those_columns(tmp_path):
+    """An input declared with COLUMNS loads just those columns of the stored Parquet file (the
+    quality tables read the manifest's base columns, not its URLs and hashes; predictions read
+    only the manifest's image ids); an undeclared input loads the whole table."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from qm_dagster import storage
+    from qm_dagster.quality_table import IMAGE_BASE
+    from resources.io_manager import COLUMNS, ParquetIOManager
+
+    manager = ParquetIOManager(base_url=str(tmp_path))
+    url = storage.asset_url(str(tmp_path), "dataset/manifest", "v1")
+    frame = pd.DataFrame({"image_id": [1, 2], "url": ["a", "b"], "blake2b": ["x", "y"]})
+    storage.write_parquet(url, frame)
+    assert pq.read_schema(url).names == ["image_id", "url", "blake2b"]
+
+    def load(metadata):
+        context = dg.build_input_context(
+            asset_key=["dataset", "manifest"], partition_key="v1", definition_metadata=metadata
+        )
+        return manager.load_input(context)
+
+    assert list(load({COLUMNS: ["image_id"]}).columns) == ["image_id"]
+    assert load({COLUMNS: ["image_id"]}).image_id.tolist() == [1, 2]
+    pd.testing.assert_frame_equal(load(None), frame)
+
+    defs = build_definitions(Settings(datasets=str(tmp_path), storage=str(tmp_path / "s")))
+    manifest = dg.AssetKey(["dataset", "manifest"])
+    quality = defs.resolve_assets_def(dg.AssetKey(["analysis", "quality_table", "image"]))
+    predictions = defs.resolve_assets_def(dg.AssetKey(["dataset", "predictions"]))
+    for asset, columns in ((quality, IMAGE_BASE), (predictions, ["image_id"])):
+        names = [n for n, k in asset.keys_by_input_name.items() if k == manifest]
+        (spec,) = [i for i in asset.node_def.input_defs if i.name in names]
+        assert spec.metadata[COLUMNS] == columns
