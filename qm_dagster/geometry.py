@@ -48,8 +48,15 @@ def pair_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) -> n
 def rle(segmentation: str | None, bbox: np.ndarray, height: int, width: int) -> dict:
     """The object's RLE at image size: its polygons or RLE, or its box when it has no mask."""
     if segmentation is None:
-        return mask_utils.frPyObjects(np.asarray([bbox], dtype=np.float64), height, width)[0]
+        return box_rles(np.asarray([bbox]), height, width)[0]
     return parsed_rle(orjson.loads(segmentation), height, width)
+
+
+def box_rles(boxes_: np.ndarray, height: int, width: int) -> list[dict]:
+    """The RLEs at one image size of ``N x 4`` xywh boxes, in one pycocotools call."""
+    if not len(boxes_):
+        return []
+    return mask_utils.frPyObjects(np.ascontiguousarray(boxes_, dtype=np.float64), height, width)
 
 
 def parsed_rle(seg: list | dict, height: int, width: int) -> dict:

@@ -179,3 +179,31 @@ def test_keypoint_occlusion_by_hand():
     )
     got = value("keypoint_occlusion", Tables(images, ann))
     assert got[0] == 0.5 and np.isnan(got[1])
+
+
+def test_batched_rles_equal_pycocotools_object_by_object(coco):
+    """Tables.rles encodes boxes one image size at a time: each RLE must equal pycocotools'
+    own encoding of that object alone (mask polygons, or its box), on the real annotations with
+    half of them stripped to boxes and one image of unknown size."""
+    _, t = coco
+    ann = t.annotations.copy()
+    ann.loc[ann.index[::2], "segmentation"] = None
+    images = t.images.copy()
+    images.loc[images.index[0], ["width", "height", "coco_width", "coco_height"]] = None
+    unknown = images.image_id.iloc[0]
+    got = Tables(images, ann).rles
+    size = images.set_index("image_id")
+    for row, rle in zip(ann.itertuples(), got, strict=True):
+        if row.image_id == unknown:
+            assert rle is None
+            continue
+        h, w = int(size.height[row.image_id]), int(size.width[row.image_id])
+        if row.segmentation is None:
+            box = [[row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h]]
+            expected = mask_utils.frPyObjects(np.asarray(box, dtype=np.float64), h, w)[0]
+        elif isinstance(seg := json.loads(row.segmentation), list):  # polygons
+            expected = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        else:  # an uncompressed (crowd) RLE
+            expected = mask_utils.frPyObjects(seg, h, w)
+        assert rle == expected
+    assert sum(r is None for r in got) == (ann.image_id == unknown).sum() > 0

@@ -40,13 +40,23 @@ class Tables:
 
     @cached_property
     def rles(self) -> list[dict | None]:
-        """Each annotation's RLE at image size (mask, else box); None where the size is unknown."""
+        """Each annotation's RLE at image size (mask, else box); None where the size is unknown.
+        Boxes are encoded in one pycocotools call per image size, not one per object."""
         w, h = self.sizes_of(self.annotations)
-        out = []
-        for seg, box, wi, hi in zip(
-            self.annotations.segmentation, geometry.boxes(self.annotations), w, h, strict=True
-        ):
-            out.append(None if np.isnan(wi) else geometry.rle(seg, box, int(hi), int(wi)))
+        segmentation = self.annotations.segmentation.to_numpy()
+        box = geometry.boxes(self.annotations)
+        out: list[dict | None] = [None] * len(segmentation)
+        known = ~np.isnan(w)
+        masked = known & pd.notna(segmentation)
+        for i in np.flatnonzero(masked):
+            out[i] = geometry.rle(segmentation[i], box[i], int(h[i]), int(w[i]))
+        boxed = np.flatnonzero(known & ~masked)
+        sizes = pd.DataFrame({"w": w[boxed], "h": h[boxed]})
+        for (wi, hi), rows in sizes.groupby(["w", "h"], sort=False).indices.items():
+            for i, encoded in zip(
+                boxed[rows], geometry.box_rles(box[boxed[rows]], int(hi), int(wi)), strict=True
+            ):
+                out[i] = encoded
         return out
 
     @cached_property
