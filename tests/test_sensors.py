@@ -200,7 +200,9 @@ def test_new_unchanged_and_changed_predictions(defs, instance, settings):
     early = tick(defs, instance, settings, "new_predictions_sensor")
     assert requested(early) == [] and json.loads(early.cursor)["seen"] == {}
 
-    materialize(defs, instance, "v1", [["dataset", "predictions"]])
+    # dataset/predictions reads the stored manifest and categories, as after a metrics run
+    tables = [["dataset", "manifest"], ["dataset", "categories"], ["dataset", "predictions"]]
+    materialize(defs, instance, "v1", tables)
     unchanged = tick(defs, instance, settings, "new_predictions_sensor", early.cursor)
     assert requested(unchanged) == []
 
