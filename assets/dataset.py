@@ -72,6 +72,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
         issues_url,
         threads=4 * max(1, qm.workers),
         table=coco.images if coco is not None else None,
+        workers=qm.workers,
     )
     seconds = time.perf_counter() - start
     selected = {key.path[-1] for key in context.selected_asset_keys}

@@ -84,3 +84,21 @@ def test_decode_returns_none_for_empty_and_garbage_bytes():
 
     assert decode(b"") is None
     assert decode(b"not an image") is None
+
+
+def test_manifest_on_processes_equals_one_thread(settings, corrupt_version, monkeypatch):
+    """Local files are inspected on a process pool, several files a task: the manifest and its
+    issues must be those of inspecting every file in turn, row for row."""
+    import pandas as pd
+
+    from qm_dagster import manifest
+    from qm_dagster.dataset import DatasetRoot
+
+    version = DatasetRoot(settings.datasets).version("v1")
+    alone = manifest.build_manifest(version, 10**8, threads=1)
+    monkeypatch.setattr(manifest, "INSPECT_CHUNK", 2)  # several tasks a batch, out of order
+    pooled = manifest.build_manifest(version, 10**8, workers=2)
+    assert len(alone.images) == len(corrupt_version) + 5
+    pd.testing.assert_frame_equal(pooled.images, alone.images)
+    pd.testing.assert_frame_equal(pooled.issues, alone.issues)
+    assert set(alone.issues.file_name) == {"empty.jpg", "huge.png", "text.jpg", "truncated.jpg"}

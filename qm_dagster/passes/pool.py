@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,12 +41,7 @@ def map_chunks(
         for i, chunk in enumerate(chunks):
             yield i, fn(chunk, *args)
         return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(preload))
-    context = (list(sys.path), dict(os.environ), initializer, initargs)
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_with_context, initargs=context
-    ) as pool:
+    with process_pool(workers, preload, initializer, initargs) as pool:
         pending: dict[Future[Any], int] = {}
         source = enumerate(chunks)
         for i, chunk in source:
@@ -60,6 +56,28 @@ def map_chunks(
                 nxt = next(source, None)
                 if nxt is not None:
                     pending[pool.submit(fn, nxt[1], *args)] = nxt[0]
+
+
+@contextmanager
+def process_pool(
+    workers: int,
+    preload: Sequence[str] = (),
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> Iterator[ProcessPoolExecutor]:
+    """``workers`` processes from a fork server that has preloaded ``preload``, each given this
+    process's current ``sys.path`` and environment, then ``initializer(*initargs)``."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))
+    context = (list(sys.path), dict(os.environ), initializer or _nothing, initargs)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_with_context, initargs=context
+    ) as pool:
+        yield pool
+
+
+def _nothing() -> None:
+    return None
 
 
 def _init_with_context(
