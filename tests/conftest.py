@@ -141,7 +141,7 @@ def materialize_version(
 
     defs = build_definitions(settings)
     job = defs.resolve_implicit_global_asset_job_def()
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset_versions", [version])
         return job.execute_in_process(
             instance=instance, partition_key=version, asset_selection=selection
