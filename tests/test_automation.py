@@ -59,6 +59,7 @@ def requested(defs, result, version: str) -> set[str]:
     }
 
 
+@pytest.mark.slow
 def test_analysis_follows_new_metrics_and_new_predictions(settings, tick_instance):
     instance = tick_instance
     from definitions import build_definitions

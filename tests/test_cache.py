@@ -17,6 +17,7 @@ import cv2
 import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from qm_dagster import load
 from qm_dagster.config import Settings
@@ -300,6 +301,7 @@ def test_rerun_after_kill_decodes_only_what_was_left(tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(rerun.outputs[key]), pd.read_parquet(url))
 
 
+@pytest.mark.slow
 def test_dask_backend_through_dagster_equals_the_local_pool(settings, tmp_path):
     from distributed import LocalCluster
 
@@ -334,6 +336,7 @@ def test_progress_reports_rate_and_eta():
     assert lines[-1] == "image pass: 40 images computed in 0m08s (5.0 images/s)"
 
 
+@pytest.mark.slow
 def test_cache_on_s3_identifies_objects_by_etag_and_reuses_them(s3, tmp_path, monkeypatch):
     import s3fs
 

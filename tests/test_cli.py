@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from tests.conftest import PROJECT
 
@@ -25,6 +26,7 @@ def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.
     return proc
 
 
+@pytest.mark.slow
 def test_demo_materialize_show(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

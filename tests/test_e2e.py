@@ -18,6 +18,8 @@ from tests.conftest import PROJECT
 from tests.e2e import Deployment, deployment, wait_for
 from tests.s3server import moto_server
 
+pytestmark = pytest.mark.slow  # servers (moto, dagster-webserver, dagster-daemon)
+
 BUCKET = "qm-e2e"
 DATASETS = f"s3://{BUCKET}/datasets"
 STORE = f"s3://{BUCKET}/storage"

@@ -13,6 +13,8 @@ from tests.conftest import BUCKET, materialize_version, shared
 from tests.images import real_photos, write_image
 from tests.test_image_metrics import reference_values
 
+pytestmark = pytest.mark.slow  # a moto S3 server and whole versions materialized through it
+
 
 def test_materialize_from_and_to_s3(s3, tmp_path):
     photos = real_photos()

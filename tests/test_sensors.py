@@ -240,6 +240,7 @@ def _everything(defs, instance, version: str) -> None:
     materialize(defs, instance, version, keys)
 
 
+@pytest.mark.slow
 def test_reference_landing_after_its_dependant_reruns_the_dependant(defs, instance, settings):
     """``cur`` (reference ``ref``) is analysed before ``ref`` exists: its drift is empty. When
     ``ref``'s tables land, reference_sensor runs cur's drift, duplicates and report, which then
