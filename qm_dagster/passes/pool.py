@@ -69,24 +69,21 @@ def process_pool(
     process's current ``sys.path`` and environment, then ``initializer(*initargs)``."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(preload))
-    context = (list(sys.path), dict(os.environ), initializer or _nothing, initargs)
+    context = (list(sys.path), dict(os.environ), initializer, initargs)
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_with_context, initargs=context
     ) as pool:
         yield pool
 
 
-def _nothing() -> None:
-    return None
-
-
 def _init_with_context(
     path: list[str],
     environ: dict[str, str],
-    initializer: Callable[..., None],
+    initializer: Callable[..., None] | None,
     initargs: tuple[Any, ...],
 ) -> None:
     sys.path[:] = path
     os.environ.clear()
     os.environ.update(environ)
-    initializer(*initargs)
+    if initializer is not None:
+        initializer(*initargs)
