@@ -71,6 +71,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 "buckets": settings.buckets,
                 "edges": {m: list(e) for m, e in settings.bucket_edges},
             },
+            drift_tests=settings.drift_tests,
+            fence_rules=settings.outlier_rules,
         ),
     ]
     interval, window = settings.sensor_interval, settings.scan_window

@@ -11,13 +11,14 @@ from qm_dagster import storage
 from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
-from qm_dagster.drift import domain_classifier, label_drift, table_drift
+from qm_dagster.drift import version_drift
 from qm_dagster.evaluation import STATS
 from qm_dagster.importance import metric_importance
 from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
 from qm_dagster.label_errors import label_errors
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.outliers import all_outliers, multivariate_scores
+from qm_dagster.outliers import rules as outlier_rules
 from qm_dagster.quality_table import (
     IMAGE_BASE,
     OBJECT_BASE,
@@ -51,8 +52,10 @@ TABLES = {
     "matches": ["model", "matching"],
     "image_table": ["analysis", "quality_table", "image"],
     "object_table": ["analysis", "quality_table", "object"],
+    "prediction_table": ["analysis", "quality_table", "prediction"],
     "ref_images": reference_key(("analysis", "quality_table", "image")),
     "ref_objects": reference_key(("analysis", "quality_table", "object")),
+    "ref_predictions": reference_key(("analysis", "quality_table", "prediction")),
 }
 
 
@@ -79,9 +82,12 @@ def build_analysis_assets(
     checks: tuple[Check, ...] = (),
     slices: tuple[Slice, ...] = (),
     evaluation: dict | None = None,
+    drift_tests: tuple = (),
+    fence_rules: tuple = (),
 ) -> list[dg.AssetsDefinition]:
     """The analysis assets; ``checks`` (from the checks YAML) become asset checks of the assets
-    they target, evaluated per version when the asset materializes."""
+    they target, evaluated per version when the asset materializes; ``drift_tests`` and
+    ``fence_rules`` are qm.yaml's per-metric drift tests and outlier rules."""
     keys = metric_keys(metric_modules)
     base = _named(  # the wide tables' own columns only: no URLs, hashes, masks or keypoints
         "manifest",
@@ -135,13 +141,14 @@ def build_analysis_assets(
             **_ins(keys),
             **_named("image_table", "object_table"),
         },
-        code_version="1",
+        code_version="2",
         kinds={"python", "scikitlearn"},
     )
     def analysis_outliers(image_table, object_table, **tables):
-        """Per metric: values outside Tukey's fences (moderate 1.5 IQR, severe 3 IQR; object
-        metrics per class too), and per level the rows an IsolationForest over all metrics flags."""
-        tukey = all_outliers(_by_key(tables, keys))
+        """Per metric: values outside its fences (skew-adjusted boxplot by default, Tukey's or
+        log-scale per metric; object metrics per class with enough objects too), and per level
+        the rows an IsolationForest over all metrics flags."""
+        tukey = all_outliers(_by_key(tables, keys), outlier_rules(keys, fence_rules))
         multi = [
             _multivariate("image", image_table, "image_id", "data/"),
             _multivariate("object", object_table, "annotation_id", "label/"),
@@ -164,9 +171,16 @@ def build_analysis_assets(
         partitions_def=dataset_versions,
         group_name="analysis",
         ins={
-            **_named("image_table", "object_table", "ref_images", "ref_objects"),
+            **_named(
+                "image_table",
+                "object_table",
+                "prediction_table",
+                "ref_images",
+                "ref_objects",
+                "ref_predictions",
+            ),
         },
-        code_version="2",
+        code_version="3",
         kinds={"python", "scipy"},
     )
     def analysis_drift(
@@ -174,12 +188,15 @@ def build_analysis_assets(
         qm: QmResource,
         image_table,
         object_table,
+        prediction_table,
         ref_images,
         ref_objects,
+        ref_predictions,
     ):
         """This version against its reference (version.json ``reference``, read through the
-        reference/* aliases): per metric KS, p-value, Wasserstein/std, PSI and JS with a
-        size-aware verdict; class shares; a domain classifier."""
+        reference/* aliases): per metric of every level the test chosen for it (size-aware
+        by default, the image as the sampling unit), with Wasserstein/std, PSI and JS; class
+        shares; a domain classifier; prediction metrics per model."""
         reference = qm.version(context.partition_key).meta().reference
         empty = pd.DataFrame(columns=DRIFT_COLUMNS)
         if not reference:
@@ -196,24 +213,10 @@ def build_analysis_assets(
                 empty, metadata={"reference": reference, "reference materialized": False}
             )
             return
-        image_cols = [
-            c
-            for c in image_table.columns
-            if c.startswith("data/") and "@" not in c and ":" not in c
-        ]
-        object_cols = [c for c in object_table.columns if c.startswith("label/")]
-        frame = pd.concat(
-            [
-                table_drift(ref_images, image_table, image_cols).assign(level="image"),
-                table_drift(ref_objects, object_table, object_cols).assign(level="object"),
-                pd.DataFrame([label_drift(ref_objects.category, object_table.category)]).assign(
-                    level="object"
-                ),
-                pd.DataFrame([domain_classifier(ref_images, image_table, image_cols)]).assign(
-                    level="image"
-                ),
-            ],
-            ignore_index=True,
+        frame = version_drift(
+            {"image": ref_images, "object": ref_objects, "prediction": ref_predictions},
+            {"image": image_table, "object": object_table, "prediction": prediction_table},
+            drift_tests,
         )
         drifted = frame[frame.verdict == "drift"].metric.tolist()
         yield from _checked(checks, "analysis/drift", frame)
@@ -223,14 +226,16 @@ def build_analysis_assets(
                 "reference": reference,
                 "drifted": len(drifted),
                 "drifted metrics": dg.MetadataValue.md(", ".join(drifted) or "_none_"),
-                "KS per metric": drift_chart(frame),
+                "PSI per metric": drift_chart(frame),
                 "table": table_preview(
                     frame[
                         [
                             "level",
                             "metric",
+                            "test",
                             "statistic",
                             "p_value",
+                            "threshold",
                             "psi",
                             "wasserstein_std",
                             "verdict",

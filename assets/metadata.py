@@ -47,10 +47,11 @@ def chart(png: bytes, title: str) -> dg.MetadataValue:
 
 
 def drift_chart(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
-    """KS statistic per metric, largest first, drifted ones in red."""
-    ks = frame[frame.test == "ks"].sort_values("statistic", ascending=False).head(limit)
-    items = [(str(r.metric), float(r.statistic), r.verdict == "drift") for r in ks.itertuples()]
-    return chart(hbars_png(items), "KS statistic per metric")
+    """PSI per metric (every numeric row has it, whichever test decided), largest first,
+    drifted ones in red."""
+    rows = frame[frame.psi.notna()].sort_values("psi", ascending=False).head(limit)
+    items = [(str(r.metric), float(r.psi), r.verdict == "drift") for r in rows.itertuples()]
+    return chart(hbars_png(items), "PSI per metric")
 
 
 def sliced_charts(frame: pd.DataFrame, metrics: list[str], stat: str = "AP50") -> dict:

@@ -22,6 +22,7 @@ REFERENCED = (
     ("data", "embeddings"),
     ("analysis", "quality_table", "image"),
     ("analysis", "quality_table", "object"),
+    ("analysis", "quality_table", "prediction"),
 )
 # An alias is materialized once when its version appears (cheap: no data is read); a reference
 # landing later is reference_sensor's to follow, one version at a time.

@@ -11,7 +11,10 @@ RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-i
 re-checked per tick, 50), ``drift_schedule`` (cron, daily at 06:00), ``drift_timezone`` (UTC),
 ``alert_webhook`` (URL for failure alerts; empty = off), ``score_threshold`` (0.5: detections
 counted in precision/recall), ``buckets`` (5 quantile buckets per metric in sliced evaluation),
-``bucket_edges`` (YAML only: ``{metric: [edges]}`` replacing the quantile buckets of a metric).
+``bucket_edges`` (YAML only: ``{metric: [edges]}`` replacing the quantile buckets of a metric),
+``drift_tests`` (YAML only: ``{metric: test}`` or ``{metric: {test: T, threshold: X}}``, the
+drift test of a metric or of ``class_shares``; see :mod:`qm_dagster.drift.stattests`),
+``outlier_rules`` (YAML only: ``{metric: tukey|adjusted|log}``, see :mod:`qm_dagster.outliers`).
 ``dask_scheduler`` (address of a ``dask.distributed`` scheduler: the image pass's chunks run
 there, empty = the local process pool), ``executor`` (``multiprocess``: a process per step, Dagster's default; ``in_process`` saves
 the few seconds of process start per step on small versions; the image pass has its own pool
@@ -58,6 +61,8 @@ class Settings:
     score_threshold: float = 0.5  # detections counted in precision/recall/F1 and TP/FP
     buckets: int = 5  # quantile buckets per metric in sliced evaluation
     bucket_edges: tuple = ()  # ((metric, (edge, ...)), ...): explicit buckets for some metrics
+    drift_tests: tuple = ()  # ((metric, test, threshold or None), ...): drift test per metric
+    outlier_rules: tuple = ()  # ((metric, rule), ...): outlier fence rule per metric
     executor: str = "multiprocess"  # Dagster executor of every run: multiprocess | in_process
     dask_scheduler: str = ""  # tcp://host:8786: the image pass's chunks run on that Dask cluster
 
@@ -121,6 +126,10 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
                 out[key] = value
             elif key == "bucket_edges":
                 out[key] = _bucket_edges(value)
+            elif key == "drift_tests":
+                out[key] = _drift_tests(value)
+            elif key == "outlier_rules":
+                out[key] = _outlier_rules(value)
             elif key == "chunk_size":
                 out[key] = int(value)  # type: ignore[arg-type]
                 if out[key] < 0:
@@ -160,3 +169,35 @@ def _bucket_edges(value: object) -> tuple:
             raise ValueError(f"{metric}: edges must be strictly increasing, got {edges}")
         out.append((str(metric), tuple(numbers)))
     return tuple(out)
+
+
+def _drift_tests(value: object) -> tuple:
+    """``{metric: test}`` or ``{metric: {test: T, threshold: X}}`` with registered tests."""
+    from qm_dagster.drift import stattests
+
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of metric -> test name or {test, threshold}")
+    out = []
+    for metric, choice in value.items():
+        spec = choice if isinstance(choice, dict) else {"test": choice}
+        unknown = set(spec) - {"test", "threshold"}
+        if unknown or "test" not in spec:
+            raise ValueError(f"{metric}: expected a test name or {{test, threshold}}")
+        test = str(spec["test"])
+        if test not in stattests.names():
+            raise ValueError(f"{metric}: no drift test {test!r}; one of {stattests.names()}")
+        threshold = spec.get("threshold")
+        out.append((str(metric), test, None if threshold is None else float(threshold)))
+    return tuple(out)
+
+
+def _outlier_rules(value: object) -> tuple:
+    """``{metric: rule}`` with rules of ``OUTLIER_RULES``."""
+    from qm_dagster.metrics.registry import OUTLIER_RULES
+
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of metric -> outlier rule")
+    bad = {m: r for m, r in value.items() if r not in OUTLIER_RULES}
+    if bad:
+        raise ValueError(f"{bad}: a rule is one of {OUTLIER_RULES}")
+    return tuple((str(m), str(r)) for m, r in value.items())

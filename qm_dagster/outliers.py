@@ -1,19 +1,41 @@
-"""Outliers per metric (Tukey fences) and per level (IsolationForest over all metrics).
+"""Outliers per metric (fences robust to skew) and per level (IsolationForest over all metrics).
 
-Fences use numpy's percentiles (linear interpolation): moderate outside Q1/Q3 -/+ 1.5 IQR, severe
-outside -/+ 3 IQR. A degenerate distribution (IQR = 0) flags every value that differs from the
-bulk (the median) as moderate. Object metrics are fenced per class as well as overall.
+Each metric's descriptor names its fence rule (``MetricSpec.outliers``; ``qm.yaml``
+``outlier_rules`` overrides it), all on numpy's percentiles (linear interpolation):
+
+- ``tukey``: moderate outside Q1/Q3 -/+ 1.5 IQR, severe outside -/+ 3 IQR: for symmetric metrics.
+- ``adjusted`` (the default): Hubert & Vandervieren's (2008) skew-adjusted boxplot on the long
+  side, Tukey's fence on the short side: with the medcouple MC (a robust skewness in [-1, 1]),
+  for MC >= 0 [Q1 - k IQR, Q3 + k e^(3 MC) IQR], mirrored for MC < 0, k = 1.5 (moderate) or
+  3 (severe). It equals Tukey's on symmetric data (MC = 0) and stops a skewed metric (colour
+  shares, overlaps) from calling its whole long tail outliers. Their boxplot also shrinks the
+  short side (e^(-4 MC)); we do not, because on small or bimodal samples that fence falls
+  inside the data: on the demo's 60 train images (MC -0.31) it called 11% of brightness values
+  severe. MC is computed (statsmodels) on at most ``MC_SAMPLE`` values, a fixed-seed sample.
+- ``log``: Tukey's fences on log(value), mapped back: for positive metrics spread over orders of
+  magnitude (sharpness); a value <= 0 lies below every fence.
+
+A degenerate distribution (IQR = 0) flags every value that differs from the bulk (the median)
+as moderate. Object metrics are fenced per class too, for classes with at least
+``MIN_CLASS_OBJECTS`` objects (fewer make noisy quartiles); prediction metrics per model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
+from statsmodels.stats.stattools import medcouple
+
+from qm_dagster.errors import MetricError
+from qm_dagster.metrics.registry import get as metric_spec
 
 MODERATE, SEVERE = 1.5, 3.0
+MC_SAMPLE = 2000
+MIN_CLASS_OBJECTS = 50
+DEFAULT_RULE = "adjusted"
 COLUMNS = [
     "level",
     "metric",
@@ -21,6 +43,7 @@ COLUMNS = [
     "key",
     "image_id",
     "value",
+    "rule",
     "q1",
     "q3",
     "lower",
@@ -29,19 +52,56 @@ COLUMNS = [
 ]
 
 
-def fences(values: np.ndarray) -> dict[str, float]:
-    """Q1, Q3 and the moderate and severe fences of the finite ``values``."""
+def rules(keys: Iterable[str], configured: tuple = ()) -> dict[str, str]:
+    """The fence rule of each metric table: ``configured`` (qm.yaml ``outlier_rules``:
+    ``(metric, rule)``) over the metric descriptor's ``outliers`` over ``DEFAULT_RULE``."""
+    given = dict(configured)
+    out = {}
+    for key in keys:
+        try:
+            out[key] = given.get(key, metric_spec(key).outliers)
+        except MetricError:
+            out[key] = given.get(key, DEFAULT_RULE)
+    return out
+
+
+def sampled_medcouple(values: np.ndarray, seed: int = 0) -> float:
+    """The medcouple of ``values`` (of a fixed-seed sample of ``MC_SAMPLE`` when larger:
+    statsmodels' estimator holds an n/2 x n/2 matrix)."""
+    if len(values) > MC_SAMPLE:
+        values = np.random.default_rng(seed).choice(values, MC_SAMPLE, replace=False)
+    return float(medcouple(values))
+
+
+def _skew_factors(mc: float) -> tuple[float, float]:
+    """Multipliers of the IQR below Q1 and above Q3: Hubert & Vandervieren's e^(3|MC|) on the
+    long side; the short side keeps Tukey's 1 (see the module docstring)."""
+    stretch = float(np.exp(3 * abs(mc)))
+    return (1.0, stretch) if mc >= 0 else (stretch, 1.0)
+
+
+def fences(values: np.ndarray, rule: str = "tukey") -> dict[str, float]:
+    """Q1, Q3, the median and the moderate and severe fences of the finite ``values`` under
+    ``rule`` (``tukey``, ``adjusted`` or ``log``; all on the values' own scale)."""
     finite = values[np.isfinite(values)]
+    if rule == "log":
+        logs = np.log(finite[finite > 0])
+        f = fences(logs, "tukey") if len(logs) else fences(finite, "tukey")
+        if not len(logs):
+            return {**f, "rule": "log"}
+        return {k: (float(np.exp(v)) if k != "rule" else "log") for k, v in f.items()}
     q1, q3 = (float(v) for v in np.percentile(finite, [25, 75]))
     iqr = q3 - q1
+    low, high = _skew_factors(sampled_medcouple(finite)) if rule == "adjusted" else (1.0, 1.0)
     return {
+        "rule": rule,
         "q1": q1,
         "q3": q3,
         "median": float(np.median(finite)),
-        "moderate_low": q1 - MODERATE * iqr,
-        "moderate_high": q3 + MODERATE * iqr,
-        "severe_low": q1 - SEVERE * iqr,
-        "severe_high": q3 + SEVERE * iqr,
+        "moderate_low": q1 - MODERATE * low * iqr,
+        "moderate_high": q3 + MODERATE * high * iqr,
+        "severe_low": q1 - SEVERE * low * iqr,
+        "severe_high": q3 + SEVERE * high * iqr,
     }
 
 
@@ -59,13 +119,18 @@ def severities(values: np.ndarray, f: dict[str, float]) -> np.ndarray:
 
 
 def metric_outliers(
-    level: str, metric: str, frame: pd.DataFrame, key: str, scope: str = "all"
+    level: str,
+    metric: str,
+    frame: pd.DataFrame,
+    key: str,
+    scope: str = "all",
+    rule: str = DEFAULT_RULE,
 ) -> pd.DataFrame:
     """Rows of ``frame`` (``key``, ``image_id``, ``value``) outside the fences of its values."""
     values = pd.to_numeric(frame.value, errors="coerce").to_numpy(dtype=float)
     if np.isfinite(values).sum() < 4:
         return pd.DataFrame(columns=COLUMNS)
-    f = fences(values)
+    f = fences(values, rule)
     sev = severities(values, f)
     hit = sev != ""
     return pd.DataFrame(
@@ -76,6 +141,7 @@ def metric_outliers(
             "key": frame[key].to_numpy()[hit],
             "image_id": frame.image_id.to_numpy()[hit],
             "value": values[hit],
+            "rule": rule,
             "q1": f["q1"],
             "q3": f["q3"],
             "lower": f["moderate_low"],
@@ -86,25 +152,35 @@ def metric_outliers(
     )
 
 
-def all_outliers(metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Tukey outliers of every metric table; object metrics also per class."""
+def all_outliers(
+    metrics: dict[str, pd.DataFrame], rules: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """Outliers of every metric table under its rule (``rules`` by table key, else
+    ``DEFAULT_RULE``); object metrics also per class with enough objects, prediction metrics
+    per model."""
+    rules = rules or {}
     parts: list[pd.DataFrame] = []
     for name, frame in sorted(metrics.items()):
         if frame.empty or "value" not in frame:
             continue
+        rule = rules.get(name, DEFAULT_RULE)
         if "annotation_id" in frame:
-            parts.append(metric_outliers("object", name, frame, "annotation_id"))
+            parts.append(metric_outliers("object", name, frame, "annotation_id", rule=rule))
             for category, rows in frame.groupby("category"):
-                parts.append(
-                    metric_outliers("object", name, rows, "annotation_id", f"class:{category}")
-                )
+                if len(rows) >= MIN_CLASS_OBJECTS:
+                    scope = f"class:{category}"
+                    parts.append(
+                        metric_outliers("object", name, rows, "annotation_id", scope, rule)
+                    )
         elif "prediction_id" in frame:
             for model, rows in frame.groupby("model"):
+                scope = f"model:{model}"
                 parts.append(
-                    metric_outliers("prediction", name, rows, "prediction_id", f"model:{model}")
+                    metric_outliers("prediction", name, rows, "prediction_id", scope, rule)
                 )
         else:
-            parts.append(metric_outliers("image", name, frame.assign(key=frame.image_id), "key"))
+            frame = frame.assign(key=frame.image_id)
+            parts.append(metric_outliers("image", name, frame, "key", rule=rule))
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
 

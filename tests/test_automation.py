@@ -143,6 +143,7 @@ def test_production_drift_schedule_picks_newest_production_per_reference(setting
         "analysis/report",
         "reference/analysis/quality_table/image",  # a reference re-materialized since is seen
         "reference/analysis/quality_table/object",
+        "reference/analysis/quality_table/prediction",
     }
 
 

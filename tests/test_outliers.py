@@ -1,18 +1,33 @@
-"""Outliers: fences equal numpy percentiles, planted outliers are found, degenerate distributions
-and per-class fences behave; the wide quality tables join every metric on the right rows."""
+"""Outliers: fences equal numpy percentiles (Tukey, the medcouple-adjusted boxplot, log scale),
+planted outliers are found, the real COCO objects' areas are not 9% severe outliers any more,
+degenerate distributions and per-class fences behave; the wide quality tables join every metric
+on the right rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
+from statsmodels.stats.stattools import medcouple
 
-from qm_dagster.outliers import all_outliers, fences, metric_outliers, multivariate_scores
+from qm_dagster.metrics import load_metrics
+from qm_dagster.outliers import (
+    MIN_CLASS_OBJECTS,
+    all_outliers,
+    fences,
+    metric_outliers,
+    multivariate_scores,
+    rules,
+)
 from qm_dagster.quality_table import image_table, object_table
+from tests.real_objects import coco_objects
+
+load_metrics()
 
 
 def test_fences_are_numpy_percentiles():
     values = np.random.default_rng(0).normal(10, 2, 501)
-    f = fences(values)
+    f = fences(values, "tukey")
     q1, q3 = np.percentile(values, 25), np.percentile(values, 75)
     assert (f["q1"], f["q3"]) == (q1, q3)
     assert f["moderate_low"] == q1 - 1.5 * (q3 - q1) and f["severe_high"] == q3 + 3 * (q3 - q1)
@@ -25,7 +40,9 @@ def test_planted_outliers_are_found_with_their_severity():
     iqr = q3 - q1
     planted = {300: q3 + 2.0 * iqr, 301: q1 - 2.0 * iqr, 302: q3 + 10 * iqr}
     frame = pd.DataFrame({"image_id": range(303), "value": [*values, *planted.values()]})
-    found = metric_outliers("image", "data/brightness", frame.assign(key=frame.image_id), "key")
+    found = metric_outliers(
+        "image", "data/brightness", frame.assign(key=frame.image_id), "key", rule="tukey"
+    )
     sev = dict(zip(found.key, found.severity, strict=True))
     assert sev[300] == "moderate" and sev[301] == "moderate" and sev[302] == "severe"
     # nothing inside the recomputed fences is flagged
@@ -40,22 +57,70 @@ def test_degenerate_distribution_flags_only_values_off_the_bulk():
     assert sorted(found.key) == [48, 49]
 
 
-def test_object_metrics_are_fenced_per_class_too():
+def test_object_metrics_are_fenced_per_class_with_enough_objects():
     rng = np.random.default_rng(2)
     small = rng.normal(100, 5, 60)
     large = rng.normal(10_000, 300, 60)
     frame = pd.DataFrame(
         {
-            "annotation_id": range(121),
+            "annotation_id": range(126),
             "image_id": 1,
-            "category": ["cat"] * 60 + ["bus"] * 60 + ["cat"],
-            "value": [*small, *large, 2000.0],
+            "category": ["cat"] * 60 + ["bus"] * 60 + ["cat"] + ["dog"] * 5,
+            "value": [*small, *large, 2000.0, *rng.normal(100, 5, 4), 2000.0],
         }
-    )  # a huge cat, an ordinary size overall
+    )  # a huge cat, an ordinary size overall; a huge dog among too few dogs to fence
     out = all_outliers({"label/object_area": frame})
     cat = out[out.scope == "class:cat"]
     assert 120 in set(cat.key)
     assert 120 not in set(out[out.scope == "all"].key)
+    assert MIN_CLASS_OBJECTS > 6 and "class:dog" not in set(out.scope)
+
+
+def test_adjusted_fences_stretch_the_long_side_by_the_statsmodels_medcouple():
+    rng = np.random.default_rng(6)
+    for values in (rng.lognormal(0, 1, 800), -rng.lognormal(0, 1, 800)):
+        f = fences(values, "adjusted")
+        q1, q3 = np.percentile(values, [25, 75])
+        mc, iqr = medcouple(values), q3 - q1
+        low, high = (1.0, np.exp(3 * mc)) if mc >= 0 else (np.exp(-3 * mc), 1.0)
+        assert f["moderate_low"] == pytest.approx(q1 - 1.5 * low * iqr, rel=1e-12)
+        assert f["moderate_high"] == pytest.approx(q3 + 1.5 * high * iqr, rel=1e-12)
+        assert f["severe_high"] == pytest.approx(q3 + 3 * high * iqr, rel=1e-12)
+    symmetric = rng.normal(0, 1, 1001)
+    assert (
+        abs(fences(symmetric, "adjusted")["moderate_high"] - fences(symmetric)["moderate_high"])
+        < 0.1
+    )
+
+
+def test_log_fences_are_tukey_on_the_logarithm():
+    values = np.random.default_rng(7).lognormal(5, 2, 500)
+    f = fences(np.r_[values, 0.0], "log")
+    q1, q3 = np.percentile(np.log(values), [25, 75])
+    assert f["severe_high"] == pytest.approx(np.exp(q3 + 3 * (q3 - q1)), rel=1e-12)
+    frame = pd.DataFrame({"image_id": range(501), "value": np.r_[values, 0.0]})
+    found = metric_outliers(
+        "image", "data/sharpness", frame.assign(key=frame.image_id), "key", rule="log"
+    )
+    assert found.set_index("key").loc[500, "severity"] == "severe"  # a flat image
+
+
+def test_real_coco_areas_are_not_a_tenth_severe_and_planted_ones_are_found():
+    objects = coco_objects().rename(columns={"label/object_area": "value"})
+    rule = rules(["label/object_area"])["label/object_area"]
+    values = objects.value.to_numpy()
+    q1, q3 = np.percentile(values, [25, 75])
+    tukey_severe = np.mean(values > q3 + 3 * (q3 - q1))
+    assert tukey_severe > 0.05  # plain Tukey fences call the long tail of sizes severe
+    found = metric_outliers("object", "label/object_area", objects, "annotation_id", rule=rule)
+    assert (found.severity == "severe").sum() / len(objects) <= 0.03
+    planted = pd.DataFrame(
+        {"annotation_id": [-1, -2], "image_id": 0, "value": [values.max() * 100, 0.5]}
+    )
+    found = metric_outliers(
+        "object", "label/object_area", pd.concat([objects, planted]), "annotation_id", rule=rule
+    ).set_index("key")
+    assert rule == "log" and set(found.loc[[-1, -2], "severity"]) <= {"moderate", "severe"}
 
 
 def test_isolation_forest_flags_the_odd_row():

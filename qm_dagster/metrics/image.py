@@ -29,6 +29,7 @@ def contrast(view: ImageView) -> float:
     "Variance of the Laplacian of the gray image (higher = sharper)",
     reads="view",
     value_range=(0, None),
+    outliers="log",  # spread over orders of magnitude; 0 (a flat image) is below every fence
 )
 def sharpness(view: ImageView) -> float:
     return view.laplacian_variance
@@ -119,13 +120,18 @@ def height(header: Header) -> float:
     return float(header.height)
 
 
-@metric("image", "Width / height (header)", reads="header", value_range=(0, None))
+@metric("image", "Width / height (header)", reads="header", value_range=(0, None), outliers="log")
 def aspect_ratio(header: Header) -> float:
     return header.width / header.height
 
 
 @metric(
-    "image", "Width * height in pixels (header)", reads="header", value_range=(1, None), unit="px"
+    "image",
+    "Width * height in pixels (header)",
+    reads="header",
+    value_range=(1, None),
+    unit="px",
+    outliers="log",
 )
 def area(header: Header) -> float:
     return float(header.width * header.height)

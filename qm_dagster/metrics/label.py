@@ -20,6 +20,7 @@ from qm_dagster.metrics.tables import Tables
     reads="table",
     value_range=(0, None),
     unit="px",
+    outliers="log",  # sizes spread over decades: a large object is no outlier, a 1 px box is
 )
 def object_area(t: Tables) -> np.ndarray:
     given = t.annotations.area.to_numpy(dtype=float)
@@ -30,13 +31,13 @@ def object_area(t: Tables) -> np.ndarray:
     return given
 
 
-@metric("object", "Object area / image area", reads="table", value_range=(0, None))
+@metric("object", "Object area / image area", reads="table", value_range=(0, None), outliers="log")
 def relative_area(t: Tables) -> np.ndarray:
     w, h = t.sizes_of(t.annotations)
     return object_area(t) / (w * h)
 
 
-@metric("object", "Box width / box height", reads="table", value_range=(0, None))
+@metric("object", "Box width / box height", reads="table", value_range=(0, None), outliers="log")
 def object_aspect_ratio(t: Tables) -> np.ndarray:
     b = geometry.boxes(t.annotations)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -91,6 +92,7 @@ def overlap(t: Tables) -> np.ndarray:
     "Share of the object's class among the version's annotations",
     reads="table",
     value_range=(0, 1),
+    drift="none",  # a function of the class shares, which drift tests as class_shares
 )
 def class_frequency(t: Tables) -> np.ndarray:
     shares = t.annotations.category_id.value_counts(normalize=True)

@@ -113,6 +113,7 @@ def object_contrast(o: ObjectView) -> float:
     "Variance of the image's Laplacian inside the object",
     reads="view",
     value_range=(0, None),
+    outliers="log",
 )
 def object_sharpness(o: ObjectView) -> float:
     return float(o.moments[1][LAPLACIAN])

@@ -29,6 +29,9 @@ READS = {
 # What one row of the metric's table is; by default the level's own data point.
 INDEXES = ("image", "object", "prediction")
 PIXEL_READS = ("rgb", "view", "crop")
+# How outliers are fenced (qm_dagster.outliers): Tukey's fences on the values, on their logarithm
+# (positive heavy-tailed metrics: areas, sharpness), or skew-adjusted with the medcouple.
+OUTLIER_RULES = ("tukey", "log", "adjusted")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -46,6 +49,8 @@ class MetricSpec:
     unit: str = ""
     builtin: bool = False
     code_version: str = "1"
+    drift: str = "auto"  # its default drift test (qm_dagster.drift.stattests); "none" = skip
+    outliers: str = "adjusted"  # its outlier rule, one of OUTLIER_RULES
 
     @property
     def reads_pixels(self) -> bool:
@@ -74,6 +79,10 @@ def register(spec: MetricSpec) -> MetricSpec:
             f"metric {spec.name!r}: reads={spec.reads!r} is not one of {READS[spec.level]} "
             f"for level {spec.level!r}"
         )
+    if spec.outliers not in OUTLIER_RULES:
+        raise MetricError(
+            f"metric {spec.name!r}: outliers={spec.outliers!r} is not one of {OUTLIER_RULES}"
+        )
     if spec.index not in INDEXES:
         raise MetricError(f"metric {spec.name!r}: index {spec.index!r} is not one of {INDEXES}")
     key = spec.asset_key
@@ -100,6 +109,8 @@ def metric(
     value_range: tuple[float | None, float | None] = (None, None),
     unit: str = "",
     code_version: str = "1",
+    drift: str = "auto",
+    outliers: str = "adjusted",
 ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register the decorated per-data-point function as a metric (and so as a Dagster asset).
 
@@ -108,7 +119,8 @@ def metric(
     boolean mask of the same shape (the polygon/RLE, or the whole box) and the annotation dict.
     ``level="prediction"``: ``fn(prediction, match)`` with the prediction dict and its COCO match
     (``status``, ``iou``, ``gt_id``). Each returns a float; ``reads`` picks another input (see
-    ``READS``).
+    ``READS``). ``drift`` names its default drift test (``auto``: size-aware; ``none``: not
+    tested) and ``outliers`` its fence rule (``OUTLIER_RULES``); ``qm.yaml`` can override both.
     """
 
     def decorate(fn: Callable[..., float]) -> Callable[..., float]:
@@ -125,6 +137,8 @@ def metric(
                 unit=unit,
                 builtin=fn.__module__.startswith("qm_dagster.metrics."),
                 code_version=code_version,
+                drift=drift,
+                outliers=outliers,
             )
         )
         return fn
