@@ -150,8 +150,8 @@ def build_analysis_assets(
         the rows an IsolationForest over all metrics flags."""
         tukey = all_outliers(_by_key(tables, keys), outlier_rules(keys, fence_rules))
         multi = [
-            _multivariate("image", image_table, "image_id", "data/"),
-            _multivariate("object", object_table, "annotation_id", "label/"),
+            _multivariate("image", image_table, "image_id", "data/", fence_rules),
+            _multivariate("object", object_table, "annotation_id", "label/", fence_rules),
         ]
         frame = pd.concat([tukey, *multi], ignore_index=True)
         counts = frame.groupby(["metric", "severity"]).size().unstack(fill_value=0)
@@ -437,9 +437,11 @@ def _checked(checks: tuple[Check, ...], key: str, frame: pd.DataFrame, images: i
         )
 
 
-def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.DataFrame:
+def _multivariate(
+    level: str, table: pd.DataFrame, key: str, prefix: str, fence_rules: tuple
+) -> pd.DataFrame:
     columns = [c for c in table.columns if c.startswith(prefix) and ":" not in c and "@" not in c]
-    scores = multivariate_scores(table, columns)
+    scores = multivariate_scores(table, columns, outlier_rules(columns, fence_rules))
     hit = scores.flagged.to_numpy()
     return pd.DataFrame(
         {
@@ -449,6 +451,6 @@ def _multivariate(level: str, table: pd.DataFrame, key: str, prefix: str) -> pd.
             "key": table[key].to_numpy()[hit],
             "image_id": table.image_id.to_numpy()[hit],
             "value": scores.score.to_numpy()[hit],
-            "severity": "moderate",
+            "severity": scores.severity.to_numpy()[hit],
         }
     )

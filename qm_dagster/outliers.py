@@ -15,8 +15,11 @@ Each metric's descriptor names its fence rule (``MetricSpec.outliers``; ``qm.yam
 - ``log``: Tukey's fences on log(value), mapped back: for positive metrics spread over orders of
   magnitude (sharpness); a value <= 0 lies below every fence.
 
-A degenerate distribution (IQR = 0) flags every value that differs from the bulk (the median)
-as moderate. Object metrics are fenced per class too, for classes with at least
+A zero-inflated metric (at least a quarter of its values on its minimum: colour shares, IoUs with
+other objects) is fenced on the values above that minimum, which itself is never flagged; on
+the generated 2,200-image version, fencing ``object_green`` (66% zeros) whole called 10.5% of
+objects severe. A degenerate distribution (IQR = 0) flags every value that differs from the bulk
+(the median) as moderate. Object metrics are fenced per class too, for classes with at least
 ``MIN_CLASS_OBJECTS`` objects (fewer make noisy quartiles); prediction metrics per model.
 """
 
@@ -35,6 +38,7 @@ from qm_dagster.metrics.registry import get as metric_spec
 MODERATE, SEVERE = 1.5, 3.0
 MC_SAMPLE = 2000
 MIN_CLASS_OBJECTS = 50
+POINT_MASS = 0.25  # share of values on the minimum from which it is the bulk (zero-inflated)
 DEFAULT_RULE = "adjusted"
 COLUMNS = [
     "level",
@@ -82,11 +86,21 @@ def _skew_factors(mc: float) -> tuple[float, float]:
 
 def fences(values: np.ndarray, rule: str = "tukey") -> dict[str, float]:
     """Q1, Q3, the median and the moderate and severe fences of the finite ``values`` under
-    ``rule`` (``tukey``, ``adjusted`` or ``log``; all on the values' own scale)."""
+    ``rule`` (``tukey``, ``adjusted`` or ``log``; all on the values' own scale). When at least
+    ``POINT_MASS`` of the values sit on the smallest one (zero-inflated shares and IoUs), that
+    value is the bulk (``floor``: never flagged) and the fences are those of the values above it."""
     finite = values[np.isfinite(values)]
+    floor = float(finite.min()) if len(finite) else -np.inf
+    above = finite[finite > floor]
+    if len(finite) and len(above) >= 4 and np.mean(finite == floor) >= POINT_MASS:
+        return {**_fences(above, rule), "floor": floor}
+    return {**_fences(finite, rule), "floor": -np.inf}
+
+
+def _fences(finite: np.ndarray, rule: str) -> dict[str, float]:
     if rule == "log":
         logs = np.log(finite[finite > 0])
-        f = fences(logs, "tukey") if len(logs) else fences(finite, "tukey")
+        f = _fences(logs, "tukey") if len(logs) else _fences(finite, "tukey")
         if not len(logs):
             return {**f, "rule": "log"}
         return {k: (float(np.exp(v)) if k != "rule" else "log") for k, v in f.items()}
@@ -110,11 +124,12 @@ def severities(values: np.ndarray, f: dict[str, float]) -> np.ndarray:
     out = np.full(len(values), "", dtype=object)
     if f["q3"] == f["q1"]:  # degenerate: anything off the bulk stands out
         out[np.isfinite(values) & (values != f["median"])] = "moderate"
-        return out
-    moderate = (values < f["moderate_low"]) | (values > f["moderate_high"])
-    severe = (values < f["severe_low"]) | (values > f["severe_high"])
-    out[moderate] = "moderate"
-    out[severe] = "severe"
+    else:
+        moderate = (values < f["moderate_low"]) | (values > f["moderate_high"])
+        severe = (values < f["severe_low"]) | (values > f["severe_high"])
+        out[moderate] = "moderate"
+        out[severe] = "severe"
+    out[values <= f["floor"]] = ""
     return out
 
 
@@ -185,20 +200,49 @@ def all_outliers(
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
 
 
-def multivariate_scores(table: pd.DataFrame, columns: Iterable[str], seed: int = 0) -> pd.DataFrame:
+def _on_rule_scale(x: pd.DataFrame, scales: Mapping[str, str]) -> pd.DataFrame:
+    """Columns whose rule is ``log`` on the log scale (a value <= 0 one e-fold below the
+    smallest positive one), so a long tail of sizes does not pass for unusual rows."""
+    x = x.copy()
+    for column in x.columns:
+        if scales.get(column) == "log":
+            values = x[column].to_numpy(dtype=float)
+            positive = values[values > 0]
+            floor = np.log(positive.min()) - 1 if len(positive) else 0.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x[column] = np.where(
+                    values > 0, np.log(values), np.where(np.isnan(values), np.nan, floor)
+                )
+    return x
+
+
+def multivariate_scores(
+    table: pd.DataFrame,
+    columns: Iterable[str],
+    scales: Mapping[str, str] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
     """IsolationForest anomaly score (higher = more unusual) of each row over ``columns``
-    (standardised; missing values at the column median), and whether it is flagged."""
+    (each on its outlier rule's scale, ``scales``; standardised; missing values at the column
+    median), and its severity: ``moderate`` / ``severe`` above Tukey's upper fences of the
+    scores themselves. (The forest's own cut, contamination "auto", flagged 9-18% of the
+    images of every dataset in ../shared/data.)"""
     cols = [c for c in columns if c in table and pd.api.types.is_numeric_dtype(table[c])]
-    x = table[cols].astype(float)
+    x = _on_rule_scale(table[cols].astype(float), scales or {})
     x = x.loc[:, x.notna().any()]
     if x.shape[1] == 0 or len(x) < 8:
         return pd.DataFrame(
-            {"score": np.full(len(table), np.nan), "flagged": False}, index=table.index
+            {"score": np.full(len(table), np.nan), "severity": "", "flagged": False},
+            index=table.index,
         )
     x = x.fillna(x.median())
     std = x.std(ddof=0).replace(0, 1)
     z = ((x - x.mean()) / std).to_numpy()
-    forest = IsolationForest(random_state=seed).fit(z)
+    score = -IsolationForest(random_state=seed).fit(z).score_samples(z)
+    f = fences(score, "tukey")
+    severity = np.where(
+        score > f["severe_high"], "severe", np.where(score > f["moderate_high"], "moderate", "")
+    )
     return pd.DataFrame(
-        {"score": -forest.score_samples(z), "flagged": forest.predict(z) == -1}, index=table.index
+        {"score": score, "severity": severity, "flagged": severity != ""}, index=table.index
     )

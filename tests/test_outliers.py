@@ -163,3 +163,36 @@ def test_quality_tables_join_on_the_right_rows():
     assert img.loc[2, "model/entropy@m"] == 0.7
     obj = object_table(annotations, metrics).set_index("annotation_id")
     assert obj.loc[8, "label/object_area"] == 3.0 and obj.loc[9, "data/brightness"] == 0.2
+
+
+def test_isolation_forest_flags_few_real_objects_but_the_planted_one():
+    objects = coco_objects()
+    columns = [c for c in objects.columns if c.startswith("label/")]
+    planted = objects.iloc[[0]].assign(
+        **{"label/object_area": 5e6, "label/object_brightness": 0.0, "label/relative_area": 16.0}
+    )
+    table = pd.concat([objects, planted], ignore_index=True)
+    scores = multivariate_scores(table, columns, rules(columns))
+    assert scores.flagged.iloc[-1] and scores.severity.iloc[-1] == "severe"
+    assert scores.flagged.mean() <= 0.05
+    high = np.percentile(scores.score, 75) + 1.5 * np.subtract(
+        *np.percentile(scores.score, [75, 25])
+    )
+    assert scores.flagged.equals(scores.score > high)
+
+
+def test_zero_inflated_metrics_are_fenced_above_their_point_mass():
+    rng = np.random.default_rng(8)
+    values = np.r_[np.zeros(700), rng.lognormal(-4, 1, 300)]  # a colour share: mostly none
+    f = fences(values, "adjusted")
+    above = values[values > 0]
+    q1, q3 = np.percentile(above, [25, 75])
+    stretch = np.exp(3 * medcouple(above))
+    assert f["floor"] == 0 and f["moderate_high"] == pytest.approx(q3 + 1.5 * stretch * (q3 - q1))
+    frame = pd.DataFrame({"image_id": range(1001), "value": np.r_[values, 0.9]})
+    found = metric_outliers("image", "data/green", frame.assign(key=frame.image_id), "key")
+    assert 1000 in set(found.key) and not set(found.key) & set(range(700))
+    assert (found.severity == "severe").mean() * len(found) / len(frame) <= 0.03
+    # plain Tukey on every value puts the fence next to zero and calls much of the tail severe
+    q1, q3 = np.percentile(values, [25, 75])
+    assert np.mean(values > q3 + 3 * (q3 - q1)) > 0.1
