@@ -4,8 +4,11 @@ and the engine stays free of Dagster."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import dagster as dg
@@ -50,7 +53,11 @@ def test_the_reference_is_a_declared_dependency_in_the_asset_graph(tmp_path):
     graph = defs.resolve_asset_graph()
     key = dg.AssetKey.from_user_string
     expected = {
-        "analysis/drift": {"analysis/quality_table/image", "analysis/quality_table/object"},
+        "analysis/drift": {
+            "analysis/quality_table/image",
+            "analysis/quality_table/object",
+            "analysis/quality_table/prediction",
+        },
         "analysis/report": {"analysis/quality_table/image"},
         "analysis/duplicates": {"dataset/manifest", "data/embeddings"},
     }
@@ -77,21 +84,54 @@ def test_dg_check_defs_passes():
     assert "All definitions loaded successfully" in proc.stdout + proc.stderr
 
 
+def imported_modules(path: Path) -> list[str]:
+    """Absolute module names a Python file imports (anywhere in it, lazy imports too)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return names
+
+
 def test_engine_imports_no_dagster():
     offenders = []
     for path in (PROJECT / "qm_dagster").rglob("*.py"):
         if path.name == "cli_dagster.py":  # the CLI's materialize command drives Dagster
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [
-                f"{path.name}: {n}" for n in names if n.split(".")[0].startswith("dagster")
-            ]
+        offenders += [
+            f"{path.name}: {n}"
+            for n in imported_modules(path)
+            if n.split(".")[0].startswith("dagster")
+        ]
     assert offenders == []
+
+
+def test_every_runtime_import_is_declared_in_pyproject():
+    """What the product imports at run time (engine, Dagster layer, composition root) comes
+    from a distribution pyproject.toml names, not from whatever another package pulled in."""
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {canonical(re.match(r"[A-Za-z0-9_.-]+", r)[0]) for r in project["dependencies"]}
+    local = {"qm_dagster", "assets", "resources", "definitions"}
+    files = [f for d in ("qm_dagster", "assets", "resources") for f in (PROJECT / d).rglob("*.py")]
+    modules = {
+        name.split(".")[0]
+        for path in [*files, PROJECT / "definitions.py"]
+        for name in imported_modules(path)
+    }
+    third_party = modules - local - set(sys.stdlib_module_names)
+    providers = importlib.metadata.packages_distributions()
+    undeclared = {
+        m: providers.get(m)
+        for m in sorted(third_party)
+        if not any(canonical(d) in declared for d in providers.get(m, []))
+    }
+    assert undeclared == {}
 
 
 def test_inputs_with_columns_load_only_those_columns(tmp_path):
