@@ -30,12 +30,16 @@ def _version_meta(args: argparse.Namespace) -> dict[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
-    p = sub.add_parser("demo", help="write the demo dataset versions")
+    p = sub.add_parser("demo", parents=[common], help="write the demo dataset versions")
     p.add_argument("--to", help="dataset root (default: QM_DATASETS)")
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("import", help="convert VOC / YOLO / txt / COCO files into a version")
+    p = sub.add_parser(
+        "import", parents=[common], help="convert VOC / YOLO / txt / COCO files into a version"
+    )
     p.add_argument("version", help="name of the new version")
     p.add_argument("--images", required=True, help="folder of image files")
     p.add_argument(
@@ -53,15 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="dataset root (default: QM_DATASETS)")
     _add_version_meta(p)
 
-    p = sub.add_parser("register", help="copy a folder in the version layout in as a version")
+    p = sub.add_parser(
+        "register", parents=[common], help="copy a folder in the version layout in as a version"
+    )
     p.add_argument("folder")
     p.add_argument("version")
     p.add_argument("--to", help="dataset root (default: QM_DATASETS)")
     _add_version_meta(p)
 
-    sub.add_parser("versions", help="list the versions under the dataset root")
+    sub.add_parser("versions", parents=[common], help="list the versions under the dataset root")
 
-    p = sub.add_parser("materialize", help="materialize assets of a version through Dagster")
+    p = sub.add_parser(
+        "materialize", parents=[common], help="materialize assets of a version through Dagster"
+    )
     p.add_argument("version")
     p.add_argument(
         "--select",
@@ -69,14 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="asset key pattern, e.g. 'data/*' or 'data/brightness' (default: all)",
     )
 
-    p = sub.add_parser("export", help="write a named slice of a version as a new version")
+    p = sub.add_parser(
+        "export", parents=[common], help="write a named slice of a version as a new version"
+    )
     p.add_argument("version")
     p.add_argument("--slice", required=True, help="a slice named in the configuration")
     p.add_argument("--to", help="dataset root of the new version (default: QM_DATASETS)")
     p.add_argument("--name", help="name of the new version (default VERSION-SLICE)")
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("show", help="print a materialized table, sorted and filtered")
+    p = sub.add_parser(
+        "show", parents=[common], help="print a materialized table, sorted and filtered"
+    )
     p.add_argument("version")
     p.add_argument("--asset", help="asset key (default data/brightness, or the slice's table)")
     p.add_argument("--slice", help="a slice named in the configuration")
@@ -89,12 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: a message and a non-zero exit on any error (``--debug``: the traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args, Settings.load())
     except QmError as exc:
+        if args.debug:
+            raise
         print(f"qm: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # anything unforeseen: still a message, the traceback on request
+        if args.debug:
+            raise
+        print(
+            f"qm: error: {type(exc).__name__}: {exc} (--debug shows the traceback)", file=sys.stderr
+        )
+        return 1
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -203,7 +225,7 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     sys.path.insert(0, str(project))
     from qm_dagster.cli_dagster import materialize_version
 
-    ok = materialize_version(project, settings, args.version, args.select)
+    ok = materialize_version(project, settings, args.version, args.select, args.debug)
     return 0 if ok else 1
 
 

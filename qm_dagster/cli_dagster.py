@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import threading
 import uuid
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from qm_dagster import storage
 from qm_dagster.config import DEFAULT_HOME, Settings
 from qm_dagster.dataset import check_version_name
 from qm_dagster.errors import QmError
@@ -47,14 +49,48 @@ def select_keys(all_keys: list[dg.AssetKey], pattern: str) -> list[dg.AssetKey]:
     return keys
 
 
-def materialize_version(project: Path, settings: Settings, version: str, pattern: str) -> bool:
-    """Add the partition if needed and materialize the selection for it, printing each step."""
+def is_stored(graph, key: dg.AssetKey, base: str, version: str) -> bool:
+    """Whether the IO manager has ``key``'s partition ``version`` (a table, or an alias's
+    pointer) under the storage ``base``."""
+    from resources.io_manager import ALIAS
+
+    path = "/".join(key.path)
+    if (graph.get(key).metadata or {}).get(ALIAS):
+        return storage.exists(storage.join(base, path, f"{version}.json"))
+    return storage.exists(storage.asset_url(base, path, version))
+
+
+def missing_upstream(graph, keys: list[dg.AssetKey], base: str, version: str) -> list[dg.AssetKey]:
+    """Upstream assets of ``keys``, outside them, whose partition is not stored: without them
+    the selection cannot load its inputs."""
+    selected, todo, missing = set(keys), list(keys), []
+    while todo:
+        for parent in sorted(graph.get(todo.pop()).parent_keys):
+            if parent not in selected and not is_stored(graph, parent, base, version):
+                selected.add(parent)
+                missing.append(parent)
+                todo.append(parent)
+    return sorted(missing)
+
+
+def materialize_version(
+    project: Path, settings: Settings, version: str, pattern: str, debug: bool = False
+) -> bool:
+    """Add the partition if needed and materialize the selection for it (with whatever of its
+    upstream is not stored yet), printing each step; a failed step prints its error's message
+    (``debug``: the whole traceback)."""
     check_version_name(version)
     from definitions import build_definitions  # the project's composition root
 
     defs = build_definitions(settings)
     job = defs.resolve_implicit_global_asset_job_def()
-    keys = select_keys(sorted(defs.resolve_asset_graph().get_all_asset_keys()), pattern)
+    graph = defs.resolve_asset_graph()
+    keys = select_keys(sorted(graph.get_all_asset_keys()), pattern)
+    added = missing_upstream(graph, keys, settings.storage, version)
+    if added:
+        names = ", ".join(k.to_user_string() for k in added)
+        print(f"also materializing {len(added)} upstream assets not stored for {version}: {names}")
+    keys = sorted({*keys, *added})
     home = dagster_home(project)
     with dg.DagsterInstance.get() as instance:
         if not instance.has_dynamic_partition(PARTITIONS, version):
@@ -71,18 +107,34 @@ def materialize_version(project: Path, settings: Settings, version: str, pattern
                 asset_selection=keys,
                 run_id=run_id,
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                # failures are printed below, as messages; warnings by the progress watcher
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
                 tags={"qm/launched_by": "cli"},
             )
         finally:
             stop.set()
             watcher.join()
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            error = event.step_failure_data.error
+            text = error.to_string() if debug else _innermost(error)
+            print(f"step {event.step_key} failed: {text}", flush=True)
     print(
         f"{'SUCCESS' if result.success else 'FAILURE'}: {len(result.get_asset_materialization_events())} "
-        f"materializations; storage {settings.storage}",
+        f"materializations; storage {settings.storage}"
+        + ("" if result.success or debug else " (--debug shows the tracebacks)"),
         flush=True,
     )
     return result.success
+
+
+def _innermost(error) -> str:
+    """``Class: message`` of the error that caused a step failure, without Dagster's wrappers."""
+    while error.cause is not None:
+        error = error.cause
+    head, sep, rest = error.message.strip().partition(": ")
+    text = rest if sep and head.split(".")[-1] == error.cls_name else error.message.strip()
+    return f"{error.cls_name}: {text}"
 
 
 def _print_progress(instance: dg.DagsterInstance, run_id: str, stop: threading.Event) -> None:
@@ -94,6 +146,8 @@ def _print_progress(instance: dg.DagsterInstance, run_id: str, stop: threading.E
             event = record.dagster_event
             if event is None and record.user_message.startswith(PREFIX):
                 print(f"  {record.user_message}", flush=True)
+            elif event is None and record.level >= logging.WARNING:
+                print(f"  {logging.getLevelName(record.level).lower()}: {record.user_message}")
             if event is None or event.event_type not in _SHOWN:
                 continue
             what = _SHOWN[event.event_type]

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import PROJECT
+from tests.images import checkerboard, commit, solid, write_image
 
 QM = str(Path(sys.executable).with_name("qm"))
 
@@ -26,18 +27,23 @@ def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.
     return proc
 
 
-@pytest.mark.slow
-def test_demo_materialize_show(tmp_path):
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a user's shell: a DAGSTER_HOME with the project's dagster.yaml."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((PROJECT / "dagster.yaml").read_text())
-    env = {
+    return {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "QM_DATASETS": str(tmp_path / "d"),
         "QM_STORAGE": str(tmp_path / "s"),
         "QM_WORKERS": "1",
     }
+
+
+@pytest.mark.slow
+def test_demo_materialize_show(tmp_path):
+    env = cli_env(tmp_path)
     run(["demo"], env)
     assert run(["versions"], env).stdout.split() == ["production", "train", "validation"]
 
@@ -47,7 +53,7 @@ def test_demo_materialize_show(tmp_path):
     assert "materialized data/brightness" in out
     assert out.rstrip().splitlines()[-1].startswith("SUCCESS")
 
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         assert instance.get_dynamic_partitions("dataset_versions") == ["validation"]
         event = instance.get_latest_materialization_event(dg.AssetKey(["data", "brightness"]))
         assert event is not None and event.dagster_event.partition == "validation"
@@ -102,3 +108,56 @@ def test_demo_materialize_show(tmp_path):
     assert missing.returncode == 2 and "invalid" in missing.stderr
     unknown = run(["materialize", "validation", "--select", "data/nothing*"], env, check=False)
     assert unknown.returncode == 2 and "matches no asset" in unknown.stderr
+
+
+def _tiny_version(folder: Path, width: float) -> None:
+    """Three images and one box of the given ``width`` (negative: a malformed record)."""
+    images = []
+    for i, rgb in enumerate([checkerboard(), solid((200, 30, 30)), solid((20, 20, 20))]):
+        write_image(folder / "images" / f"{i}.png", rgb)
+        h, w = rgb.shape[:2]
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, width, 4], "iscrowd": 0}
+    coco = {"images": images, "annotations": [box], "categories": [{"id": 1, "name": "x"}]}
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    commit(folder)
+
+
+@pytest.mark.slow
+def test_failures_print_messages_and_select_brings_missing_upstream(tmp_path):
+    """A malformed annotations.json: the one-line message once, no traceback (``--debug``
+    shows it), a non-zero exit. ``--select data/brightness`` on a new version also
+    materializes the dataset assets it reads, instead of failing in the IO manager."""
+    env = cli_env(tmp_path)
+    _tiny_version(tmp_path / "d" / "v", width=-3)
+    failed = run(["materialize", "v", "--select", "dataset/*"], env, check=False)
+    said = failed.stdout + failed.stderr
+    message = "at annotations[0].bbox: expected a number >= 0, got -3"
+    assert failed.returncode == 1 and said.count(message) == 1, said
+    assert "DatasetError" in said and "Traceback" not in said and "Stack Trace" not in said
+    debug = run(["materialize", "v", "--select", "dataset/*", "--debug"], env, check=False)
+    assert debug.returncode == 1 and "Stack Trace" in debug.stdout + debug.stderr
+
+    _tiny_version(tmp_path / "d" / "w", width=3)
+    done = run(["materialize", "w", "--select", "data/brightness"], env)
+    assert "also materializing" in done.stdout and "dataset/manifest" in done.stdout
+    assert done.stdout.rstrip().splitlines()[-1].startswith("SUCCESS")
+    stored = pd.read_parquet(tmp_path / "s" / "data" / "brightness" / "w.parquet")
+    assert len(stored) == 3
+    again = run(["materialize", "w", "--select", "data/brightness"], env)
+    assert "also materializing" not in again.stdout  # now stored: nothing added
+
+
+def test_unexpected_errors_are_messages_unless_debug(tmp_path, capsys, monkeypatch):
+    from qm_dagster import cli
+
+    def broken(args, settings):
+        raise OSError("disk on fire")
+
+    monkeypatch.setitem(cli.COMMANDS, "versions", broken)
+    assert cli.main(["versions"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "qm: error: OSError: disk on fire (--debug shows the traceback)"
+    )
+    with pytest.raises(OSError):
+        cli.main(["versions", "--debug"])
