@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,7 @@ def _truncation(img: Image.Image, data: bytes) -> str | None:
 
 HEADER_BYTES = 256 * 1024  # enough for the size markers of any JPEG/PNG/BMP/WebP header
 TAIL_BYTES = 64
+OUTSIDE = "a symbolic link to a file outside the version's images folder (not read)"
 
 
 def content_from_etag(etag: str, size: int) -> str:
@@ -131,10 +133,20 @@ def _store_etag(info: dict) -> str | None:
     return str(etag) if etag else None
 
 
-def _inspect_url(url: str, max_pixels: int) -> FileFacts:
+def _escapes(path: str, root: str) -> bool:
+    """Whether the local ``path``, links resolved, lies outside the folder ``root`` (resolved):
+    a symbolic link in a version must not make the workers read other files of the machine."""
+    real = os.path.realpath(path)
+    return os.path.commonpath([real, root]) != root
+
+
+def _inspect_url(url: str, max_pixels: int, root: str | None = None) -> FileFacts:
+    """The facts of one file; ``root``: the resolved local images folder it must stay in."""
     fs, path = storage.filesystem(url)
     try:
         if storage.is_local(fs):
+            if root is not None and _escapes(path, root):
+                return FileFacts(problem=OUTSIDE)
             return inspect_bytes(fs.cat_file(path), max_pixels)
         info = fs.info(path)
     except FileNotFoundError:
@@ -202,16 +214,22 @@ def manifest_batches(
         else ThreadPoolExecutor(max(1, threads))
     )
     chunk = INSPECT_CHUNK if processes else 1  # a thread per file: its wait is the store's
+    fs, base_path = storage.filesystem(base)
+    root = os.path.realpath(base_path) if storage.is_local(fs) else None
     with pool as executor:
         for batch in batches:
             urls = [storage.join(base, name) for name in batch.file_name]
             chunks = chunked(urls, chunk)
-            parts = executor.map(_inspect_urls, chunks, itertools.repeat(max_pixels))
+            parts = executor.map(
+                _inspect_urls, chunks, itertools.repeat(max_pixels), itertools.repeat(root)
+            )
             yield _manifest_rows(batch, urls, [f for part in parts for f in part])
 
 
-def _inspect_urls(urls: Sequence[str], max_pixels: int) -> list[FileFacts]:
-    return [_inspect_url(url, max_pixels) for url in urls]
+def _inspect_urls(
+    urls: Sequence[str], max_pixels: int, root: str | None = None
+) -> list[FileFacts]:
+    return [_inspect_url(url, max_pixels, root) for url in urls]
 
 
 def build_manifest(

@@ -102,3 +102,29 @@ def test_manifest_on_processes_equals_one_thread(settings, corrupt_version, monk
     pd.testing.assert_frame_equal(pooled.images, alone.images)
     pd.testing.assert_frame_equal(pooled.issues, alone.issues)
     assert set(alone.issues.file_name) == {"empty.jpg", "huge.png", "text.jpg", "truncated.jpg"}
+
+
+def test_symlinks_that_leave_the_version_are_issues_not_read(tmp_path):
+    """A version's producer must not make the workers read other files of the machine: a link
+    out of images/ is a data_issues row and its file is never read; a link that stays inside
+    (or an images folder that is itself a link) is an ordinary image."""
+    from qm_dagster.dataset import Version
+    from qm_dagster.manifest import OUTSIDE, build_manifest
+
+    secret = tmp_path / "elsewhere" / "secret.png"
+    write_image(secret, real_photos()["coffee"])
+    store = tmp_path / "store"
+    write_image(store / "a.png", real_photos()["astronaut"])
+    (store / "inside.png").symlink_to(store / "a.png")
+    (store / "outside.png").symlink_to(secret)
+    (store / "dotdot.png").symlink_to("../elsewhere/secret.png")
+    version = tmp_path / "root" / "v"
+    version.mkdir(parents=True)
+    (version / "images").symlink_to(store)  # the whole folder as a link: allowed
+    commit(version)
+    manifest = build_manifest(Version(str(tmp_path / "root"), "v"), 10**8, threads=1)
+    ok = dict(zip(manifest.images.file_name, manifest.images.ok, strict=True))
+    assert ok == {"a.png": True, "inside.png": True, "outside.png": False, "dotdot.png": False}
+    reasons = manifest.issues.set_index("file_name").reason
+    assert reasons["outside.png"] == OUTSIDE and reasons["dotdot.png"] == OUTSIDE
+    assert manifest.images.set_index("file_name").loc["outside.png", "content_hash"] in ("", None)
