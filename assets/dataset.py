@@ -83,6 +83,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
         metadata={
             "dagster/row_count": summary.rows,
             "measurable images": summary.measurable,
+            "skipped files": summary.skipped,
             "total bytes": summary.total_bytes,
             "kind": version.meta().kind or "",
             SIGNATURE_LABEL: signature or "",
@@ -93,7 +94,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
         StoredTable(issues_url),
         output_name="data_issues",
         metadata={
-            "dagster/row_count": summary.errors + summary.warnings,
+            "dagster/row_count": summary.errors + summary.warnings + summary.skipped,
             "errors": summary.errors,
             "warnings": summary.warnings,
             "issues": table_preview(summary.preview),

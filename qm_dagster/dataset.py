@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -14,7 +15,9 @@ from qm_dagster.coco import CocoTables, load_json, parse_categories, parse_insta
 from qm_dagster.errors import DatasetError, VersionNameError
 
 VERSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# What the manifest lists and the pass decodes (OpenCV; a GIF's or a multi-page TIFF's first
+# frame). Other files under images/ are reported as skipped (data_issues, severity info).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VERSION_KINDS = ("train", "validation", "production")
 
 
@@ -122,15 +125,25 @@ class Version:
         parts = list(self.image_batches())
         return pd.concat(parts, ignore_index=True) if parts else listed_images([])
 
-    def image_batches(self, rows: int = 4096) -> Iterator[pd.DataFrame]:
-        """The image files of an unlabeled version, ``rows`` at a time, in path order."""
+    def image_batches(
+        self, rows: int = 4096, skipped: list[tuple[str, str]] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """The image files of an unlabeled version, ``rows`` at a time, in path order;
+        ``skipped`` collects ``(path, reason)`` of what is under images/ but is no image."""
         names: list[str] = []
-        for rel in storage.walk_files(self.images_url):
+        for rel in storage.walk_files(self.images_url, folders=skipped is not None):
+            if rel.endswith("/"):
+                if rel.rstrip("/").lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append((rel, "a folder named like an image: skipped"))
+                continue
             if rel.lower().endswith(IMAGE_EXTENSIONS):
                 names.append(rel)
                 if len(names) == rows:
                     yield listed_images(names)
                     names = []
+            elif skipped is not None:
+                kind = PurePosixPath(rel).suffix.lower() or "no extension"
+                skipped.append((rel, f"not an image file type ({kind}): skipped"))
         if names:
             yield listed_images(names)
 

@@ -26,7 +26,7 @@ from qm_dagster.passes.pool import chunked, process_pool
 # Our own limit (max_pixels) is checked from the header; PIL's bomb guard would fire first.
 Image.MAX_IMAGE_PIXELS = None
 INSPECT_CHUNK = 256  # files per process task: ~50 ms of work against ~1 ms of pickling
-SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "WEBP"}
+SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF"}
 MANIFEST_COLUMNS = [
     "image_id",
     "file_name",
@@ -202,10 +202,11 @@ def manifest_batches(
     base = version.images_url
     if table is None and version.has_annotations():
         table = version.image_table()
+    skipped: list[tuple[str, str]] = []  # filled by the listing as it walks
     batches = (
         (table.iloc[i : i + rows] for i in range(0, len(table), rows))
         if table is not None
-        else version.image_batches(rows)
+        else version.image_batches(rows, skipped)
     )
     processes = workers > 1 and storage.is_local(storage.filesystem(base)[0])
     pool = (
@@ -223,12 +224,20 @@ def manifest_batches(
             parts = executor.map(
                 _inspect_urls, chunks, itertools.repeat(max_pixels), itertools.repeat(root)
             )
-            yield _manifest_rows(batch, urls, [f for part in parts for f in part])
+            part = _manifest_rows(batch, urls, [f for part in parts for f in part])
+            yield Manifest(part.images, pd.concat([part.issues, _skipped(skipped)]))
+        if skipped:  # files listed after the last image
+            yield Manifest(_manifest_rows(listed_images([]), [], []).images, _skipped(skipped))
 
 
-def _inspect_urls(
-    urls: Sequence[str], max_pixels: int, root: str | None = None
-) -> list[FileFacts]:
+def _skipped(skipped: list[tuple[str, str]]) -> pd.DataFrame:
+    """Issue rows (severity info) of what the listing skipped so far; empties the list."""
+    rows = [(None, path, "listing", "info", reason) for path, reason in skipped]
+    skipped.clear()
+    return pd.DataFrame(rows, columns=ISSUE_COLUMNS)
+
+
+def _inspect_urls(urls: Sequence[str], max_pixels: int, root: str | None = None) -> list[FileFacts]:
     return [_inspect_url(url, max_pixels, root) for url in urls]
 
 
@@ -258,6 +267,7 @@ class ManifestSummary:
     total_bytes: int = 0
     errors: int = 0
     warnings: int = 0
+    skipped: int = 0  # files under images/ that are no image (severity info)
     preview: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
 
 
@@ -339,6 +349,7 @@ def _count(summary: ManifestSummary, part: Manifest) -> None:
     summary.total_bytes += int(part.images.bytes.fillna(0).sum())
     summary.errors += int((part.issues.severity == "error").sum())
     summary.warnings += int((part.issues.severity == "warning").sum())
+    summary.skipped += int((part.issues.severity == "info").sum())
     if len(summary.preview) < 20 and len(part.issues):
         summary.preview = pd.concat([summary.preview, part.issues.head(20)], ignore_index=True)
 

@@ -238,17 +238,20 @@ def browser_url(url: str, expires: int = 7 * 24 * 3600) -> str:
         return url
 
 
-def walk_files(url: str) -> Iterator[str]:
+def walk_files(url: str, folders: bool = False) -> Iterator[str]:
     """Every file under ``url``, as paths relative to it, sorted; one folder listed at a time,
-    so memory is bounded by the largest folder, not the tree."""
+    so memory is bounded by the largest folder, not the tree. ``folders``: each folder too, as
+    its path with a trailing ``/``, before its files."""
     fs, root = filesystem(url)
     root = root.rstrip("/")
     if not fs.exists(root):
         return
-    yield from _walk(fs, root, root)
+    yield from _walk(fs, root, root, folders)
 
 
-def _walk(fs: fsspec.AbstractFileSystem, root: str, folder: str) -> Iterator[str]:
+def _walk(
+    fs: fsspec.AbstractFileSystem, root: str, folder: str, folders: bool = False
+) -> Iterator[str]:
     entries = sorted(  # a folder sorts as "name/", as the full paths of its files do
         fs.ls(folder, detail=True),
         key=lambda e: e["name"].rstrip("/") + ("/" if e.get("type") == "directory" else ""),
@@ -258,7 +261,9 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str, folder: str) -> Iterator[str
         if name == folder:  # some stores list the folder itself
             continue
         if entry.get("type") == "directory":
-            yield from _walk(fs, root, name)
+            if folders:
+                yield name[len(root) :].lstrip("/") + "/"
+            yield from _walk(fs, root, name, folders)
         else:
             rel = name[len(root) :].lstrip("/")
             if rel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import cv2
+import dagster as dg
 import pytest
 
 from qm_dagster import load
@@ -128,3 +129,33 @@ def test_symlinks_that_leave_the_version_are_issues_not_read(tmp_path):
     reasons = manifest.issues.set_index("file_name").reason
     assert reasons["outside.png"] == OUTSIDE and reasons["dotdot.png"] == OUTSIDE
     assert manifest.images.set_index("file_name").loc["outside.png", "content_hash"] in ("", None)
+
+
+def test_gif_and_tiff_are_measured_and_other_files_are_reported_as_skipped(settings):
+    """GIF (first frame) and TIFF are decoded like the other formats; a text file, a HEIC and a
+    folder named like an image are data_issues rows of severity info, not silence."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(settings.datasets) / "v" / "images"
+    photo = real_photos()["coffee"][:64, :96]
+    write_image(folder / "a.png", photo)
+    Image.fromarray(photo).save(folder / "b.tif")
+    Image.fromarray(photo).save(folder / "c.gif")
+    (folder / "notes.txt").write_text("shot on a phone\n")
+    (folder / "d.heic").write_bytes(b"\x00" * 64)
+    (folder / "x.jpg").mkdir()
+    commit(folder.parent)
+    keys = ["dataset/manifest", "dataset/data_issues", "dataset/annotations", "data/brightness"]
+    result = materialize_version(settings, "v", [dg.AssetKey(k.split("/")) for k in keys])
+    assert result.success
+    brightness = load("data/brightness", "v", settings).set_index("image_id").value
+    assert set(brightness.index) == {"a.png", "b.tif", "c.gif"}
+    assert brightness["b.tif"] == pytest.approx(brightness["a.png"], abs=1e-12)  # lossless
+    issues = load("dataset/data_issues", "v", settings).set_index("file_name")
+    assert set(issues.index) == {"notes.txt", "d.heic", "x.jpg/"}
+    assert set(issues.severity) == {"info"} and issues.image_id.isna().all()
+    assert "(.heic)" in issues.reason["d.heic"] and "folder" in issues.reason["x.jpg/"]
+    meta = result.asset_materializations_for_node("dataset_manifest")[0].metadata
+    assert meta["skipped files"].value == 3
