@@ -7,6 +7,7 @@ import dagster as dg
 from assets.alerts import build_alert_sensors
 from assets.analysis import build_analysis_assets
 from assets.dataset import dataset_manifest
+from assets.dead_runs import build_dead_runs_sensor
 from assets.image_metrics import build_image_metrics_asset
 from assets.jobs import JOBS
 from assets.reference import build_reference_assets
@@ -83,6 +84,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             build_new_versions_sensor(interval, window),
             build_new_predictions_sensor(interval, window),
             build_reference_sensor(interval),
+            build_dead_runs_sensor(interval),
             dg.AutomationConditionSensorDefinition(
                 "analysis_automation_sensor",
                 target=dg.AssetSelection.all(),
