@@ -380,12 +380,15 @@ def build_analysis_assets(
             annotations,
             sections,
         )
-        url = storage.join(qm.storage, "analysis", "report", f"{version}.html")
+        url = storage.report_url(qm.storage, version)
         storage.write_bytes_atomic(url, page.encode("utf-8"), "text/html; charset=utf-8")
+        link = storage.secret_free_link(url)
         return dg.MaterializeResult(
             metadata={
                 "report": dg.MetadataValue.path(url),
-                "open report": dg.MetadataValue.url(storage.browser_url(url)),
+                "open report": dg.MetadataValue.url(link)
+                if link
+                else dg.MetadataValue.md(f"`qm report {version}` prints a signed link"),
                 "bytes": len(page),
                 "dagster/uri": dg.MetadataValue.path(url),
             }

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from qm_dagster import storage
 from qm_dagster.config import Settings
 from qm_dagster.errors import QmError
 
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", help="pandas query, e.g. 'value < 0.3'")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    p = sub.add_parser("report", parents=[common], help="print a link to a version's HTML report")
+    p.add_argument("version")
+    p.add_argument(
+        "--expires", type=int, default=7 * 24 * 3600, help="seconds a signed link stays valid"
+    )
     return parser
 
 
@@ -229,6 +236,15 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """The report's link: a local file, or a pre-signed URL made now (never stored)."""
+    url = storage.report_url(settings.storage, args.version)
+    if not storage.exists(url):
+        raise QmError(f"no report for {args.version} at {url}: materialize analysis/report first")
+    print(storage.browser_url(url, args.expires))
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "import": cmd_import,
@@ -237,6 +253,7 @@ COMMANDS = {
     "materialize": cmd_materialize,
     "export": cmd_export,
     "show": cmd_show,
+    "report": cmd_report,
 }
 
 if __name__ == "__main__":

@@ -238,6 +238,19 @@ def browser_url(url: str, expires: int = 7 * 24 * 3600) -> str:
         return url
 
 
+def report_url(base: str, version: str) -> str:
+    """Where the HTML report of ``version`` lives under the storage ``base``."""
+    return join(base, "analysis", "report", f"{version}.html")
+
+
+def secret_free_link(url: str) -> str | None:
+    """A link to ``url`` that carries no credential (``file://`` for local files), or None: a
+    pre-signed URL embeds the access key id and a signature, so it is never stored in
+    metadata or logs; ``qm report`` signs one on request."""
+    fs, path = filesystem(url)
+    return Path(path).resolve().as_uri() if "file" in _protocols(fs) else None
+
+
 def walk_files(url: str, folders: bool = False) -> Iterator[str]:
     """Every file under ``url``, as paths relative to it, sorted; one folder listed at a time,
     so memory is bounded by the largest folder, not the tree. ``folders``: each folder too, as
