@@ -110,6 +110,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 max_pixels=settings.max_pixels,
                 embedding_provider=settings.embedding_provider,
                 dask_scheduler=settings.dask_scheduler,
+                strict_annotations=settings.annotation_errors == "strict",
             ),
             "io_manager": ParquetIOManager(base_url=settings.storage),
         },

@@ -61,7 +61,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
     start = time.perf_counter()
     version = qm.version(context.partition_key)
     signature = version_signature(version)  # before reading: a later re-upload must look new
-    coco = version.instances()
+    coco = version.instances(strict=qm.strict_annotations)
     key = context.partition_key
     images_url = storage.asset_url(qm.storage, "dataset/manifest", key)
     issues_url = storage.asset_url(qm.storage, "dataset/data_issues", key)
@@ -73,6 +73,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
         threads=4 * max(1, qm.workers),
         table=coco.images if coco is not None else None,
         workers=qm.workers,
+        quarantined=coco.quarantined if coco is not None else (),
     )
     seconds = time.perf_counter() - start
     selected = {key.path[-1] for key in context.selected_asset_keys}
@@ -84,6 +85,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
             "dagster/row_count": summary.rows,
             "measurable images": summary.measurable,
             "skipped files": summary.skipped,
+            "quarantined records": len(coco.quarantined) if coco is not None else 0,
             "total bytes": summary.total_bytes,
             "kind": version.meta().kind or "",
             SIGNATURE_LABEL: signature or "",

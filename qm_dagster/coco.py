@@ -11,7 +11,7 @@ import math
 import posixpath
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -56,11 +56,49 @@ PREDICTION_COLUMNS = [
 
 @dataclass
 class CocoTables:
-    """A validated COCO instances file as tables."""
+    """A validated COCO instances file as tables; ``quarantined``: the records left out
+    (quarantine mode), one ``Quarantined`` each."""
 
     images: pd.DataFrame
     annotations: pd.DataFrame
     categories: pd.DataFrame
+    quarantined: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A record left out of a version in quarantine mode, and why."""
+
+    file: str
+    where: str  # its JSON path
+    record_id: object  # its id where it has a readable one
+    reason: str
+    image_id: int | None = None  # the image it belongs to, where readable
+
+
+class _Records:
+    """Validation of a list's records, one at a time: in strict mode the first bad record
+    raises; in quarantine mode it is set aside (``Quarantined``) and the rest go on."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.quarantined: list[Quarantined] = []
+
+    def keep(self, parse, record: Any, where: str):
+        """``parse()``'s result, or None when the record was quarantined."""
+        try:
+            return parse()
+        except DatasetError as exc:
+            if self.strict:
+                raise
+            fields = record if isinstance(record, dict) else {}
+            rid = fields.get("id")
+            image = fields.get("image_id", rid if where.startswith("images") else None)
+            image = image if isinstance(image, int) and not isinstance(image, bool) else None
+            self.quarantined.append(
+                Quarantined(exc.file, exc.where or where, rid, exc.problem, image)
+            )
+            return None
 
 
 def empty_annotations() -> pd.DataFrame:
@@ -227,43 +265,36 @@ def parse_categories(data: dict[str, Any], file: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["category_id", "category", "supercategory"])
 
 
-def parse_instances(data: Any, file: str) -> CocoTables:
-    """Validate a COCO instances document (images, annotations, categories)."""
-    if not isinstance(data, dict):
-        raise DatasetError(
-            file, "", f"expected a COCO object at the top level, got {type(data).__name__}"
-        )
-    categories = parse_categories(data, file)
-    cat_names = dict(zip(categories.category_id, categories.category, strict=True))
-    images = []
-    image_ids: set[int] = set()
-    names: set[str] = set()
-    for i, img in enumerate(_list(_need(data, "images", file, ""), file, "images")):
-        where = f"images[{i}]"
-        iid = _new_id(img, image_ids, file, where, "image")
+def _image_row(img: Any, seen: tuple[set, set], file: str, where: str) -> dict[str, Any]:
+    image_ids, names = seen
+    iid = _new_id(img, image_ids, file, where, "image")
+    try:
         name = safe_relative_path(_need(img, "file_name", file, where), file, f"{where}.file_name")
         if name in names:
             raise DatasetError(file, f"{where}.file_name", f"file {name!r} is listed twice")
-        names.add(name)
-        w = img.get("width")
-        h = img.get("height")
-        images.append(
-            {
-                "image_id": iid,
-                "file_name": name,
-                "coco_width": None if w is None else _int(w, file, f"{where}.width", minimum=1),
-                "coco_height": None if h is None else _int(h, file, f"{where}.height", minimum=1),
-                "video_id": _track(img.get("video_id"), file, f"{where}.video_id"),
-                "frame_index": None
-                if img.get("frame_index") is None
-                else _int(img["frame_index"], file, f"{where}.frame_index", minimum=0),
-            }
-        )
-    annotations = []
-    ann_ids: set[int] = set()
-    for i, ann in enumerate(_list(data.get("annotations", []), file, "annotations")):
-        where = f"annotations[{i}]"
-        aid = _new_id(ann, ann_ids, file, where, "annotation")
+        w, h = img.get("width"), img.get("height")
+        row = {
+            "image_id": iid,
+            "file_name": name,
+            "coco_width": None if w is None else _int(w, file, f"{where}.width", minimum=1),
+            "coco_height": None if h is None else _int(h, file, f"{where}.height", minimum=1),
+            "video_id": _track(img.get("video_id"), file, f"{where}.video_id"),
+            "frame_index": None
+            if img.get("frame_index") is None
+            else _int(img["frame_index"], file, f"{where}.frame_index", minimum=0),
+        }
+    except DatasetError:
+        image_ids.discard(iid)  # a quarantined image does not claim its id: its objects go too
+        raise
+    names.add(name)
+    return row
+
+
+def _annotation_row(
+    ann: Any, seen: set[int], image_ids: set[int], cat_names: dict, file: str, where: str
+) -> dict[str, Any]:
+    aid = _new_id(ann, seen, file, where, "annotation")
+    try:
         iid = _int(_need(ann, "image_id", file, where), file, f"{where}.image_id")
         if iid not in image_ids:
             raise DatasetError(file, f"{where}.image_id", f"image id {iid} is not in images")
@@ -277,31 +308,65 @@ def parse_instances(data: Any, file: str) -> CocoTables:
         if crowd not in (0, 1):
             raise DatasetError(file, f"{where}.iscrowd", f"expected 0 or 1, got {crowd!r}")
         area = ann.get("area")
-        annotations.append(
-            {
-                "annotation_id": aid,
-                "image_id": iid,
-                "category_id": cid,
-                "category": cat_names[cid],
-                "bbox_x": x,
-                "bbox_y": y,
-                "bbox_w": w,
-                "bbox_h": h,
-                "area": None if area is None else _number(area, file, f"{where}.area", minimum=0),
-                "iscrowd": int(crowd),
-                "segmentation": _segmentation(
-                    ann.get("segmentation"), file, f"{where}.segmentation"
-                ),
-                "track_id": _track(ann.get("track_id"), file, f"{where}.track_id"),
-                "keypoints": _keypoints(ann.get("keypoints"), file, f"{where}.keypoints"),
-                "annotator": None if ann.get("annotator") is None else str(ann["annotator"]),
-                "created": None if ann.get("created") is None else str(ann["created"]),
-            }
+        return {
+            "annotation_id": aid,
+            "image_id": iid,
+            "category_id": cid,
+            "category": cat_names[cid],
+            "bbox_x": x,
+            "bbox_y": y,
+            "bbox_w": w,
+            "bbox_h": h,
+            "area": None if area is None else _number(area, file, f"{where}.area", minimum=0),
+            "iscrowd": int(crowd),
+            "segmentation": _segmentation(ann.get("segmentation"), file, f"{where}.segmentation"),
+            "track_id": _track(ann.get("track_id"), file, f"{where}.track_id"),
+            "keypoints": _keypoints(ann.get("keypoints"), file, f"{where}.keypoints"),
+            "annotator": None if ann.get("annotator") is None else str(ann["annotator"]),
+            "created": None if ann.get("created") is None else str(ann["created"]),
+        }
+    except DatasetError:
+        seen.discard(aid)  # a quarantined record does not claim its id
+        raise
+
+
+def parse_instances(data: Any, file: str, strict: bool = True) -> CocoTables:
+    """Validate a COCO instances document (images, annotations, categories).
+
+    ``strict``: the first malformed image or annotation record raises ``DatasetError``.
+    Otherwise (quarantine) such records are left out, listed in ``quarantined``, and the rest
+    is kept; an annotation of a quarantined image goes with it. The document's structure and
+    its categories (the label schema) are always strict."""
+    if not isinstance(data, dict):
+        raise DatasetError(
+            file, "", f"expected a COCO object at the top level, got {type(data).__name__}"
         )
+    categories = parse_categories(data, file)
+    cat_names = dict(zip(categories.category_id, categories.category, strict=True))
+    records = _Records(strict)
+    images = []
+    seen: tuple[set[int], set[str]] = (set(), set())
+    for i, img in enumerate(_list(_need(data, "images", file, ""), file, "images")):
+        where = f"images[{i}]"
+        row = records.keep(lambda: _image_row(img, seen, file, where), img, where)  # noqa: B023
+        if row is not None:
+            images.append(row)
+    annotations = []
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(_list(data.get("annotations", []), file, "annotations")):
+        where = f"annotations[{i}]"
+        row = records.keep(
+            lambda: _annotation_row(ann, ann_ids, seen[0], cat_names, file, where),  # noqa: B023
+            ann,
+            where,
+        )
+        if row is not None:
+            annotations.append(row)
     return CocoTables(
         images=pd.DataFrame(images, columns=IMAGE_COLUMNS),
         annotations=pd.DataFrame(annotations, columns=ANNOTATION_COLUMNS),
         categories=categories,
+        quarantined=records.quarantined,
     )
 
 

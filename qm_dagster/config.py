@@ -16,7 +16,9 @@ counted in precision/recall), ``buckets`` (5 quantile buckets per metric in slic
 drift test of a metric or of ``class_shares``; see :mod:`qm_dagster.drift.stattests`),
 ``outlier_rules`` (YAML only: ``{metric: tukey|adjusted|log}``, see :mod:`qm_dagster.outliers`).
 ``dask_scheduler`` (address of a ``dask.distributed`` scheduler: the image pass's chunks run
-there, empty = the local process pool), ``executor`` (``multiprocess``: a process per step, Dagster's default; ``in_process`` saves
+there, empty = the local process pool), ``annotation_errors`` (``quarantine``: a malformed record of annotations.json becomes a
+``data_issues`` row and the rest is measured; ``strict``: it fails the version),
+``executor`` (``multiprocess``: a process per step, Dagster's default; ``in_process`` saves
 the few seconds of process start per step on small versions; the image pass has its own pool
 either way). Each scalar has a ``QM_<NAME>`` variable.
 """
@@ -36,6 +38,7 @@ from qm_dagster.slices import parse_slices
 DEFAULT_HOME = ".qm"
 DEFAULT_MAX_PIXELS = 100_000_000
 EXECUTORS = ("multiprocess", "in_process")
+ANNOTATION_ERRORS = ("quarantine", "strict")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Settings:
     outlier_rules: tuple = ()  # ((metric, rule), ...): outlier fence rule per metric
     executor: str = "multiprocess"  # Dagster executor of every run: multiprocess | in_process
     dask_scheduler: str = ""  # tcp://host:8786: the image pass's chunks run on that Dask cluster
+    annotation_errors: str = "quarantine"  # a malformed record: quarantine it | strict: fail
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -92,6 +96,7 @@ class Settings:
             "buckets": env.get("QM_BUCKETS"),
             "executor": env.get("QM_EXECUTOR"),
             "dask_scheduler": env.get("QM_DASK_SCHEDULER"),
+            "annotation_errors": env.get("QM_ANNOTATION_ERRORS"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))
@@ -123,6 +128,10 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
             elif key == "executor":
                 if value not in EXECUTORS:
                     raise ValueError(f"must be one of {EXECUTORS}")
+                out[key] = value
+            elif key == "annotation_errors":
+                if value not in ANNOTATION_ERRORS:
+                    raise ValueError(f"must be one of {ANNOTATION_ERRORS}")
                 out[key] = value
             elif key == "bucket_edges":
                 out[key] = _bucket_edges(value)

@@ -110,12 +110,13 @@ class Version:
     def has_annotations(self) -> bool:
         return storage.exists(self.annotations_url)
 
-    def instances(self) -> CocoTables | None:
-        """The validated annotations, or ``None`` for an unlabeled version."""
+    def instances(self, strict: bool = False) -> CocoTables | None:
+        """The validated annotations, or ``None`` for an unlabeled version; malformed records
+        are quarantined (``CocoTables.quarantined``) unless ``strict``."""
         if not self.has_annotations():
             return None
         url = self.annotations_url
-        return parse_instances(load_json(storage.read_bytes(url), url), url)
+        return parse_instances(load_json(storage.read_bytes(url), url), url, strict)
 
     def image_table(self) -> pd.DataFrame:
         """One row per data point: from ``annotations.json`` or, without it, every image file."""

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from qm_dagster import storage
+from qm_dagster.coco import Quarantined
 from qm_dagster.dataset import Version, listed_images
 from qm_dagster.passes.pool import chunked, process_pool
 
@@ -279,8 +280,10 @@ def write_manifest(
     threads: int = 8,
     table: pd.DataFrame | None = None,
     workers: int = 1,
+    quarantined: Sequence[Quarantined] = (),
 ) -> ManifestSummary:
-    """Stream the manifest and the issues of ``version`` to two Parquet files, atomically."""
+    """Stream the manifest and the issues of ``version`` to two Parquet files, atomically;
+    ``quarantined`` annotation records are issues too."""
     import pyarrow as pa
 
     if table is None and version.has_annotations():
@@ -300,8 +303,10 @@ def write_manifest(
         storage.ParquetSink(images_url, schemas[0]),
         storage.ParquetSink(issues_url, schemas[1]),
     ]
+    records = Manifest(empty.images, quarantine_issues(quarantined))
     try:
-        for part in manifest_batches(version, max_pixels, threads, table, workers=workers):
+        parts = manifest_batches(version, max_pixels, threads, table, workers=workers)
+        for part in itertools.chain([records], parts):
             for sink, frame, schema in zip(sinks, (part.images, part.issues), schemas, strict=True):
                 sink.write(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
             _count(summary, part)
@@ -312,6 +317,23 @@ def write_manifest(
     for sink in sinks:
         sink.close()
     return summary
+
+
+def quarantine_issues(quarantined: Sequence[Quarantined]) -> pd.DataFrame:
+    """Issue rows (stage ``annotations``, severity error) of the records left out."""
+    rows = [
+        (
+            q.image_id,
+            q.file,
+            "annotations",
+            "error",
+            f"{q.where}"
+            + ("" if q.record_id is None else f" (id {q.record_id})")
+            + f": {q.reason}",
+        )
+        for q in quarantined
+    ]
+    return pd.DataFrame(rows, columns=ISSUE_COLUMNS)
 
 
 def manifest_schema(id_type):

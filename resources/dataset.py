@@ -17,6 +17,7 @@ class QmResource(dg.ConfigurableResource):
     max_pixels: int = 100_000_000
     embedding_provider: str = ""
     dask_scheduler: str = ""  # empty: the local process pool
+    strict_annotations: bool = False  # a malformed annotation record fails the version
 
     def root(self) -> DatasetRoot:
         return DatasetRoot(self.datasets)

@@ -128,7 +128,7 @@ def test_failures_print_messages_and_select_brings_missing_upstream(tmp_path):
     """A malformed annotations.json: the one-line message once, no traceback (``--debug``
     shows it), a non-zero exit. ``--select data/brightness`` on a new version also
     materializes the dataset assets it reads, instead of failing in the IO manager."""
-    env = cli_env(tmp_path)
+    env = {**cli_env(tmp_path), "QM_ANNOTATION_ERRORS": "strict"}
     _tiny_version(tmp_path / "d" / "v", width=-3)
     failed = run(["materialize", "v", "--select", "dataset/*"], env, check=False)
     said = failed.stdout + failed.stderr

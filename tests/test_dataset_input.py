@@ -156,3 +156,73 @@ def test_version_json_is_validated(tmp_path):
     (tmp_path / "v1" / "version.json").write_text(json.dumps({"kind": "prod"}))
     with pytest.raises(DatasetError, match="kind"):
         DatasetRoot(str(tmp_path)).version("v1").meta()
+
+
+def _many_records() -> dict:
+    """GOOD plus more records, four of them malformed (an image with a bad width, a negative
+    box, an annotation on the bad image, a repeated annotation id)."""
+    doc = copy.deepcopy(GOOD)
+    doc["images"].append({"id": 3, "file_name": "c.jpg", "width": "wide"})
+    doc["annotations"] += [
+        {"id": 9, "image_id": 2, "category_id": 3, "bbox": [0, 0, -3, 2]},
+        {"id": 10, "image_id": 3, "category_id": 3, "bbox": [0, 0, 2, 2]},
+        {"id": 11, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]},
+        {"id": 11, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]},
+    ]
+    return doc
+
+
+def test_quarantine_keeps_every_good_record_and_names_the_bad_ones():
+    doc = _many_records()
+    tables = parse_instances(doc, "v1/annotations.json", strict=False)
+    assert list(tables.images.image_id) == [1, 2]
+    assert list(tables.annotations.annotation_id) == [7, 8, 11]
+    found = [(q.where, q.record_id, q.image_id) for q in tables.quarantined]
+    assert found == [
+        ("images[2].width", 3, 3),
+        ("annotations[2].bbox", 9, 2),
+        ("annotations[3].image_id", 10, 3),
+        ("annotations[5].id", 11, 1),  # a repeated id: the first record keeps it
+    ]
+    assert "expected a number >= 0, got -3" in tables.quarantined[1].reason
+    assert all(q.file == "v1/annotations.json" for q in tables.quarantined)
+    with pytest.raises(DatasetError, match=r"images\[2\].width"):
+        parse_instances(doc, "v1/annotations.json")  # strict: the first bad record fails
+    good = parse_instances(copy.deepcopy(GOOD), "v1/annotations.json", strict=False)
+    assert good.quarantined == []
+
+
+def test_quarantined_records_are_data_issues_and_strict_fails_the_version(settings, tmp_path):
+    import dataclasses
+
+    import dagster as dg
+
+    from qm_dagster import load
+    from tests.conftest import materialize_version
+    from tests.images import solid, write_image
+
+    version = tmp_path / "datasets" / "v"
+    for image in GOOD["images"]:
+        write_image(version / "images" / image["file_name"], solid((90, 90, 90), 8, 10))
+    write_image(version / "images" / "c.jpg", solid((90, 90, 90), 8, 10))
+    (version / "annotations.json").write_text(json.dumps(_many_records()))
+    commit(version)
+    keys = [dg.AssetKey(["dataset", name]) for name in ("manifest", "data_issues", "annotations")]
+    result = materialize_version(settings, "v", keys)
+    assert result.success
+    issues = load("dataset/data_issues", "v", settings)
+    quarantined = issues[issues.stage == "annotations"]
+    assert list(quarantined.reason) == [
+        "images[2].width (id 3): expected an integer, got 'wide'",
+        "annotations[2].bbox (id 9): expected a number >= 0, got -3",
+        "annotations[3].image_id (id 10): image id 3 is not in images",
+        "annotations[5].id (id 11): duplicate annotation id 11",
+    ]
+    assert set(quarantined.severity) == {"error"}
+    assert list(quarantined.image_id) == [3, 2, 3, 1]
+    assert list(load("dataset/annotations", "v", settings).annotation_id) == [7, 8, 11]
+    meta = result.asset_materializations_for_node("dataset_manifest")[0].metadata
+    assert meta["quarantined records"].value == 4
+    strict = dataclasses.replace(settings, annotation_errors="strict")
+    with pytest.raises(DatasetError, match=r"images\[2\].width: expected an integer"):
+        materialize_version(strict, "v", keys)
