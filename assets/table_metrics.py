@@ -5,9 +5,10 @@ import dagster as dg
 import pandas as pd
 
 from assets.image_metrics import metric_out
-from assets.metadata import value_summary
+from assets.metadata import table_preview, value_summary
 from assets.partitions import dataset_versions
 from qm_dagster.coco import empty_predictions
+from qm_dagster.manifest import quarantine_issues
 from qm_dagster.matching import matching
 from qm_dagster.metrics.registry import metrics
 from qm_dagster.table_pass import model_metrics, table_metrics
@@ -73,17 +74,25 @@ def dataset_predictions(
     version = qm.version(context.partition_key)
     signatures = prediction_signatures(version)  # before reading: a later change must look new
     image_ids = manifest.image_id if version.has_annotations() else None
+    quarantined: list | None = None if qm.strict_annotations else []
     frames = [
-        version.predictions(model, image_ids=image_ids, categories=categories)
+        version.predictions(
+            model, image_ids=image_ids, categories=categories, quarantined=quarantined
+        )
         for model in sorted(version.prediction_files())
     ]
     frame = pd.concat(frames, ignore_index=True) if frames else empty_predictions()
     counts = frame.groupby("model").size().to_dict() if len(frame) else {}
+    left_out = quarantine_issues(quarantined or [])
+    for row in left_out.head(5).itertuples():
+        context.log.warning(f"prediction left out: {row.file_name} at {row.reason}")
     return dg.Output(
         frame,
         metadata={
             "dagster/row_count": len(frame),
             "models": dg.MetadataValue.json(counts),
+            "quarantined predictions": len(left_out),
+            "left out": table_preview(left_out[["file_name", "reason"]]),
             PREDICTION_FILES_LABEL: dg.MetadataValue.json(signatures),
         },
     )

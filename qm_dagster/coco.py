@@ -370,50 +370,62 @@ def parse_instances(data: Any, file: str, strict: bool = True) -> CocoTables:
     )
 
 
+def _result_row(
+    det: Any, i: int, known_images, cat_names: dict, file: str, where: str
+) -> dict[str, Any]:
+    iid = _int(_need(det, "image_id", file, where), file, f"{where}.image_id")
+    if known_images is not None and iid not in known_images:
+        raise DatasetError(
+            file, f"{where}.image_id", f"image id {iid} is not in the version's images"
+        )
+    cid = _int(_need(det, "category_id", file, where), file, f"{where}.category_id")
+    if cat_names and cid not in cat_names:
+        raise DatasetError(file, f"{where}.category_id", f"category id {cid} is not in categories")
+    x, y, w, h = _bbox(_need(det, "bbox", file, where), file, f"{where}.bbox")
+    score = _number(_need(det, "score", file, where), file, f"{where}.score")
+    scores = det.get("scores")
+    if scores is not None:
+        for j, s in enumerate(_list(scores, file, f"{where}.scores")):
+            _number(s, file, f"{where}.scores[{j}]", minimum=0)
+    return {
+        "prediction_id": i + 1,
+        "image_id": iid,
+        "category_id": cid,
+        "category": cat_names.get(cid, str(cid)),
+        "bbox_x": x,
+        "bbox_y": y,
+        "bbox_w": w,
+        "bbox_h": h,
+        "score": score,
+        "segmentation": _segmentation(det.get("segmentation"), file, f"{where}.segmentation"),
+        "track_id": _track(det.get("track_id"), file, f"{where}.track_id"),
+        "scores": None if scores is None else json.dumps(scores),
+    }
+
+
 def parse_results(
     data: Any,
     file: str,
     image_ids: Iterable[int] | None,
     categories: pd.DataFrame,
+    quarantined: list[Quarantined] | None = None,
 ) -> pd.DataFrame:
-    """Validate a COCO results list; ids are 1-based positions, as pycocotools' ``loadRes``."""
+    """Validate a COCO results list; ids are 1-based positions, as pycocotools' ``loadRes``.
+    With a ``quarantined`` list, malformed detections are appended to it and left out (the
+    others keep their position ids); without, the first one raises ``DatasetError``."""
     known_images = None if image_ids is None else set(image_ids)
     cat_names = dict(zip(categories.category_id, categories.category, strict=True))
+    records = _Records(strict=quarantined is None)
     rows = []
     for i, det in enumerate(_list(data, file, "")):
         where = f"[{i}]"
-        iid = _int(_need(det, "image_id", file, where), file, f"{where}.image_id")
-        if known_images is not None and iid not in known_images:
-            raise DatasetError(
-                file, f"{where}.image_id", f"image id {iid} is not in the version's images"
-            )
-        cid = _int(_need(det, "category_id", file, where), file, f"{where}.category_id")
-        if cat_names and cid not in cat_names:
-            raise DatasetError(
-                file, f"{where}.category_id", f"category id {cid} is not in categories"
-            )
-        x, y, w, h = _bbox(_need(det, "bbox", file, where), file, f"{where}.bbox")
-        score = _number(_need(det, "score", file, where), file, f"{where}.score")
-        scores = det.get("scores")
-        if scores is not None:
-            for j, s in enumerate(_list(scores, file, f"{where}.scores")):
-                _number(s, file, f"{where}.scores[{j}]", minimum=0)
-        rows.append(
-            {
-                "prediction_id": i + 1,
-                "image_id": iid,
-                "category_id": cid,
-                "category": cat_names.get(cid, str(cid)),
-                "bbox_x": x,
-                "bbox_y": y,
-                "bbox_w": w,
-                "bbox_h": h,
-                "score": score,
-                "segmentation": _segmentation(
-                    det.get("segmentation"), file, f"{where}.segmentation"
-                ),
-                "track_id": _track(det.get("track_id"), file, f"{where}.track_id"),
-                "scores": None if scores is None else json.dumps(scores),
-            }
+        row = records.keep(
+            lambda: _result_row(det, i, known_images, cat_names, file, where),  # noqa: B023
+            det,
+            where,
         )
+        if row is not None:
+            rows.append(row)
+    if quarantined is not None:
+        quarantined += records.quarantined
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)

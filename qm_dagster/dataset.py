@@ -162,16 +162,20 @@ class Version:
         coco: CocoTables | None = None,
         image_ids: pd.Series | None = None,
         categories: pd.DataFrame | None = None,
+        quarantined: list | None = None,
     ) -> pd.DataFrame:
         """The validated predictions of one model, against ``image_ids`` and ``categories``
         (by default those of ``coco``, parsed from annotations.json when not given; no image
-        check and no categories for an unlabeled version)."""
+        check and no categories for an unlabeled version). ``quarantined``: a list that
+        collects malformed detections instead of failing (``coco.parse_results``)."""
         url = self.prediction_files()[model]
         if categories is None:
             coco = coco if coco is not None else self.instances()
             image_ids = None if coco is None else coco.images.image_id
             categories = coco.categories if coco is not None else parse_categories({}, url)
-        frame = parse_results(load_json(storage.read_bytes(url), url), url, image_ids, categories)
+        frame = parse_results(
+            load_json(storage.read_bytes(url), url), url, image_ids, categories, quarantined
+        )
         frame.insert(0, "model", model)
         return frame
 

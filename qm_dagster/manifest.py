@@ -320,7 +320,8 @@ def write_manifest(
 
 
 def quarantine_issues(quarantined: Sequence[Quarantined]) -> pd.DataFrame:
-    """Issue rows (stage ``annotations``, severity error) of the records left out."""
+    """Issue rows (stage ``annotations``, severity error) of the records left out (the
+    ``file_name`` column names the JSON file, the reason starts with the record's JSON path)."""
     rows = [
         (
             q.image_id,

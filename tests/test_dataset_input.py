@@ -206,10 +206,21 @@ def test_quarantined_records_are_data_issues_and_strict_fails_the_version(settin
         write_image(version / "images" / image["file_name"], solid((90, 90, 90), 8, 10))
     write_image(version / "images" / "c.jpg", solid((90, 90, 90), 8, 10))
     (version / "annotations.json").write_text(json.dumps(_many_records()))
+    detections = [
+        {"image_id": 3, "category_id": 3, "bbox": [0, 0, 2, 2], "score": 0.9},  # image left out
+        {"image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4], "score": 0.8},
+    ]
+    (version / "predictions").mkdir()
+    (version / "predictions" / "m.json").write_text(json.dumps(detections))
     commit(version)
-    keys = [dg.AssetKey(["dataset", name]) for name in ("manifest", "data_issues", "annotations")]
+    names = ("manifest", "data_issues", "annotations", "categories", "predictions")
+    keys = [dg.AssetKey(["dataset", name]) for name in names]
     result = materialize_version(settings, "v", keys)
     assert result.success
+    predictions = load("dataset/predictions", "v", settings)
+    assert list(predictions.prediction_id) == [2]  # ids stay positions, as in pycocotools
+    meta = result.asset_materializations_for_node("dataset__predictions")[0].metadata
+    assert meta["quarantined predictions"].value == 1
     issues = load("dataset/data_issues", "v", settings)
     quarantined = issues[issues.stage == "annotations"]
     assert list(quarantined.reason) == [
