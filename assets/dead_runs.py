@@ -29,7 +29,10 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 def is_alive(pid: int, started: float) -> bool:
     """Whether process ``pid`` exists and is the one that was there when the run started."""
     try:
-        return psutil.Process(pid).create_time() <= started + 1.0
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent
+            return False
+        return process.create_time() <= started + 1.0
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:
@@ -50,6 +53,19 @@ def dead_runs(instance: dg.DagsterInstance, now: float) -> list[tuple[dg.Dagster
     return out
 
 
+def mark_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Report every dead run (``dead_runs``) failed, with the reason; their run ids."""
+    import time
+
+    marked = []
+    for run, pid in dead_runs(instance, time.time()):
+        instance.report_run_failed(
+            run, f"the run's worker process (pid {pid}) is gone: it was killed or crashed"
+        )
+        marked.append(run.run_id)
+    return marked
+
+
 def build_dead_runs_sensor(interval: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="dead_runs_sensor",
@@ -59,14 +75,7 @@ def build_dead_runs_sensor(interval: int) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def dead_runs_sensor(context: dg.SensorEvaluationContext):
-        import time
-
-        marked = []
-        for run, pid in dead_runs(context.instance, time.time()):
-            context.instance.report_run_failed(
-                run, f"the run's worker process (pid {pid}) is gone: it was killed or crashed"
-            )
-            marked.append(run.run_id)
+        marked = mark_dead_runs(context.instance)
         return dg.SkipReason(
             f"marked {len(marked)} dead runs failed: {', '.join(marked)}"
             if marked

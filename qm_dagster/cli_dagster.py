@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import logging
 import os
 import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -73,6 +77,43 @@ def missing_upstream(graph, keys: list[dg.AssetKey], base: str, version: str) ->
     return sorted(missing)
 
 
+IN_PROGRESS = [
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+@contextmanager
+def partition_turn(instance: dg.DagsterInstance, home: Path, version: str) -> Iterator[None]:
+    """One run of a version at a time, as the queue gives the daemon's runs (dagster.yaml's
+    per-partition limit): a lock shared by the ``qm materialize`` processes of this machine,
+    then a wait for runs of the version already in progress (dead ones are marked failed)."""
+    from assets.dead_runs import mark_dead_runs
+
+    locks = home / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{version}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another qm materialize of {version} is running", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        said = False
+        while True:
+            mark_dead_runs(instance)
+            running = instance.get_runs(
+                dg.RunsFilter(tags={"dagster/partition": version}, statuses=IN_PROGRESS)
+            )
+            if not running:
+                break
+            if not said:
+                print(f"waiting: run {running[0].run_id} of {version} is in progress", flush=True)
+                said = True
+            time.sleep(1.0)
+        yield
+
+
 def materialize_version(
     project: Path, settings: Settings, version: str, pattern: str, debug: bool = False
 ) -> bool:
@@ -92,7 +133,7 @@ def materialize_version(
         print(f"also materializing {len(added)} upstream assets not stored for {version}: {names}")
     keys = sorted({*keys, *added})
     home = dagster_home(project)
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance, partition_turn(instance, home, version):
         if not instance.has_dynamic_partition(PARTITIONS, version):
             instance.add_dynamic_partitions(PARTITIONS, [version])
         run_id = str(uuid.uuid4())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -161,3 +162,66 @@ def test_unexpected_errors_are_messages_unless_debug(tmp_path, capsys, monkeypat
     )
     with pytest.raises(OSError):
         cli.main(["versions", "--debug"])
+
+
+SLOW_RUN = """
+import sys, time
+import dagster as dg
+
+@dg.asset
+def slow():
+    time.sleep(120)
+
+with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
+    dg.materialize([slow], instance=instance, tags={"dagster/partition": sys.argv[2]})
+"""
+
+
+@pytest.mark.slow
+def test_runs_of_one_version_take_turns(tmp_path):
+    """Two qm materialize of one version at once run one after the other (a lock), and one
+    waits for a run of the version already in progress, until that run's worker dies and it is
+    marked failed; the project's dagster.yaml queues the daemon's runs one per version."""
+    env = cli_env(tmp_path)
+    _tiny_version(tmp_path / "d" / "v", width=3)
+    args = [QM, "materialize", "v", "--select", "dataset/*"]
+    both = [
+        subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    assert sum("waiting: another qm materialize of v" in out for out in outputs) == 1
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        records = sorted(
+            instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": "v"})),
+            key=lambda r: r.start_time,
+        )
+        assert len(records) == 2 and records[1].start_time >= records[0].end_time
+        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+        assert {
+            "key": "dagster/partition",
+            "value": {"applyLimitPerUniqueValue": True},
+            "limit": 1,
+        } in limits
+
+    worker = subprocess.Popen([sys.executable, "-c", SLOW_RUN, env["DAGSTER_HOME"], "v"])
+    try:
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            deadline = time.time() + 60
+            while not instance.get_runs(
+                dg.RunsFilter(
+                    tags={"dagster/partition": "v"}, statuses=[dg.DagsterRunStatus.STARTED]
+                )
+            ):
+                assert time.time() < deadline
+                time.sleep(0.2)
+        waiting = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(8)
+        assert waiting.poll() is None  # still waiting for the run in progress
+        worker.kill()
+        out = waiting.communicate(timeout=300)[0]
+        assert waiting.returncode == 0 and "is in progress" in out, out
+    finally:
+        worker.kill()
+        worker.wait()
