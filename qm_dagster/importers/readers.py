@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,10 @@ def _class_name(token: str, names: list[str] | None, file: str, line: int) -> st
     if names is None:
         return token
     try:
-        return names[int(token)]
+        index = int(token)
+        if index < 0:
+            raise IndexError(index)  # Python would count from the end: not a class id
+        return names[index]
     except (ValueError, IndexError) as exc:
         raise DatasetError(
             file,
@@ -41,12 +45,18 @@ def _class_name(token: str, names: list[str] | None, file: str, line: int) -> st
 
 
 def _floats(tokens: list[str], file: str, line: int) -> list[float]:
+    """The tokens as finite numbers (``nan``, ``inf`` and overflowing ones are errors)."""
     try:
-        return [float(t) for t in tokens]
+        values = [float(t) for t in tokens]
     except ValueError as exc:
         raise DatasetError(
             file, f"line {line}", f"expected numbers, got {' '.join(tokens)!r}"
         ) from exc
+    if not all(math.isfinite(v) for v in values):
+        raise DatasetError(
+            file, f"line {line}", f"expected finite numbers, got {' '.join(tokens)!r}"
+        )
+    return values
 
 
 def read_voc_dir(folder: str) -> dict[str, list[Box]]:
@@ -70,6 +80,10 @@ def read_voc_dir(folder: str) -> dict[str, list[Box]]:
                 raise DatasetError(
                     str(path), f"{where}.bndbox", "xmin/ymin/xmax/ymax must be numbers"
                 ) from exc
+            if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+                raise DatasetError(
+                    str(path), f"{where}.bndbox", f"coordinates must be finite: {x1, y1, x2, y2}"
+                )
             if x2 < x1 or y2 < y1:
                 raise DatasetError(str(path), f"{where}.bndbox", f"max < min in {x1, y1, x2, y2}")
             difficult = (obj.findtext("difficult") or "0").strip() == "1"
@@ -104,7 +118,12 @@ def read_txt_dir(
             nums = _floats(tokens[-(need - 1) :], str(path), n)
             cls = _class_name(" ".join(tokens[: len(tokens) - (need - 1)]), names, str(path), n)
             score = nums.pop(0) if with_score else None
-            boxes.append(_to_xywh(cls, nums, layout, score, sizes, path, n))
+            box = _to_xywh(cls, nums, layout, score, sizes, path, n)
+            if box.w < 0 or box.h < 0:
+                raise DatasetError(
+                    str(path), f"line {n}", f"negative box size {box.w} x {box.h} in {raw!r}"
+                )
+            boxes.append(box)
         out[path.stem] = boxes
     return out
 
