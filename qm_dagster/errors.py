@@ -24,3 +24,23 @@ class VersionNameError(QmError):
 
 class MetricError(QmError):
     """A metric definition that cannot be registered or selected."""
+
+
+class StorageError(QmError):
+    """The object store did not serve an object (unreachable, throttling, timeouts) after the
+    bounded retries: names the object; an infrastructure failure, never a data issue."""
+
+    def __init__(self, url: str, message: str):
+        self.url = url
+        super().__init__(message)
+
+    def __reduce__(self):  # crosses process pools intact
+        return (StorageError, (self.url, str(self)))
+
+    @classmethod
+    def unanswered(cls, url: str, cause: BaseException) -> StorageError:
+        return cls(
+            url,
+            f"{url}: the store did not answer after its retries "
+            f"({type(cause).__name__}: {cause})",
+        )

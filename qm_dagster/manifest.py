@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from qm_dagster import storage
 from qm_dagster.coco import Quarantined
 from qm_dagster.dataset import Version, listed_images
+from qm_dagster.errors import StorageError
 from qm_dagster.passes.pool import chunked, process_pool
 
 # Our own limit (max_pixels) is checked from the header; PIL's bomb guard would fire first.
@@ -142,27 +143,31 @@ def _escapes(path: str, root: str) -> bool:
 
 
 def _inspect_url(url: str, max_pixels: int, root: str | None = None) -> FileFacts:
-    """The facts of one file; ``root``: the resolved local images folder it must stay in."""
+    """The facts of one file; ``root``: the resolved local images folder it must stay in. A
+    store that does not answer raises ``StorageError`` (a failed step, not a data issue)."""
+    try:
+        return _inspect(url, max_pixels, root)
+    except FileNotFoundError:
+        return FileFacts(problem="file not found")
+    except Exception as exc:
+        if storage.unavailable(exc):
+            raise StorageError.unanswered(url, exc) from exc
+        if isinstance(exc, OSError):
+            return FileFacts(problem=f"cannot read: {exc}")
+        raise
+
+
+def _inspect(url: str, max_pixels: int, root: str | None) -> FileFacts:
     fs, path = storage.filesystem(url)
-    try:
-        if storage.is_local(fs):
-            if root is not None and _escapes(path, root):
-                return FileFacts(problem=OUTSIDE)
-            return inspect_bytes(fs.cat_file(path), max_pixels)
-        info = fs.info(path)
-    except FileNotFoundError:
-        return FileFacts(problem="file not found")
-    except OSError as exc:
-        return FileFacts(problem=f"cannot read: {exc}")
+    if storage.is_local(fs):
+        if root is not None and _escapes(path, root):
+            return FileFacts(problem=OUTSIDE)
+        return inspect_bytes(fs.cat_file(path), max_pixels)
+    info = fs.info(path)
     etag, size = _store_etag(info), int(info.get("size") or 0)
-    try:
-        if etag is None or size <= HEADER_BYTES:
-            return inspect_bytes(fs.cat_file(path), max_pixels)
-        return _inspect_remote(fs, path, size, etag, max_pixels)
-    except FileNotFoundError:
-        return FileFacts(problem="file not found")
-    except OSError as exc:
-        return FileFacts(problem=f"cannot read: {exc}")
+    if etag is None or size <= HEADER_BYTES:
+        return inspect_bytes(fs.cat_file(path), max_pixels)
+    return _inspect_remote(fs, path, size, etag, max_pixels)
 
 
 def _inspect_remote(fs, path: str, size: int, etag: str, max_pixels: int) -> FileFacts:

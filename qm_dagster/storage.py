@@ -1,8 +1,17 @@
-"""Reading and writing through fsspec URLs (local paths, s3://, memory://) with atomic writes."""
+"""Reading and writing through fsspec URLs (local paths, s3://, memory://) with atomic writes.
+
+Object stores get bounded retries with backoff: botocore's ``standard`` mode (exponential
+backoff with jitter on throttling such as 503 SlowDown, on 5xx answers, connection errors and
+timeouts), ``QM_S3_ATTEMPTS`` attempts in all (6), ``QM_S3_CONNECT_TIMEOUT`` (10 s) and
+``QM_S3_READ_TIMEOUT`` (60 s) per attempt. When they are spent, the call raises
+``StorageError`` naming the object: an unreachable store fails the step (nothing is recorded
+as materialized; atomic writes leave no partial object), it never turns into data issues.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import tempfile
@@ -13,6 +22,8 @@ from typing import IO, TYPE_CHECKING
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from qm_dagster.errors import StorageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,9 +38,85 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def _s3_options() -> dict:
+    """Retries and timeouts of S3 clients (see the module docstring); s3fs's own retry loop is
+    off so that the attempts are botocore's, bounded and backed off in one place."""
+    env = os.environ
+    return {
+        "config_kwargs": {
+            "retries": {"mode": "standard", "max_attempts": int(env.get("QM_S3_ATTEMPTS", 6))},
+            "connect_timeout": float(env.get("QM_S3_CONNECT_TIMEOUT", 10)),
+            "read_timeout": float(env.get("QM_S3_READ_TIMEOUT", 60)),
+        },
+    }
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem serving ``url`` and the path inside it."""
-    return url_to_fs(url)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol not in ("s3", "s3a"):
+        return url_to_fs(url)
+    fs, path = url_to_fs(url, **_s3_options())
+    fs.retries = 1  # s3fs's own loop (a class attribute) would multiply botocore's attempts
+    return fs, path
+
+
+_CONNECTION_ERRORS = {  # by class name: botocore and aiohttp are s3fs's, not ours to import
+    "ConnectionError",
+    "HTTPClientError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "EndpointConnectionError",
+    "ClientConnectionError",
+    "ServerTimeoutError",
+}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the store could not be reached or refused to
+    serve for now (connection, timeout, throttling, 5xx), as opposed to a missing or bad file."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return True
+        if {c.__name__ for c in type(exc).__mro__} & _CONNECTION_ERRORS:
+            return True
+        response = getattr(exc, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if code in _TRANSIENT_CODES:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _names_the_object(fn):
+    """Re-raise a store that did not answer as ``StorageError`` naming the call's URL."""
+
+    @functools.wraps(fn)
+    def call(url: str, *args, **kwargs):
+        try:
+            return fn(url, *args, **kwargs)
+        except StorageError:
+            raise
+        except Exception as exc:
+            if unavailable(exc):
+                raise StorageError.unanswered(url, exc) from exc
+            raise
+
+    return call
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
@@ -41,17 +128,20 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in _protocols(fs) or "local" in _protocols(fs)
 
 
+@_names_the_object
 def read_bytes(url: str) -> bytes:
     """Whole content of one file."""
     fs, path = filesystem(url)
     return fs.cat_file(path)
 
 
+@_names_the_object
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
 
 
+@_names_the_object
 def write_bytes_atomic(url: str, data: bytes, content_type: str | None = None) -> None:
     """Write ``data`` so that readers see the old file or the whole new one, never a torn one.
 
@@ -110,6 +200,19 @@ def atomic_writer(url: str) -> Iterator[IO[bytes]]:
     fh.close()
 
 
+@contextlib.contextmanager
+def _named(url: str) -> Iterator[None]:
+    """``_names_the_object`` for a block of writes to ``url``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if unavailable(exc):
+            raise StorageError.unanswered(url, exc) from exc
+        raise
+
+
 class ParquetSink:
     """Append record batches to one Parquet file at ``url``, atomically, in bounded memory.
 
@@ -127,6 +230,10 @@ class ParquetSink:
         self._writer = pq.ParquetWriter(self._ctx.__enter__(), schema)
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        with _named(self.url):
+            self._write(batch)
+
+    def _write(self, batch: pa.RecordBatch | pa.Table) -> None:
         import pyarrow as pa
 
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
@@ -145,9 +252,10 @@ class ParquetSink:
         self._pending, self._pending_rows = [], 0
 
     def close(self) -> None:
-        self._flush()
-        self._writer.close()
-        self._ctx.__exit__(None, None, None)
+        with _named(self.url):
+            self._flush()
+            self._writer.close()
+            self._ctx.__exit__(None, None, None)
 
     def abort(self, exc: BaseException) -> None:
         with contextlib.suppress(Exception):
@@ -172,6 +280,7 @@ def write_parquet(url: str, frame: pd.DataFrame) -> None:
     write_bytes_atomic(url, buf.getvalue())
 
 
+@_names_the_object
 def read_parquet(url: str, columns: list[str] | None = None) -> pd.DataFrame:
     """The Parquet file at ``url`` as a DataFrame; only ``columns`` (read alone) when given."""
     import pandas as pd  # lazy: image-pass workers use this module without pandas
@@ -189,10 +298,11 @@ def iter_parquet(
     import pyarrow.parquet as pq
 
     fs, path = filesystem(url)
-    with fs.open(path, "rb") as fh:
+    with _named(url), fs.open(path, "rb") as fh:
         yield from pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns)
 
 
+@_names_the_object
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
     """The Parquet file at ``url`` as an Arrow table, only ``columns`` when given."""
     import pyarrow.parquet as pq
@@ -211,11 +321,7 @@ class StoredTable:
     rows: int | None = None
 
     def to_pandas(self, columns: list[str] | None = None) -> pd.DataFrame:
-        import pandas as pd
-
-        fs, path = filesystem(self.url)
-        with fs.open(path, "rb") as fh:
-            return pd.read_parquet(fh, columns=columns)
+        return read_parquet(self.url, columns)
 
     def batches(self, columns: list[str] | None = None, rows: int = 65_536):
         return iter_parquet(self.url, columns, rows)
@@ -257,9 +363,10 @@ def walk_files(url: str, folders: bool = False) -> Iterator[str]:
     its path with a trailing ``/``, before its files."""
     fs, root = filesystem(url)
     root = root.rstrip("/")
-    if not fs.exists(root):
-        return
-    yield from _walk(fs, root, root, folders)
+    with _named(url):
+        if not fs.exists(root):
+            return
+        yield from _walk(fs, root, root, folders)
 
 
 def _walk(
