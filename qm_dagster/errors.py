@@ -41,6 +41,5 @@ class StorageError(QmError):
     def unanswered(cls, url: str, cause: BaseException) -> StorageError:
         return cls(
             url,
-            f"{url}: the store did not answer after its retries "
-            f"({type(cause).__name__}: {cause})",
+            f"{url}: the store did not answer after its retries ({type(cause).__name__}: {cause})",
         )

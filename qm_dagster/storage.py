@@ -107,16 +107,23 @@ def _names_the_object(fn):
 
     @functools.wraps(fn)
     def call(url: str, *args, **kwargs):
-        try:
+        with _named(url):
             return fn(url, *args, **kwargs)
-        except StorageError:
-            raise
-        except Exception as exc:
-            if unavailable(exc):
-                raise StorageError.unanswered(url, exc) from exc
-            raise
 
     return call
+
+
+@contextlib.contextmanager
+def _named(url: str) -> Iterator[None]:
+    """Within the block, a store that did not answer raises ``StorageError`` naming ``url``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if unavailable(exc):
+            raise StorageError.unanswered(url, exc) from exc
+        raise
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
@@ -198,19 +205,6 @@ def atomic_writer(url: str) -> Iterator[IO[bytes]]:
             discard()
         raise
     fh.close()
-
-
-@contextlib.contextmanager
-def _named(url: str) -> Iterator[None]:
-    """``_names_the_object`` for a block of writes to ``url``."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except Exception as exc:
-        if unavailable(exc):
-            raise StorageError.unanswered(url, exc) from exc
-        raise
 
 
 class ParquetSink:
