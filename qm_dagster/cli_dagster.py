@@ -85,12 +85,9 @@ IN_PROGRESS = [
 
 
 @contextmanager
-def partition_turn(instance: dg.DagsterInstance, home: Path, version: str) -> Iterator[None]:
-    """One run of a version at a time, as the queue gives the daemon's runs (dagster.yaml's
-    per-partition limit): a lock shared by the ``qm materialize`` processes of this machine,
-    then a wait for runs of the version already in progress (dead ones are marked failed)."""
-    from assets.dead_runs import mark_dead_runs
-
+def version_lock(home: Path, version: str) -> Iterator[None]:
+    """One ``qm materialize`` of a version at a time on this machine, taken before the
+    instance is opened (a waiting process holds no database connection)."""
     locks = home / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{version}.lock", "a+") as lock:
@@ -99,19 +96,26 @@ def partition_turn(instance: dg.DagsterInstance, home: Path, version: str) -> It
         except BlockingIOError:
             print(f"waiting: another qm materialize of {version} is running", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
-        said = False
-        while True:
-            mark_dead_runs(instance)
-            running = instance.get_runs(
-                dg.RunsFilter(tags={"dagster/partition": version}, statuses=IN_PROGRESS)
-            )
-            if not running:
-                break
-            if not said:
-                print(f"waiting: run {running[0].run_id} of {version} is in progress", flush=True)
-                said = True
-            time.sleep(1.0)
         yield
+
+
+def wait_for_runs(instance: dg.DagsterInstance, version: str) -> None:
+    """Wait for the version's runs in progress (the daemon's, whose queue keeps one per
+    version: dagster.yaml); runs whose worker died are marked failed instead of waited for."""
+    from assets.dead_runs import mark_dead_runs
+
+    said = False
+    while True:
+        mark_dead_runs(instance)
+        running = instance.get_runs(
+            dg.RunsFilter(tags={"dagster/partition": version}, statuses=IN_PROGRESS)
+        )
+        if not running:
+            return
+        if not said:
+            print(f"waiting: run {running[0].run_id} of {version} is in progress", flush=True)
+            said = True
+        time.sleep(1.0)
 
 
 def materialize_version(
@@ -133,7 +137,8 @@ def materialize_version(
         print(f"also materializing {len(added)} upstream assets not stored for {version}: {names}")
     keys = sorted({*keys, *added})
     home = dagster_home(project)
-    with dg.DagsterInstance.get() as instance, partition_turn(instance, home, version):
+    with version_lock(home, version), dg.DagsterInstance.get() as instance:
+        wait_for_runs(instance, version)
         if not instance.has_dynamic_partition(PARTITIONS, version):
             instance.add_dynamic_partitions(PARTITIONS, [version])
         run_id = str(uuid.uuid4())

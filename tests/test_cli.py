@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -179,19 +180,27 @@ with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
 
 @pytest.mark.slow
 def test_runs_of_one_version_take_turns(tmp_path):
-    """Two qm materialize of one version at once run one after the other (a lock), and one
-    waits for a run of the version already in progress, until that run's worker dies and it is
-    marked failed; the project's dagster.yaml queues the daemon's runs one per version."""
+    """Two qm materialize of a version started while its lock is held both wait, then run one
+    after the other; one waits for a run of the version already in progress until that run's
+    worker dies and it is marked failed; the project's dagster.yaml queues the daemon's runs
+    one per version."""
     env = cli_env(tmp_path)
     _tiny_version(tmp_path / "d" / "v", width=3)
     args = [QM, "materialize", "v", "--select", "dataset/*"]
-    both = [
-        subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in both]
-    assert [p.returncode for p in both] == [0, 0], outputs
-    assert sum("waiting: another qm materialize of v" in out for out in outputs) == 1
+    lock_file = Path(env["DAGSTER_HOME"]) / "locks" / "v.lock"
+    lock_file.parent.mkdir(parents=True)
+    logs = [tmp_path / f"cli{i}.txt" for i in range(2)]
+    with open(lock_file, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a qm materialize of v in progress: both must wait
+        both = [
+            subprocess.Popen(args, cwd=PROJECT, env=env, stdout=log.open("w"), text=True)
+            for log in logs
+        ]
+        deadline = time.time() + 120
+        while not all("waiting: another qm materialize of v" in log.read_text() for log in logs):
+            assert time.time() < deadline, [log.read_text() for log in logs]
+            time.sleep(0.2)
+    assert [p.wait(timeout=300) for p in both] == [0, 0], [log.read_text() for log in logs]
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         records = sorted(
             instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": "v"})),
