@@ -85,18 +85,24 @@ IN_PROGRESS = [
 
 
 @contextmanager
-def version_lock(home: Path, version: str) -> Iterator[None]:
-    """One ``qm materialize`` of a version at a time on this machine, taken before the
-    instance is opened (a waiting process holds no database connection)."""
-    locks = home / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{version}.lock", "a+") as lock:
+def _locked(path: Path, busy: str = "") -> Iterator[None]:
+    """An exclusive lock on ``path`` for the block (``busy`` is printed when it has to wait)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting: another qm materialize of {version} is running", flush=True)
+            if busy:
+                print(busy, flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def version_lock(home: Path, version: str):
+    """One ``qm materialize`` of a version at a time on this machine, taken before the
+    instance is opened (a waiting process holds no database connection)."""
+    busy = f"waiting: another qm materialize of {version} is running"
+    return _locked(home / "locks" / f"{version}.lock", busy)
 
 
 def wait_for_runs(instance: dg.DagsterInstance, version: str) -> None:
@@ -137,6 +143,8 @@ def materialize_version(
         print(f"also materializing {len(added)} upstream assets not stored for {version}: {names}")
     keys = sorted({*keys, *added})
     home = dagster_home(project)
+    with _locked(home / "locks" / "instance.lock"), dg.DagsterInstance.get():
+        pass  # the instance's storage is created by one process at a time (fresh SQLite)
     with version_lock(home, version), dg.DagsterInstance.get() as instance:
         wait_for_runs(instance, version)
         if not instance.has_dynamic_partition(PARTITIONS, version):

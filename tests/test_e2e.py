@@ -194,8 +194,9 @@ def test_versions_flow_to_metrics_analysis_and_checks(landed):
 
 
 def test_ui_in_chromium(landed):
-    """The asset graph lists the metric assets, a partitioned asset shows the versions, and the
-    report link opens the report. Screenshots are kept as test artifacts."""
+    """The asset graph lists the metric assets, a partitioned asset shows the versions, the
+    report asset shows its S3 path and how to get a link (no pre-signed URL is stored), and the
+    link `qm report` signs opens the report. Screenshots are kept as test artifacts."""
     from tests.browser import artifact, chromium_page
 
     stack = landed
@@ -216,16 +217,17 @@ def test_ui_in_chromium(landed):
             f"{stack.url}/assets/analysis/report?view=partitions&partition=production",
             wait_until="networkidle",
         )
-        link = page.locator("a[href*='/analysis/report/production.html']").first
-        link.wait_for(timeout=60_000)
-        href = link.get_attribute("href")
-        assert re.match(
-            rf"http://127\.0\.0\.1:\d+/{BUCKET}/storage/analysis/report/production\.html\?", href
-        )
+        page.get_by_text("qm report production").first.wait_for(timeout=60_000)
+        assert f"{STORE}/analysis/report/production.html" in page.content()
+        assert page.locator("a[href*='Signature']").count() == 0  # no signed link is stored
         page.screenshot(path=str(artifact("ui-report-asset.png")))
-        with page.context.expect_page() as opened:
-            link.click()  # the UI opens metadata links in a new tab
-        report = opened.value
+        signed = storage.browser_url(storage.report_url(STORE, "production"))  # `qm report`
+        assert re.match(
+            rf"http://127\.0\.0\.1:\d+/{BUCKET}/storage/analysis/report/production\.html\?",
+            signed,
+        )
+        report = page.context.new_page()
+        report.goto(signed)
         report.wait_for_load_state("load")
         assert report.locator("#drift + table").count() == 1
         assert "data/brightness" in report.locator("#drift + table").inner_text()

@@ -269,6 +269,7 @@ def test_reference_landing_after_its_dependant_reruns_the_dependant(defs, instan
         "reference/data/embeddings",
         "reference/analysis/quality_table/image",
         "reference/analysis/quality_table/object",
+        "reference/analysis/quality_table/prediction",
     }
     assert job.execute_in_process(instance=instance, partition_key="cur").success
     assert recorded_metadata(instance, drift, "cur", "reference") == "ref"
