@@ -226,7 +226,7 @@ def test_ui_in_chromium(landed):
             rf"http://127\.0\.0\.1:\d+/{BUCKET}/storage/analysis/report/production\.html\?",
             signed,
         )
-        report = page.context.new_page()
+        report = page
         report.goto(signed)
         report.wait_for_load_state("load")
         assert report.locator("#drift + table").count() == 1
