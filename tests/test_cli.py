@@ -226,7 +226,7 @@ def test_runs_of_one_version_take_turns(tmp_path):
                 assert time.time() < deadline
                 time.sleep(0.2)
         waiting = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True)
-        time.sleep(8)
+        time.sleep(3)
         assert waiting.poll() is None  # still waiting for the run in progress
         worker.kill()
         out = waiting.communicate(timeout=300)[0]
