@@ -70,11 +70,15 @@ def rules(keys: Iterable[str], configured: tuple = ()) -> dict[str, str]:
 
 
 def sampled_medcouple(values: np.ndarray, seed: int = 0) -> float:
-    """The medcouple of ``values`` (of a fixed-seed sample of ``MC_SAMPLE`` when larger:
-    statsmodels' estimator holds an n/2 x n/2 matrix)."""
+    """The medcouple of ``values`` (of a fixed-seed sample of ``MC_SAMPLE`` when larger).
+
+    statsmodels' vectorised O(n^2) estimator (``use_fast=False``, an n/2 x n/2 matrix) takes
+    0.03 s on 2,000 values, its O(n log n) one 0.12 s (a Python loop per kernel value); same
+    value to 1e-15. An asset fences ~140 (metric, scope) pairs, so that was 17 of its 18 s at
+    12k images."""
     if len(values) > MC_SAMPLE:
         values = np.random.default_rng(seed).choice(values, MC_SAMPLE, replace=False)
-    return float(medcouple(values))
+    return float(medcouple(values, use_fast=False))
 
 
 def _skew_factors(mc: float) -> tuple[float, float]:

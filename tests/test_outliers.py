@@ -18,6 +18,7 @@ from qm_dagster.outliers import (
     metric_outliers,
     multivariate_scores,
     rules,
+    sampled_medcouple,
 )
 from qm_dagster.quality_table import image_table, object_table
 from tests.real_objects import coco_objects
@@ -87,6 +88,8 @@ def test_adjusted_fences_stretch_the_long_side_by_the_statsmodels_medcouple():
         assert f["moderate_high"] == pytest.approx(q3 + 1.5 * high * iqr, rel=1e-12)
         assert f["severe_high"] == pytest.approx(q3 + 3 * high * iqr, rel=1e-12)
     symmetric = rng.normal(0, 1, 1001)
+    tied = np.round(rng.lognormal(0, 1, 1500), 1)  # many values on the median
+    assert sampled_medcouple(tied) == pytest.approx(medcouple(tied), abs=1e-12)
     assert (
         abs(fences(symmetric, "adjusted")["moderate_high"] - fences(symmetric)["moderate_high"])
         < 0.1
