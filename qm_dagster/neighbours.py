@@ -160,12 +160,13 @@ def crop_hash_words(thumbs: np.ndarray, crops: bool = True) -> np.ndarray:
     """Per thumbnail (``n x 64 x 64`` uint8): the 64-bit hash of the image cropped by every
     combination of CROP_MARGINS per side (``n x 256`` uint64; column 0 uncropped; only that
     column without ``crops``), each the signs of its 8x8 low DCT against their median (DC
-    excluded from the median)."""
+    excluded from the median). In float32, as OpenCV's DCT: 2.6x faster than float64 (4,096
+    thumbnails 1.1 s instead of 2.9 s); a coefficient at the median may fall either side."""
     ops, _ = _crop_operators()
-    ops = ops if crops else ops[:1]
+    ops = (ops if crops else ops[:1]).astype(np.float32)
     p, n = len(ops), len(thumbs)
     flat = ops.reshape(p * 8, THUMB)  # every row operator stacked, so each stage is one GEMM
-    columns = thumbs.astype(np.float64).transpose(1, 0, 2).reshape(THUMB, n * THUMB)
+    columns = thumbs.astype(np.float32).transpose(1, 0, 2).reshape(THUMB, n * THUMB)
     half = (flat @ columns).reshape(p, 8, n, THUMB)  # row crops: p x 8 x n x 64
     out = np.empty((n, p, p), np.uint64)
     for a in range(p):  # one row crop at a time: temporaries of n x p x 64, not n x p^2 x 64
