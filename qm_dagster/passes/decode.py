@@ -19,7 +19,13 @@ import pyarrow as pa
 from qm_dagster import storage
 from qm_dagster.allocator import tune_for_images
 from qm_dagster.embedding_providers import load_function
-from qm_dagster.embeddings import embed_bgr, gray_thumbnail, phash
+from qm_dagster.embeddings import (
+    embed_bgr,
+    embed_thumbnail,
+    gray_bytes,
+    phash_thumbnail,
+    thumbnail,
+)
 from qm_dagster.metrics.objects import ObjectView
 from qm_dagster.metrics.registry import MetricSpec, get, load_metrics
 from qm_dagster.metrics.view import ImageView
@@ -208,15 +214,16 @@ def measure_chunk(items: Sequence[ImageItem], request: PassRequest) -> ChunkResu
         errors: list[str] = []
         images.extend_values(request.image_fps, _values(image_specs, apply_metric, (view,), errors))
         images.append(**{KEY: item.key, STATUS: "", ERRORS: "\n".join(errors) or None})
+        thumb = thumbnail(bgr) if request.embeddings or thumbs is not None else None
         if request.embeddings:
             vector = (
                 np.asarray(load_function(request.embedder)(view.rgb), dtype=np.float32)
                 if request.embedder
-                else embed_bgr(bgr)
+                else embed_thumbnail(thumb)
             )
-            images.append(**{request.phash_fp: phash(bgr), request.vector_fp: vector})
+            images.append(**{request.phash_fp: phash_thumbnail(thumb), request.vector_fp: vector})
         if thumbs is not None:
-            thumbs.append(**{KEY: item.key, request.thumb_fp: gray_thumbnail(bgr)})
+            thumbs.append(**{KEY: item.key, request.thumb_fp: gray_bytes(thumb)})
         if request.needs_objects:
             _measure_objects(item, view, object_specs, request, objects)
     _emit(out, request, "image", images, _image_types(request))
