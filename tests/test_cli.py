@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import pandas as pd
@@ -55,7 +57,7 @@ def test_demo_materialize_show(tmp_path):
     assert "materialized data/brightness" in out
     assert out.rstrip().splitlines()[-1].startswith("SUCCESS")
 
-    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+    with open_instance(env) as instance:
         assert instance.get_dynamic_partitions("dataset_versions") == ["validation"]
         event = instance.get_latest_materialization_event(dg.AssetKey(["data", "brightness"]))
         assert event is not None and event.dagster_event.partition == "validation"
@@ -165,6 +167,16 @@ def test_unexpected_errors_are_messages_unless_debug(tmp_path, capsys, monkeypat
         cli.main(["versions", "--debug"])
 
 
+@contextlib.contextmanager
+def open_instance(env: dict[str, str]):
+    """The CLI's instance, from this process: its dagster.yaml resolves DAGSTER_HOME."""
+    with (
+        mock.patch.dict(os.environ, {"DAGSTER_HOME": env["DAGSTER_HOME"]}),
+        dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance,
+    ):
+        yield instance
+
+
 SLOW_RUN = """
 import sys, time
 import dagster as dg
@@ -201,7 +213,7 @@ def test_runs_of_one_version_take_turns(tmp_path):
             assert time.time() < deadline, [log.read_text() for log in logs]
             time.sleep(0.2)
     assert [p.wait(timeout=300) for p in both] == [0, 0], [log.read_text() for log in logs]
-    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+    with open_instance(env) as instance:
         records = sorted(
             instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": "v"})),
             key=lambda r: r.start_time,
@@ -214,9 +226,9 @@ def test_runs_of_one_version_take_turns(tmp_path):
             "limit": 1,
         } in limits
 
-    worker = subprocess.Popen([sys.executable, "-c", SLOW_RUN, env["DAGSTER_HOME"], "v"])
+    worker = subprocess.Popen([sys.executable, "-c", SLOW_RUN, env["DAGSTER_HOME"], "v"], env=env)
     try:
-        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        with open_instance(env) as instance:
             deadline = time.time() + 60
             while not instance.get_runs(
                 dg.RunsFilter(
