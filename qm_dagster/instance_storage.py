@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 ENGINES = 64  # most recent database files (the index, runs, schedules, a few run shards)
+KNOWN_PARTITION_SECONDS = 5.0  # how long a dynamic partition seen to exist is taken as existing
 _engines: OrderedDict[str, Engine] = OrderedDict()
 _lock = threading.Lock()
 
@@ -89,7 +91,32 @@ def _transaction(conn_string: str, busy_timeout: float | None = None) -> Iterato
 
 
 class EventLogStorage(SqliteEventLogStorage):
-    """Run-sharded event log (``history/runs/<run>.db`` and ``index.db``), engines kept."""
+    """Run-sharded event log (``history/runs/<run>.db`` and ``index.db``), engines kept.
+
+    A dynamic partition found to exist is remembered for ``KNOWN_PARTITION_SECONDS``: a step
+    asks for its version's partition ~35 times (every output and input builds a partition
+    subset; ~750 lookups in a full materialization). A partition deleted by another process
+    can thus be taken as existing for those seconds, as if the deletion came just after."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._known_partitions: dict[tuple[str, str], float] = {}
+
+    def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
+        key = (partitions_def_name, partition_key)
+        seen = self._known_partitions.get(key)
+        if seen is not None and time.monotonic() - seen < KNOWN_PARTITION_SECONDS:
+            return True
+        found = super().has_dynamic_partition(partitions_def_name, partition_key)
+        if found:
+            self._known_partitions[key] = time.monotonic()
+        else:
+            self._known_partitions.pop(key, None)
+        return found
+
+    def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
+        self._known_partitions.pop((partitions_def_name, partition_key), None)
+        super().delete_dynamic_partition(partitions_def_name, partition_key)
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
@@ -102,6 +129,7 @@ class EventLogStorage(SqliteEventLogStorage):
                 yield conn
 
     def wipe(self) -> None:
+        self._known_partitions.clear()
         dispose_engines()
         super().wipe()
 

@@ -99,3 +99,29 @@ def test_wipe_closes_the_connections_before_deleting_the_files(project_instance)
     instance.add_dynamic_partitions("versions", ["v1"])
     assert dg.materialize([numbers], instance=instance, partition_key="v1").success
     assert len(instance.get_runs()) == 1
+
+
+DELETE_IN_OTHER_PROCESS = """
+import dagster as dg
+with dg.DagsterInstance.get() as instance:
+    instance.delete_dynamic_partition("versions", "gone")
+"""
+
+
+def test_a_known_partition_is_remembered_briefly_and_a_deletion_here_at_once(
+    project_instance, monkeypatch
+):
+    instance = project_instance
+    assert not instance.has_dynamic_partition("versions", "v1")  # absence is never remembered
+    instance.add_dynamic_partitions("versions", ["v1", "gone"])
+    assert instance.has_dynamic_partition("versions", "v1")
+    instance.delete_dynamic_partition("versions", "v1")
+    assert not instance.has_dynamic_partition("versions", "v1")
+
+    assert instance.has_dynamic_partition("versions", "gone")
+    subprocess.run(
+        [sys.executable, "-c", DELETE_IN_OTHER_PROCESS], env=os.environ.copy(), check=True
+    )
+    assert instance.has_dynamic_partition("versions", "gone")  # remembered, within the window
+    monkeypatch.setattr(instance_storage, "KNOWN_PARTITION_SECONDS", 0.0)
+    assert not instance.has_dynamic_partition("versions", "gone")
