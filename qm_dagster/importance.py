@@ -5,8 +5,10 @@ TP (``scipy.stats.spearmanr``) and the mutual information in nats
 (``sklearn.feature_selection.mutual_info_classif``, fixed seed). The mutual information, a
 k-nearest-neighbour estimate, reads at most ``MI_ROWS`` predictions per model (a fixed-seed
 sample): measured on 400k synthetic rows, 1.34 s a column in full and 0.12 s on 50k, estimates
-0.2096 and 0.2090; at a million predictions and 40 metrics the full estimate would take minutes
-per model. Spearman uses every row.
+0.2096 and 0.2090. On the generated 12k-image version (41,612 matched predictions, 17 metrics)
+all rows took 2.0 s and 20k rows 0.96 s; estimates moved by at most 0.0015 where they exceed
+0.01 (IoU 0.4835 / 0.4831, score 0.1226 / 0.1230) and stayed below 0.006 where they are ~0.
+Spearman uses every row.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sklearn.feature_selection import mutual_info_classif
 
 COLUMNS = ["model", "metric", "n", "spearman", "p_value", "mutual_information"]
 EXCLUDED = {"model/match", "model/confidence"}
-MI_ROWS = 50_000
+MI_ROWS = 20_000
 
 
 def metric_importance(
