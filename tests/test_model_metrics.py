@@ -23,6 +23,7 @@ from qm_dagster.importers import ImportSpec, import_version
 from qm_dagster.manifest import build_manifest
 from qm_dagster.matching import matching
 from qm_dagster.metrics import load_metrics, metrics
+from qm_dagster.metrics.model import _entropy, _margin, _variance, probabilities
 from qm_dagster.table_pass import model_metrics
 from tests.conftest import cartucho_spec, materialize_version, shared
 
@@ -188,6 +189,24 @@ def test_scores_vector_drives_the_acquisition_functions():
     e2 = 1.5
     assert out["model/entropy"].value.tolist() == pytest.approx([(e1 + e2) / 2, 0.0])
     assert out["model/margin"].value.tolist() == pytest.approx([(0.2 + 0.25) / 2, 1.0])
+
+
+def test_probability_vectors_of_mixed_lengths_equal_numpy_per_prediction():
+    """Vectors of 1, 2 and 3 classes, one unnormalised, one all zero, rows without ``scores``
+    (binary [s, 1 - s]): every acquisition value equals numpy on that prediction's vector."""
+    vectors = ["[0.7]", "[2.0, 1.0, 1.0]", None, "[0.0, 0.0]", "", "[0.1, 0.6, 0.3]"]
+    frame = pd.DataFrame({"score": [0.7, 0.5, 0.8, 0.1, 0.35, 0.6], "scores": vectors})
+    p, lengths = probabilities(frame)
+    for i, (score, raw) in enumerate(zip(frame.score, vectors, strict=True)):
+        v = np.asarray(json.loads(raw), float) if raw else np.array([score, 1 - score])
+        v = v / v.sum() if v.sum() > 0 else v
+        assert lengths[i] == len(v)
+        assert p[i, : len(v)].tolist() == v.tolist() and not p[i, len(v) :].any()
+        q = v[v > 0]
+        assert _entropy(p)[i] == pytest.approx(-(q * np.log2(q)).sum(), abs=1e-15)
+        top = np.sort(v)[::-1]
+        assert _margin(p)[i] == pytest.approx(top[0] - (top[1] if len(v) > 1 else 0.0))
+        assert _variance(p, lengths)[i] == pytest.approx(np.var(v), abs=1e-15)
 
 
 CUSTOM = """

@@ -6,6 +6,7 @@ acquisition functions (``index="image"``) aggregate each image's predictions by 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -80,15 +81,29 @@ def missed(t: Tables) -> np.ndarray:
     return t.images.image_id.map(counts).fillna(0).to_numpy(dtype=float)
 
 
-def distributions(predictions: pd.DataFrame) -> list[np.ndarray]:
-    """Each prediction's class-probability vector: ``scores`` when given (normalised), else
-    the binary distribution [score, 1 - score]."""
-    out = []
-    for score, scores in zip(predictions.score, predictions.scores, strict=True):
-        p = np.asarray(json.loads(scores), float) if scores else np.array([score, 1 - score])
-        total = p.sum()
-        out.append(p / total if total > 0 else p)
-    return out
+def probabilities(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each prediction's class-probability vector as a row of a zero-padded matrix, with the
+    vector's length: ``scores`` when given (normalised), else the binary distribution
+    [score, 1 - score]. The JSON of every ``scores`` is parsed in one call, not one per row."""
+    scores = predictions.scores.to_numpy(dtype=object)
+    given = np.array([isinstance(v, str) and v != "" for v in scores], dtype=bool)
+    lists = json.loads("[" + ",".join(scores[given]) + "]") if given.any() else []
+    lengths = np.full(len(scores), 2)
+    lengths[given] = [len(v) for v in lists]
+    matrix = np.zeros((len(scores), max(int(lengths.max(initial=0)), 2)))
+    score = predictions.score.to_numpy(dtype=float)[~given]
+    matrix[~given, 0], matrix[~given, 1] = score, 1 - score
+    rows = np.flatnonzero(given)
+    if rows.size:
+        counts = lengths[rows]
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        columns = np.arange(counts.sum()) - starts
+        matrix[np.repeat(rows, counts), columns] = np.fromiter(
+            itertools.chain.from_iterable(lists), float, counts.sum()
+        )
+    total = matrix.sum(axis=1, keepdims=True)
+    np.divide(matrix, total, out=matrix, where=total > 0)
+    return matrix, lengths
 
 
 def _per_image(t: Tables, per_prediction: np.ndarray) -> np.ndarray:
@@ -98,14 +113,24 @@ def _per_image(t: Tables, per_prediction: np.ndarray) -> np.ndarray:
     return t.images.image_id.map(means).to_numpy(dtype=float)
 
 
-def _entropy(p: np.ndarray) -> float:
-    q = p[p > 0]
-    return float(-(q * np.log2(q)).sum())
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy (bits) of each row; zero entries (and the padding) add nothing."""
+    terms = np.zeros_like(p)
+    np.multiply(p, np.log2(p, where=p > 0, out=np.ones_like(p)), out=terms, where=p > 0)
+    return -terms.sum(axis=1)
 
 
-def _margin(p: np.ndarray) -> float:
-    top = np.sort(p)[::-1]
-    return float(top[0] - (top[1] if len(top) > 1 else 0.0))
+def _margin(p: np.ndarray) -> np.ndarray:
+    """Top probability minus the second (0 for a one-class vector: the padding)."""
+    top = np.sort(p, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def _variance(p: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``np.var`` of each row's first ``lengths`` entries."""
+    inside = np.arange(p.shape[1])[None, :] < lengths[:, None]
+    mean = p.sum(axis=1) / lengths
+    return np.square(np.where(inside, p - mean[:, None], 0.0)).sum(axis=1) / lengths
 
 
 @metric(
@@ -117,7 +142,7 @@ def _margin(p: np.ndarray) -> float:
     unit="bits",
 )
 def entropy(t: Tables) -> np.ndarray:
-    return _per_image(t, np.array([_entropy(p) for p in distributions(t.predictions)]))
+    return _per_image(t, _entropy(probabilities(t.predictions)[0]))
 
 
 @metric(
@@ -128,7 +153,7 @@ def entropy(t: Tables) -> np.ndarray:
     value_range=(0, 1),
 )
 def least_confidence(t: Tables) -> np.ndarray:
-    return _per_image(t, np.array([1 - p.max() for p in distributions(t.predictions)]))
+    return _per_image(t, 1 - probabilities(t.predictions)[0].max(axis=1))
 
 
 @metric(
@@ -139,7 +164,7 @@ def least_confidence(t: Tables) -> np.ndarray:
     value_range=(0, 1),
 )
 def margin(t: Tables) -> np.ndarray:
-    return _per_image(t, np.array([_margin(p) for p in distributions(t.predictions)]))
+    return _per_image(t, _margin(probabilities(t.predictions)[0]))
 
 
 @metric(
@@ -150,7 +175,7 @@ def margin(t: Tables) -> np.ndarray:
     value_range=(0, None),
 )
 def variance(t: Tables) -> np.ndarray:
-    return _per_image(t, np.array([p.var() for p in distributions(t.predictions)]))
+    return _per_image(t, _variance(*probabilities(t.predictions)))
 
 
 @metric(
