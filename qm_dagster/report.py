@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import pandas as pd
@@ -39,6 +41,19 @@ def _thumb(url: str, boxes: list[tuple[float, float, float, float]] = ()) -> str
     )
     ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii") if ok else ""
+
+
+def _thumbs(urls: set[str]) -> dict[str, str]:
+    """``_thumb`` of each image once, on threads (OpenCV's decode and resize release the GIL)."""
+    ordered = sorted(urls)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(ordered, pool.map(_thumb, ordered), strict=True))
+
+
+def _extremes(values: pd.Series) -> list:
+    """Row labels of the ``GALLERY`` lowest values, then of the highest (highest first)."""
+    ranked = values.dropna().sort_values()
+    return [*ranked.index[:GALLERY], *ranked.index[-GALLERY:][::-1]]
 
 
 def _table(frame: pd.DataFrame, limit: int = 50) -> str:
@@ -139,17 +154,17 @@ def build_report(
     columns = [
         c for c in image_table.columns if c.startswith("data/") and "@" not in c and ":" not in c
     ]
+    values = {c: pd.to_numeric(image_table[c], errors="coerce") for c in columns}
+    shown = {c: _extremes(values[c]) for c in columns}
+    ids = image_table.image_id
+    thumbs = _thumbs({urls[ids[i]] for rows in shown.values() for i in rows})
     for col in columns:
-        values = pd.to_numeric(image_table[col], errors="coerce")
         ref = None
         if reference_table is not None and col in reference_table:
             ref = pd.to_numeric(reference_table[col], errors="coerce").to_numpy(float)
-        chart = data_url(histogram_png(values.to_numpy(float), reference=ref))
-        ranked = values.dropna().sort_values()
-        low, high = ranked.index[:GALLERY], ranked.index[-GALLERY:][::-1]
-        ids = image_table.image_id
+        chart = data_url(histogram_png(values[col].to_numpy(float), reference=ref))
         gallery = "".join(
-            _img(_thumb(urls[ids[i]]), f"{names[ids[i]]}: {values[i]:.4g}") for i in [*low, *high]
+            _img(thumbs[urls[ids[i]]], f"{names[ids[i]]}: {values[col][i]:.4g}") for i in shown[col]
         )
         parts.append(
             f"<div class='metric' id='m-{html.escape(col)}'><h3>{html.escape(col)}</h3>"
