@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import operator
 from dataclasses import dataclass
 
 import faster_coco_eval.faster_eval_api_cpp as coco_cpp
@@ -98,22 +97,60 @@ def size_bucket(ev: COCOeval_faster, area: int) -> dict[str, float]:
     return {k: row[k] for k in SUMMARY}
 
 
-def image_subset(ev: COCOeval_faster, positions: np.ndarray) -> dict:
+def occupied(ev: COCOeval_faster) -> list[np.ndarray]:
+    """Per category of ``ev`` (in its order): the sorted positions, among its image ids, of the
+    images holding a ground truth or a detection of that category. Every other (image,
+    category) pair has an empty per-image result, which adds nothing to an accumulation."""
+    ids = np.asarray(ev._paramsEval.imgIds)
+    out = []
+    for cat in ev._paramsEval.catIds:
+        found = np.unique(
+            np.fromiter(
+                itertools.chain(ev.cocoGt.catToImgs.get(cat, ()), ev.cocoDt.catToImgs.get(cat, ())),
+                dtype=ids.dtype,
+            )
+        )
+        where = np.searchsorted(ids, found)
+        inside = where < len(ids)
+        out.append(where[inside][ids[where[inside]] == found[inside]])
+    return out
+
+
+def image_subset(
+    ev: COCOeval_faster, positions: np.ndarray, by_category: list[np.ndarray] | None = None
+) -> dict:
     """Accumulated precision and recall of the images at ``positions`` of ``ev``'s image ids
-    (area "all", maxDets 100 only: measured 4x faster than every area and maxDets)."""
+    (area "all", maxDets 100 only: measured 4x faster than every area and maxDets).
+
+    One accumulation per category, over the subset's images that hold that category
+    (``occupied``, computed here unless given): COCO accumulates each category on its own, and
+    the cost is per (image, category) result handed to it, so empty pairs are skipped (on the
+    12k version, 3.5 of 10 categories per image; on COCO ~3 of 80). A category with none
+    keeps COCO's -1."""
     p = ev._paramsEval
     n_img, n_area = len(p.imgIds), len(p.areaRng)
-    n_cat = len(p.catIds) if p.useCats else 1
+    by_category = occupied(ev) if by_category is None else by_category
+    n_iou, n_rec = len(p.iouThrs), len(p.recThrs)
+    precision = -np.ones((n_iou, n_rec, len(p.catIds), 1, 1))
+    recall = -np.ones((n_iou, len(p.catIds), 1, 1))
+    scores = -np.ones_like(precision)
     sub = copy.copy(p)
-    sub.imgIds = [p.imgIds[i] for i in positions]
     sub.areaRng, sub.areaRngLbl, sub.maxDets = [p.areaRng[0]], ["all"], [p.maxDets[-1]]
-    # per-image results are stored category-major, then area range, then image
-    index = (np.arange(n_cat)[:, None] * n_area * n_img + np.asarray(positions)[None, :]).ravel()
-    picked = operator.itemgetter(*index.tolist())(ev._evalImgs_cpp) if index.size else ()
-    items = list(picked) if index.size > 1 else [picked]
-    result = coco_cpp.COCOevalAccumulate(sub, items)
-    result["params"] = sub
-    return result
+    for k, present in enumerate(by_category):
+        picked = np.intersect1d(positions, present, assume_unique=True)
+        if not picked.size:
+            continue
+        # per-image results are stored category-major, then area range, then image
+        items = [ev._evalImgs_cpp[i] for i in (k * n_area * n_img + picked).tolist()]
+        sub.catIds, sub.imgIds = [p.catIds[k]], [p.imgIds[i] for i in picked.tolist()]
+        one = coco_cpp.COCOevalAccumulate(sub, items)
+        precision[:, :, k], recall[:, k], scores[:, :, k] = (
+            one["precision"][:, :, 0],
+            one["recall"][:, 0],
+            one["scores"][:, :, 0],
+        )
+    sub.catIds, sub.imgIds = list(p.catIds), [p.imgIds[i] for i in np.asarray(positions)]
+    return {"precision": precision, "recall": recall, "scores": scores, "params": sub}
 
 
 def image_slice(ev: COCOeval_faster, img_ids: list[int]) -> dict[str, float]:

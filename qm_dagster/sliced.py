@@ -13,6 +13,7 @@ from qm_dagster.evaluation import (
     SUMMARY,
     evaluate,
     image_subset,
+    occupied,
     size_bucket,
     stats,
     whole,
@@ -144,8 +145,10 @@ def sliced_evaluation(
         base = {"model": model, "n_images": len(counts.ids)}
         whole_row = {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)}
         rows.append(with_scores(whole_row, counts.of()))
+        present = occupied(ev)
         for labels, ids in slices:
-            rows.append(_slice_row(ev, counts, counts.positions(ids), {**base, **labels}))
+            positions = counts.positions(ids)
+            rows.append(_slice_row(ev, counts, positions, present, {**base, **labels}))
         first = len(COCO_AREAS) if custom else 1  # COCO's own small/medium/large otherwise
         for b, (lo, hi) in enumerate(itertools.pairwise(size_edges)):
             labels = {"level": "object", "metric": "label/object_area", "bucket": b}
@@ -153,10 +156,13 @@ def sliced_evaluation(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _slice_row(ev, counts: _Counts, positions: np.ndarray, row: dict) -> dict[str, object]:
-    """Summary and counts of the images at ``positions`` from the model's one evaluation."""
+def _slice_row(
+    ev, counts: _Counts, positions: np.ndarray, present: list[np.ndarray], row: dict
+) -> dict[str, object]:
+    """Summary and counts of the images at ``positions`` from the model's one evaluation
+    (``present``: ``occupied(ev)``)."""
     if positions.size:
-        result = image_subset(ev, positions)
+        result = image_subset(ev, positions, present)
         summary = {k: v for k, v in stats(result, result["params"]).items() if k in SUMMARY}
     else:
         summary = dict.fromkeys(SUMMARY, -1.0)
