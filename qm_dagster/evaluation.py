@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import operator
 from dataclasses import dataclass
 
 import faster_coco_eval.faster_eval_api_cpp as coco_cpp
@@ -86,8 +87,9 @@ def stats(result: dict, params, area: int = 0) -> dict[str, float]:
 
 
 def whole(ev: COCOeval_faster) -> dict[str, float]:
-    """The 12 COCO statistics of the whole evaluation."""
-    ev.accumulate()
+    """The 12 COCO statistics of the whole evaluation (``accumulate``d per category, kept as
+    ``ev.eval`` for ``size_bucket``)."""
+    ev.eval = accumulate(ev)
     return stats(ev.eval, ev._paramsEval)
 
 
@@ -120,37 +122,55 @@ def image_subset(
     ev: COCOeval_faster, positions: np.ndarray, by_category: list[np.ndarray] | None = None
 ) -> dict:
     """Accumulated precision and recall of the images at ``positions`` of ``ev``'s image ids
-    (area "all", maxDets 100 only: measured 4x faster than every area and maxDets).
+    (area "all", maxDets 100 only: measured 4x faster than every area and maxDets)."""
+    return accumulate(ev, positions, by_category, every_range=False)
 
-    One accumulation per category, over the subset's images that hold that category
-    (``occupied``, computed here unless given): COCO accumulates each category on its own, and
-    the cost is per (image, category) result handed to it, so empty pairs are skipped (on the
-    12k version, 3.5 of 10 categories per image; on COCO ~3 of 80). A category with none
-    keeps COCO's -1."""
+
+def accumulate(
+    ev: COCOeval_faster,
+    positions: np.ndarray | None = None,
+    by_category: list[np.ndarray] | None = None,
+    every_range: bool = True,
+) -> dict:
+    """COCO's ``accumulate`` of the images at ``positions`` (sorted; all by default) of ``ev``'s
+    image ids: every area range and maxDets, or (``every_range`` false) area "all" at the
+    largest maxDets only.
+
+    One accumulation per category, over the images holding it (``occupied``, computed here
+    unless given): COCO accumulates each category on its own, and the cost is per (image,
+    category) result handed to it, so the empty ones are skipped (on the 12k version 3.5 of 10
+    categories per image, on COCO ~3 of 80). A category with none keeps COCO's -1."""
     p = ev._paramsEval
     n_img, n_area = len(p.imgIds), len(p.areaRng)
+    ids = np.asarray(p.imgIds)
+    positions = np.arange(n_img) if positions is None else np.asarray(positions)
     by_category = occupied(ev) if by_category is None else by_category
-    n_iou, n_rec = len(p.iouThrs), len(p.recThrs)
-    precision = -np.ones((n_iou, n_rec, len(p.catIds), 1, 1))
-    recall = -np.ones((n_iou, len(p.catIds), 1, 1))
-    scores = -np.ones_like(precision)
     sub = copy.copy(p)
-    sub.areaRng, sub.areaRngLbl, sub.maxDets = [p.areaRng[0]], ["all"], [p.maxDets[-1]]
+    areas = list(range(n_area)) if every_range else [0]
+    if not every_range:
+        sub.areaRng, sub.areaRngLbl, sub.maxDets = [p.areaRng[0]], ["all"], [p.maxDets[-1]]
+    shape = (len(p.iouThrs), len(p.recThrs), len(p.catIds), len(areas), len(sub.maxDets))
+    out = {"precision": -np.ones(shape), "recall": -np.ones(shape[:1] + shape[2:])}
+    out["scores"] = -np.ones(shape)
     for k, present in enumerate(by_category):
         picked = np.intersect1d(positions, present, assume_unique=True)
         if not picked.size:
             continue
         # per-image results are stored category-major, then area range, then image
-        items = [ev._evalImgs_cpp[i] for i in (k * n_area * n_img + picked).tolist()]
-        sub.catIds, sub.imgIds = [p.catIds[k]], [p.imgIds[i] for i in picked.tolist()]
-        one = coco_cpp.COCOevalAccumulate(sub, items)
-        precision[:, :, k], recall[:, k], scores[:, :, k] = (
-            one["precision"][:, :, 0],
-            one["recall"][:, 0],
-            one["scores"][:, :, 0],
-        )
-    sub.catIds, sub.imgIds = list(p.catIds), [p.imgIds[i] for i in np.asarray(positions)]
-    return {"precision": precision, "recall": recall, "scores": scores, "params": sub}
+        index = (k * n_area + np.asarray(areas))[:, None] * n_img + picked[None, :]
+        sub.catIds, sub.imgIds = [p.catIds[k]], ids[picked].tolist()
+        one = coco_cpp.COCOevalAccumulate(sub, _items(ev, index.ravel()))
+        out["precision"][:, :, k] = one["precision"][:, :, 0]
+        out["recall"][:, k] = one["recall"][:, 0]
+        out["scores"][:, :, k] = one["scores"][:, :, 0]
+    sub.catIds, sub.imgIds = list(p.catIds), ids[positions].tolist()
+    return {**out, "params": sub}
+
+
+def _items(ev: COCOeval_faster, index: np.ndarray) -> list:
+    """``ev``'s per-image results at ``index``."""
+    picked = operator.itemgetter(*index.tolist())(ev._evalImgs_cpp)
+    return list(picked) if len(index) > 1 else [picked]
 
 
 def image_slice(ev: COCOeval_faster, img_ids: list[int]) -> dict[str, float]:
