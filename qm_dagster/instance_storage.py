@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from dagster import Field, StringSource
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
@@ -44,6 +45,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 ENGINES = 64  # most recent database files (the index, runs, schedules, a few run shards)
+DEFAULT_HOME = os.path.join(".qm", "dagster_home")  # as the qm CLI's (cli_dagster.dagster_home)
 KNOWN_PARTITION_SECONDS = 5.0  # how long a dynamic partition seen to exist is taken as existing
 _engines: OrderedDict[str, Engine] = OrderedDict()
 _lock = threading.Lock()
@@ -149,7 +151,15 @@ class ScheduleStorage(SqliteScheduleStorage):
 
 
 class SqliteStorage(DagsterSqliteStorage):
-    """``storage: sqlite`` with the storages above; same files, same layout under ``base_dir``."""
+    """``storage: sqlite`` with the storages above; same files, same layout under ``base_dir``:
+    by default ``DAGSTER_HOME``, or, where that is unset (Dagster's CLI then makes a temporary
+    instance: ``dg check defs``, ``dagster dev`` without a home), ``.qm/dagster_home`` of the
+    working directory, the ``qm`` CLI's default home, so that ``dagster dev``'s webserver and
+    daemon share it."""
+
+    @classmethod
+    def config_type(cls) -> dict:
+        return {"base_dir": Field(StringSource, is_required=False)}
 
     def __init__(self, base_dir: str, inst_data=None):
         super().__init__(base_dir, inst_data)
@@ -159,4 +169,5 @@ class SqliteStorage(DagsterSqliteStorage):
 
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> SqliteStorage:
-        return cls.from_local(inst_data=inst_data, **config_value)
+        base_dir = config_value.get("base_dir") or os.environ.get("DAGSTER_HOME") or DEFAULT_HOME
+        return cls.from_local(os.path.abspath(base_dir), inst_data=inst_data)

@@ -100,6 +100,8 @@ def test_engine_imports_no_dagster():
     for path in (PROJECT / "qm_dagster").rglob("*.py"):
         if path.name == "cli_dagster.py":  # the CLI's materialize command drives Dagster
             continue
+        if path.name == "instance_storage.py":  # dagster.yaml's storage class: every Dagster
+            continue  # process imports it before any code location, so it ships in the package
         offenders += [
             f"{path.name}: {n}"
             for n in imported_modules(path)
