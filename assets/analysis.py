@@ -257,7 +257,7 @@ def build_analysis_assets(
             ),
         },
         code_version="2",
-        kinds={"python", "faster-coco-eval"},
+        kinds={"python", "numpy"},
     )
     def analysis_sliced_evaluation(
         manifest, annotations, categories, predictions, matches, image_table
@@ -265,8 +265,8 @@ def build_analysis_assets(
         """Per model: COCO's 12 statistics on the whole version; AP, AP50, AP75, AR100 and
         TP/FP/FN, precision, recall, F1 (at the configured score threshold, from model/matching)
         on each bucket of each image metric (quantiles, or configured edges), on named slices
-        and on size buckets of object_area. One COCO evaluation per model (faster-coco-eval);
-        slices accumulate its per-image results."""
+        and on size buckets of object_area. One COCO evaluation per model (boxeval);
+        slices accumulate its matches."""
         named = {
             s.name: apply_slice(s, image_table).image_id.tolist()
             for s in slices

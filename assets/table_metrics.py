@@ -112,11 +112,11 @@ MATCHING_KEY = ["model", "matching"]
         "predictions": dg.AssetIn(key=["dataset", "predictions"]),
     },
     code_version="1",
-    kinds={"python", "faster-coco-eval"},
+    kinds={"python", "numpy"},
 )
 def model_matching(manifest, annotations, categories, predictions):
     """Each model's predictions matched to the ground truth once (COCO's greedy matching at IoU
-    0.5, area all, maxDets 100, by faster-coco-eval): status tp / fp / ignored / not_evaluated,
+    0.5, area all, maxDets 100; qm_dagster.boxeval): status tp / fp / ignored / not_evaluated,
     the matched object and the IoU. Model metrics, sliced evaluation and label errors read it."""
     frame = matching(manifest, annotations, categories, predictions)
     shares = {

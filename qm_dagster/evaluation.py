@@ -1,26 +1,21 @@
-"""Model evaluation as a function of a metric, with COCO's evaluation (faster-coco-eval, equal
+"""Model evaluation as a function of a metric, with COCO's bbox evaluation (``boxeval``: equal
 to pycocotools' on ../shared/data; tests keep pycocotools as the reference).
 
-Whole version: one ``evaluate()`` per model, its per-image results kept. Image slices: those
-results re-indexed to the slice's images, then COCO's ``accumulate`` on that subset only — equal
-to a fresh evaluation of the subset (pycocotools' ``accumulate(p)`` with a subset of ``imgIds``
-indexes the results by position in the subset, a trap this avoids). Size buckets of object_area:
+Whole version: one ``evaluate()`` per model, its matches kept. Image slices: COCO's
+``accumulate`` over the matches of the slice's images only, equal to a fresh evaluation of the
+subset. Size buckets of object_area:
 extra ``areaRng`` entries of the same evaluation (bounds inclusive, as COCO's). Plus PASCAL VOC
 AP (all-point and 11-point).
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
-import operator
 from dataclasses import dataclass
 
-import faster_coco_eval.faster_eval_api_cpp as coco_cpp
 import numpy as np
-from faster_coco_eval import COCO, COCOeval_faster
 
-from qm_dagster.matching import evaluator
+from qm_dagster.boxeval import Boxes, BoxEvaluation
 
 SUMMARY = ["AP", "AP50", "AP75", "AR100"]
 STATS = [
@@ -55,12 +50,17 @@ _STAT_SPECS = [  # (precision or recall, IoU threshold or None for all, area ind
 
 
 def evaluate(
-    gt: COCO, dt: COCO, iou_type: str = "bbox", size_edges: list[float] | None = None
-) -> COCOeval_faster:
-    """COCO's default evaluation of one model, not yet accumulated; ``size_edges`` add the
-    buckets [edges[i], edges[i+1]] of COCO's ``area`` after its four area ranges."""
-    extra = [[float(lo), float(hi)] for lo, hi in itertools.pairwise(size_edges or [])]
-    return evaluator(gt, dt, iou_type, areaRng=COCO_AREAS + extra)
+    gt: Boxes,
+    dt: Boxes,
+    image_ids: np.ndarray,
+    category_ids: np.ndarray,
+    size_edges: list[float] | None = None,
+) -> BoxEvaluation:
+    """COCO's default bbox evaluation of one model, not yet accumulated; ``size_edges`` add
+    the buckets [edges[i], edges[i+1]] of COCO's ``area`` after its four area ranges."""
+    extra = [(float(lo), float(hi)) for lo, hi in itertools.pairwise(size_edges or [])]
+    ranges = [tuple(r) for r in COCO_AREAS] + extra
+    return BoxEvaluation(gt, dt, np.asarray(image_ids), np.asarray(category_ids), ranges)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -86,96 +86,29 @@ def stats(result: dict, params, area: int = 0) -> dict[str, float]:
     return out
 
 
-def whole(ev: COCOeval_faster) -> dict[str, float]:
-    """The 12 COCO statistics of the whole evaluation (``accumulate``d per category, kept as
-    ``ev.eval`` for ``size_bucket``)."""
-    ev.eval = accumulate(ev)
-    return stats(ev.eval, ev._paramsEval)
+def whole(ev: BoxEvaluation) -> dict[str, float]:
+    """The 12 COCO statistics of the whole evaluation (accumulated once, kept as ``ev.eval``
+    for ``size_bucket``)."""
+    ev.eval = ev.accumulate()
+    return stats(ev.eval, ev.eval["params"])
 
 
-def size_bucket(ev: COCOeval_faster, area: int) -> dict[str, float]:
-    """AP, AP50, AP75 and AR100 of area range ``area`` (an accumulated evaluation)."""
-    row = stats(ev.eval, ev._paramsEval, area=area)
+def size_bucket(ev: BoxEvaluation, area: int) -> dict[str, float]:
+    """AP, AP50, AP75 and AR100 of area range ``area`` (after ``whole``)."""
+    row = stats(ev.eval, ev.eval["params"], area=area)
     return {k: row[k] for k in SUMMARY}
 
 
-def occupied(ev: COCOeval_faster) -> list[np.ndarray]:
-    """Per category of ``ev`` (in its order): the sorted positions, among its image ids, of the
-    images holding a ground truth or a detection of that category. Every other (image,
-    category) pair has an empty per-image result, which adds nothing to an accumulation."""
-    ids = np.asarray(ev._paramsEval.imgIds)
-    out = []
-    for cat in ev._paramsEval.catIds:
-        found = np.unique(
-            np.fromiter(
-                itertools.chain(ev.cocoGt.catToImgs.get(cat, ()), ev.cocoDt.catToImgs.get(cat, ())),
-                dtype=ids.dtype,
-            )
-        )
-        where = np.searchsorted(ids, found)
-        inside = where < len(ids)
-        out.append(where[inside][ids[where[inside]] == found[inside]])
-    return out
+def image_subset(ev: BoxEvaluation, positions: np.ndarray) -> dict:
+    """Accumulated precision and recall of the images at ``positions`` of ``ev.image_ids``
+    (area "all", maxDets 100 only), equal to a fresh evaluation of those images: a mask over
+    the one evaluation's matches."""
+    return ev.accumulate(positions, every_range=False)
 
 
-def image_subset(
-    ev: COCOeval_faster, positions: np.ndarray, by_category: list[np.ndarray] | None = None
-) -> dict:
-    """Accumulated precision and recall of the images at ``positions`` of ``ev``'s image ids
-    (area "all", maxDets 100 only: measured 4x faster than every area and maxDets)."""
-    return accumulate(ev, positions, by_category, every_range=False)
-
-
-def accumulate(
-    ev: COCOeval_faster,
-    positions: np.ndarray | None = None,
-    by_category: list[np.ndarray] | None = None,
-    every_range: bool = True,
-) -> dict:
-    """COCO's ``accumulate`` of the images at ``positions`` (sorted; all by default) of ``ev``'s
-    image ids: every area range and maxDets, or (``every_range`` false) area "all" at the
-    largest maxDets only.
-
-    One accumulation per category, over the images holding it (``occupied``, computed here
-    unless given): COCO accumulates each category on its own, and the cost is per (image,
-    category) result handed to it, so the empty ones are skipped (on the 12k version 3.5 of 10
-    categories per image, on COCO ~3 of 80). A category with none keeps COCO's -1."""
-    p = ev._paramsEval
-    n_img, n_area = len(p.imgIds), len(p.areaRng)
-    ids = np.asarray(p.imgIds)
-    positions = np.arange(n_img) if positions is None else np.asarray(positions)
-    by_category = occupied(ev) if by_category is None else by_category
-    sub = copy.copy(p)
-    areas = list(range(n_area)) if every_range else [0]
-    if not every_range:
-        sub.areaRng, sub.areaRngLbl, sub.maxDets = [p.areaRng[0]], ["all"], [p.maxDets[-1]]
-    shape = (len(p.iouThrs), len(p.recThrs), len(p.catIds), len(areas), len(sub.maxDets))
-    out = {"precision": -np.ones(shape), "recall": -np.ones(shape[:1] + shape[2:])}
-    out["scores"] = -np.ones(shape)
-    for k, present in enumerate(by_category):
-        picked = np.intersect1d(positions, present, assume_unique=True)
-        if not picked.size:
-            continue
-        # per-image results are stored category-major, then area range, then image
-        index = (k * n_area + np.asarray(areas))[:, None] * n_img + picked[None, :]
-        sub.catIds, sub.imgIds = [p.catIds[k]], ids[picked].tolist()
-        one = coco_cpp.COCOevalAccumulate(sub, _items(ev, index.ravel()))
-        out["precision"][:, :, k] = one["precision"][:, :, 0]
-        out["recall"][:, k] = one["recall"][:, 0]
-        out["scores"][:, :, k] = one["scores"][:, :, 0]
-    sub.catIds, sub.imgIds = list(p.catIds), ids[positions].tolist()
-    return {**out, "params": sub}
-
-
-def _items(ev: COCOeval_faster, index: np.ndarray) -> list:
-    """``ev``'s per-image results at ``index``."""
-    picked = operator.itemgetter(*index.tolist())(ev._evalImgs_cpp)
-    return list(picked) if len(index) > 1 else [picked]
-
-
-def image_slice(ev: COCOeval_faster, img_ids: list[int]) -> dict[str, float]:
+def image_slice(ev: BoxEvaluation, img_ids: list[int]) -> dict[str, float]:
     """AP, AP50, AP75 and AR100 of the images ``img_ids`` from one evaluation."""
-    ids = np.asarray(ev._paramsEval.imgIds)
+    ids = ev.image_ids
     wanted = np.intersect1d(np.asarray(img_ids, dtype=ids.dtype), ids)
     if not wanted.size:
         return dict.fromkeys(SUMMARY, -1.0)

@@ -7,19 +7,19 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from qm_dagster.boxeval import Boxes
 from qm_dagster.evaluation import (
     COCO_AREAS,
     STATS,
     SUMMARY,
     evaluate,
     image_subset,
-    occupied,
     size_bucket,
     stats,
     whole,
     with_scores,
 )
-from qm_dagster.matching import coco_dt, ground_truth
+from qm_dagster.matching import ground_truth
 
 BUCKETS = 5
 COCO_AREA_EDGES = [0.0, 32.0**2, 96.0**2, 1e10]
@@ -103,8 +103,12 @@ class _Counts:
         return np.bincount(where, minlength=len(self.ids))
 
     def positions(self, image_ids: np.ndarray) -> np.ndarray:
-        ids = np.intersect1d(np.asarray(image_ids, dtype=self.ids.dtype), self.ids)
-        return np.searchsorted(self.ids, ids)
+        """Sorted positions in ``ids`` of the (distinct) ``image_ids`` found there."""
+        ids = np.asarray(image_ids, dtype=self.ids.dtype)
+        where = np.searchsorted(self.ids, ids)
+        found = where < len(self.ids)
+        found[found] = self.ids[where[found]] == ids[found]
+        return np.unique(where[found])
 
     def of(self, positions: np.ndarray | None = None) -> dict[str, int]:
         pick = slice(None) if positions is None else positions
@@ -133,22 +137,20 @@ def sliced_evaluation(
     edges = edges or {}
     if annotations.empty or predictions.empty:
         return pd.DataFrame(columns=COLUMNS)
-    gt = ground_truth(images, annotations, categories, predictions)
+    gt, image_ids, category_ids = ground_truth(images, annotations, categories, predictions)
     slices = image_slices(image_table, named, edges, buckets)
     size_edges = list(edges.get("label/object_area", COCO_AREA_EDGES))
     custom = size_edges != COCO_AREA_EDGES
     rows = []
     for model, preds in predictions.groupby("model", sort=True):
-        dt = coco_dt(gt, preds.reset_index(drop=True))
-        ev = evaluate(gt, dt, size_edges=size_edges if custom else None)
-        counts = _Counts(ev._paramsEval.imgIds, matches[matches.model == model], annotations, score)
+        dt = Boxes.detections(preds.reset_index(drop=True))
+        ev = evaluate(gt, dt, image_ids, category_ids, size_edges if custom else None)
+        counts = _Counts(ev.image_ids, matches[matches.model == model], annotations, score)
         base = {"model": model, "n_images": len(counts.ids)}
         whole_row = {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)}
         rows.append(with_scores(whole_row, counts.of()))
-        present = occupied(ev)
         for labels, ids in slices:
-            positions = counts.positions(ids)
-            rows.append(_slice_row(ev, counts, positions, present, {**base, **labels}))
+            rows.append(_slice_row(ev, counts, counts.positions(ids), {**base, **labels}))
         first = len(COCO_AREAS) if custom else 1  # COCO's own small/medium/large otherwise
         for b, (lo, hi) in enumerate(itertools.pairwise(size_edges)):
             labels = {"level": "object", "metric": "label/object_area", "bucket": b}
@@ -156,13 +158,10 @@ def sliced_evaluation(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _slice_row(
-    ev, counts: _Counts, positions: np.ndarray, present: list[np.ndarray], row: dict
-) -> dict[str, object]:
-    """Summary and counts of the images at ``positions`` from the model's one evaluation
-    (``present``: ``occupied(ev)``)."""
+def _slice_row(ev, counts: _Counts, positions: np.ndarray, row: dict) -> dict[str, object]:
+    """Summary and counts of the images at ``positions`` from the model's one evaluation."""
     if positions.size:
-        result = image_subset(ev, positions, present)
+        result = image_subset(ev, positions)
         summary = {k: v for k, v in stats(result, result["params"]).items() if k in SUMMARY}
     else:
         summary = dict.fromkeys(SUMMARY, -1.0)
