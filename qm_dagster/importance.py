@@ -13,6 +13,9 @@ Spearman uses every row.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -35,6 +38,7 @@ def metric_importance(
         for c in prediction_table.columns
         if "/" in c and c not in EXCLUDED and pd.api.types.is_numeric_dtype(prediction_table[c])
     ]
+    tasks = []
     for model, table in prediction_table.groupby("model", sort=True):
         table = table[table["model/match"].notna()]
         tp = table["model/match"].to_numpy(dtype=int)
@@ -43,22 +47,28 @@ def metric_importance(
             ok = np.isfinite(x)
             if ok.sum() < 5 or len(np.unique(tp[ok])) < 2 or np.ptp(x[ok]) == 0:
                 continue
-            rho = stats.spearmanr(x[ok], tp[ok])
-            mi = _mutual_information(x[ok], tp[ok], seed, mi_rows)
-            rows.append(
-                {
-                    "model": model,
-                    "metric": col,
-                    "n": int(ok.sum()),
-                    "spearman": float(rho.statistic),
-                    "p_value": float(rho.pvalue),
-                    "mutual_information": float(mi),
-                }
-            )
+            tasks.append((model, col, x[ok], tp[ok]))
+    # the k-NN searches of the estimate release the GIL: one column per core
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        rows = list(pool.map(lambda t: _importance(*t, seed, mi_rows), tasks))
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(["model", "mutual_information"], ascending=[True, False]).reset_index(
         drop=True
     )
+
+
+def _importance(
+    model: str, metric: str, x: np.ndarray, tp: np.ndarray, seed: int, mi_rows: int
+) -> dict[str, object]:
+    rho = stats.spearmanr(x, tp)
+    return {
+        "model": model,
+        "metric": metric,
+        "n": len(x),
+        "spearman": float(rho.statistic),
+        "p_value": float(rho.pvalue),
+        "mutual_information": _mutual_information(x, tp, seed, mi_rows),
+    }
 
 
 def _mutual_information(x: np.ndarray, tp: np.ndarray, seed: int, rows: int) -> float:
