@@ -183,6 +183,9 @@ def _inspect_remote(fs, path: str, size: int, etag: str, max_pixels: int) -> Fil
     return facts
 
 
+IO_OVERLAP = 2  # inspecting processes per worker for local files (see manifest_batches)
+
+
 @dataclass
 class Manifest:
     images: pd.DataFrame
@@ -203,7 +206,9 @@ def manifest_batches(
     annotations the image folder is walked a folder at a time. Memory is bounded by a batch.
     Files in an object store are I/O bound: ``threads`` inspect them. Local files are CPU bound
     (hash and header parse hold the GIL: 8 threads were slower than 1, measured at 12k files),
-    so with ``workers > 1`` that many processes inspect them instead.
+    so with ``workers > 1`` processes inspect them instead, ``IO_OVERLAP`` per worker: every
+    byte is read, and on a cold page cache a process waits on the disk (100k files, 5.6 GB,
+    2 cores: 2 processes 41.1 s, 4 31.3 s, 8 32.0 s; from the page cache 15.3 s and 14.4 s).
     """
     base = version.images_url
     if table is None and version.has_annotations():
@@ -216,7 +221,7 @@ def manifest_batches(
     )
     processes = workers > 1 and storage.is_local(storage.filesystem(base)[0])
     pool = (
-        process_pool(workers, ["qm_dagster.manifest"])
+        process_pool(IO_OVERLAP * workers, ["qm_dagster.manifest"])
         if processes
         else ThreadPoolExecutor(max(1, threads))
     )
