@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from statsmodels.stats.stattools import medcouple
 
+from qm_dagster import outliers
 from qm_dagster.metrics import load_metrics
 from qm_dagster.outliers import (
     MIN_CLASS_OBJECTS,
@@ -94,6 +95,22 @@ def test_adjusted_fences_stretch_the_long_side_by_the_statsmodels_medcouple():
         abs(fences(symmetric, "adjusted")["moderate_high"] - fences(symmetric)["moderate_high"])
         < 0.1
     )
+
+
+def test_medcouple_equals_statsmodels():
+    """Our in-place estimator against statsmodels' (the reference): skewed both ways, odd and
+    even sizes, many values on the median, few distinct values."""
+    rng = np.random.default_rng(11)
+    cases = [
+        rng.lognormal(0, 1, 2000),
+        -rng.lognormal(0, 1, 1999),
+        np.round(rng.lognormal(0, 1, 2000), 1),
+        np.round(rng.normal(0, 1, 2001), 1),
+        rng.integers(0, 3, 600).astype(float),
+        np.array([1.0, 2.0, 2.0, 2.0, 9.0]),
+    ]
+    for values in cases:
+        assert outliers.medcouple(values) == float(medcouple(values, use_fast=False))
 
 
 def test_log_fences_are_tukey_on_the_logarithm():
