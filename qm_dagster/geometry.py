@@ -80,6 +80,57 @@ def area(rle_: dict) -> float:
     return float(mask_utils.area(rle_))
 
 
+def box_pixels(
+    box: np.ndarray, height: np.ndarray, width: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels pycocotools' box RLE (``frPyObjects`` of an xywh box, rasterised as a
+    polygon by ``rleFrPoly``) covers, as half-open rectangles ``[c0, c1) x [r0, r1)``, for all
+    boxes at once: corners scaled by 5 and rounded as its C code does, a column where its
+    centre's scaled coordinate 5c + 2 lies on the top edge, rows from the two edges' clamped
+    ceilings. Tests compare it with pycocotools' own encoding."""
+    x0, y0 = box[:, 0], box[:, 1]
+    scaled = [np.trunc(5.0 * v + 0.5) for v in (x0, x0 + box[:, 2], y0, y0 + box[:, 3])]
+    u0, u1, v0, v1 = scaled  # w, h >= 0: already ordered
+    c0 = np.maximum(np.ceil((u0 - 2) / 5), 0)
+    c1 = np.minimum(np.floor((u1 - 3) / 5), width - 1) + 1
+    r0, r1 = (np.ceil(np.clip((v + 0.5) / 5.0 - 0.5, 0, height)) for v in (v0, v1))
+    c1, r1 = np.maximum(c1, c0), np.maximum(r1, r0)
+    return c0, c1, r0, r1
+
+
+def rectangle_union_areas(
+    group: np.ndarray, c0: np.ndarray, c1: np.ndarray, r0: np.ndarray, r1: np.ndarray
+) -> pd.Series:
+    """Area of the union of the half-open rectangles [c0, c1) x [r0, r1) of each ``group``,
+    exact for integer corners, with no loop over groups: each group's column edges cut it into
+    strips, and a strip's covered height is the union of the row intervals spanning it."""
+    rects = pd.DataFrame({"g": group, "c0": c0, "c1": c1, "r0": r0, "r1": r1})
+    rects = rects[(rects.c1 > rects.c0) & (rects.r1 > rects.r0)]
+    edges = pd.concat(
+        [
+            rects[["g", "c0"]].set_axis(["g", "x"], axis=1),
+            rects[["g", "c1"]].set_axis(["g", "x"], axis=1),
+        ]
+    )
+    edges = edges.drop_duplicates().sort_values(["g", "x"], kind="stable")
+    strips = edges.assign(right=edges.groupby("g").x.shift(-1)).dropna(subset=["right"])
+    strips = strips.assign(strip=np.arange(len(strips)))
+    spans = strips.merge(rects, on="g")
+    spans = spans[(spans.c0 <= spans.x) & (spans.c1 >= spans.right)]
+    spans = spans.sort_values(["strip", "r0"], kind="stable")
+    reach = spans.groupby("strip").r1.cummax()
+    before = reach.groupby(spans.strip).shift(1).fillna(-np.inf).to_numpy()
+    height = np.maximum(0.0, spans.r1.to_numpy() - np.maximum(spans.r0.to_numpy(), before))
+    per_strip = pd.Series(height).groupby(spans.strip.to_numpy()).sum()
+    strips = strips.set_index("strip")
+    area = (
+        ((strips.right - strips.x) * per_strip.reindex(strips.index, fill_value=0.0))
+        .groupby(strips.g)
+        .sum()
+    )
+    return area.reindex(pd.unique(np.asarray(group)), fill_value=0.0)
+
+
 def union_area(rles: list[dict]) -> float:
     """Pixels covered by any of ``rles``."""
     if not rles:

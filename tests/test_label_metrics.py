@@ -207,3 +207,65 @@ def test_batched_rles_equal_pycocotools_object_by_object(coco):
             expected = mask_utils.frPyObjects(seg, h, w)
         assert rle == expected
     assert sum(r is None for r in got) == (ann.image_id == unknown).sum() > 0
+
+
+def test_box_pixels_are_pycocotools_box_rasterisation():
+    """Random boxes (continuous, on tenths and on halves, partly outside the image, empty):
+    the rectangle ``box_pixels`` gives is exactly the mask pycocotools encodes for the box."""
+    from qm_dagster.geometry import box_pixels
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        h, w = (int(v) for v in rng.integers(5, 120, 2))
+        boxes = np.stack(
+            [
+                rng.uniform(-10, w + 3, 100),
+                rng.uniform(-10, h + 3, 100),
+                rng.uniform(0, w / 2, 100),
+                rng.uniform(0, h / 2, 100),
+            ],
+            axis=1,
+        )
+        boxes = np.round(boxes * (10, 2, 1e6)[trial % 3]) / (10, 2, 1e6)[trial % 3]
+        masks = mask_utils.decode(mask_utils.frPyObjects(boxes, h, w))
+        c0, c1, r0, r1 = box_pixels(boxes, np.full(100, h), np.full(100, w))
+        for i in range(100):
+            expected = np.zeros((h, w), np.uint8)
+            expected[int(r0[i]) : int(r1[i]), int(c0[i]) : int(c1[i])] = 1
+            assert np.array_equal(masks[:, :, i], expected), (boxes[i], h, w)
+
+
+def _density_by_pycocotools(t: Tables) -> np.ndarray:
+    """Union of each image's object masks (boxes where no mask) by pycocotools' merge."""
+    out = []
+    for image in t.images.itertuples():
+        rows = t.annotations[t.annotations.image_id == image.image_id]
+        rles = []
+        for r in rows.itertuples():
+            if r.segmentation is None:
+                box = np.array([[r.bbox_x, r.bbox_y, r.bbox_w, r.bbox_h]], dtype=float)
+                rles += mask_utils.frPyObjects(box, image.height, image.width)
+            else:
+                seg = json.loads(r.segmentation)
+                rle = mask_utils.frPyObjects(seg, image.height, image.width)
+                rles.append(mask_utils.merge(rle) if isinstance(rle, list) else rle)
+        area = mask_utils.area(mask_utils.merge(rles, intersect=0)) if rles else 0
+        out.append(area / (image.width * image.height))
+    return np.array(out, dtype=float)
+
+
+def test_object_density_is_the_union_of_masks_and_boxes(coco):
+    """Masks (the COCO annotations), boxes only (the same objects without their masks), and a
+    mix: each image's covered share equals pycocotools' merge of its objects' RLEs."""
+    _, t = coco
+    boxes_only = t.annotations.assign(segmentation=None)
+    mixed = t.annotations.assign(
+        segmentation=t.annotations.segmentation.where(t.annotations.image_id % 2 == 0, None)
+    )
+    for objects in (t.annotations, boxes_only, mixed):
+        tables = Tables(t.images, objects)
+        ours = np.asarray(get("object_density", "image").fn(tables), dtype=float)
+        assert ours == pytest.approx(_density_by_pycocotools(tables), rel=0, abs=1e-15)
+    assert (
+        np.asarray(get("object_density", "image").fn(Tables(t.images, boxes_only))) > 0
+    ).sum() > 40

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 
 from qm_dagster import geometry
 from qm_dagster.metrics.registry import metric
@@ -128,10 +129,18 @@ def object_count(t: Tables) -> np.ndarray:
     value_range=(0, 1),
 )
 def object_density(t: Tables) -> np.ndarray:
-    covered: dict[object, float] = {}
+    """Images whose objects are all boxes: the union of the boxes' pixel rectangles (as
+    pycocotools rasterises them), all images at once, no RLE encoded (on the 12k version the
+    RLEs alone took 1.1 s); images with a mask merge their RLEs, an image at a time."""
+    w, h = t.sizes_of(t.annotations)
+    known = ~np.isnan(w)
     ids = t.annotations.image_id.to_numpy()
-    for rows in t.groups(t.annotations):
-        rles = [t.rles[i] for i in rows if t.rles[i] is not None]
-        covered[ids[rows[0]]] = geometry.union_area(rles)
-    w, h = t.sizes_of(t.images)
-    return t.images.image_id.map(covered).fillna(0).to_numpy(dtype=float) / (w * h)
+    with_mask = np.isin(ids, ids[known & t.has_mask])
+    boxed = known & ~with_mask
+    corners = geometry.box_pixels(geometry.boxes(t.annotations)[boxed], h[boxed], w[boxed])
+    covered = geometry.rectangle_union_areas(ids[boxed], *corners).to_dict()
+    masked = np.flatnonzero(known & with_mask)
+    for rows in pd.Series(masked).groupby(ids[masked]).indices.values():
+        covered[ids[masked[rows[0]]]] = geometry.union_area([t.rles[i] for i in masked[rows]])
+    width, height = t.sizes_of(t.images)
+    return t.images.image_id.map(covered).fillna(0).to_numpy(dtype=float) / (width * height)
