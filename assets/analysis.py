@@ -24,6 +24,7 @@ from qm_dagster.quality_table import (
     OBJECT_BASE,
     PREDICTION_BASE,
     image_table,
+    metric_frames,
     object_table,
     prediction_table,
 )
@@ -137,18 +138,17 @@ def build_analysis_assets(
         check_specs=_check_specs(checks, "analysis/outliers"),
         partitions_def=dataset_versions,
         group_name="analysis",
-        ins={
-            **_ins(keys),
-            **_named("image_table", "object_table"),
-        },
+        ins=_named("image_table", "object_table", "prediction_table"),
         code_version="2",
         kinds={"python", "scikitlearn"},
     )
-    def analysis_outliers(image_table, object_table, **tables):
+    def analysis_outliers(image_table, object_table, prediction_table):
         """Per metric: values outside its fences (skew-adjusted boxplot by default, Tukey's or
         log-scale per metric; object metrics per class with enough objects too), and per level
-        the rows an IsolationForest over all metrics flags."""
-        tukey = all_outliers(_by_key(tables, keys), outlier_rules(keys, fence_rules))
+        the rows an IsolationForest over all metrics flags. Every metric is read from the
+        three wide tables, not from its own asset."""
+        frames = metric_frames(keys, image_table, object_table, prediction_table)
+        tukey = all_outliers(frames, outlier_rules(keys, fence_rules))
         multi = [
             _multivariate("image", image_table, "image_id", "data/", fence_rules),
             _multivariate("object", object_table, "annotation_id", "label/", fence_rules),

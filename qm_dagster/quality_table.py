@@ -66,3 +66,28 @@ def _with_image_metrics(table: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -
         if key.startswith("data/") and "value" in frame and not frame.empty:
             table = table.join(_values(frame, ["image_id"], key), on="image_id")
     return table
+
+
+def metric_frames(
+    keys: list[str], image: pd.DataFrame, objects: pd.DataFrame, predictions: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """Each metric of ``keys`` as its own table (``value`` with its row keys, as the metric
+    asset stores it), read back from the wide tables: analysis that needs every metric loads
+    three tables instead of one per metric. Metrics with no column are left out."""
+    out = {}
+    for key in keys:
+        if key.startswith("label/") and key in objects:
+            out[key] = objects[["annotation_id", "image_id", "category", key]]
+        elif key.startswith("model/") and key in predictions:
+            out[key] = predictions[["model", "prediction_id", "image_id", "category", key]]
+        elif key.startswith("model/"):
+            per_model = [c for c in image.columns if c.startswith(f"{key}@") and ":" not in c]
+            if per_model:
+                melted = image.melt("image_id", per_model, var_name="model", value_name=key)
+                melted["model"] = melted.model.str.slice(len(key) + 1)
+                out[key] = melted[["model", "image_id", key]]
+        elif key in image:
+            out[key] = image[["image_id", key]]
+        if key in out:
+            out[key] = out[key].rename(columns={key: "value"})
+    return out

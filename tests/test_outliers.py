@@ -21,7 +21,7 @@ from qm_dagster.outliers import (
     rules,
     sampled_medcouple,
 )
-from qm_dagster.quality_table import image_table, object_table
+from qm_dagster.quality_table import image_table, metric_frames, object_table, prediction_table
 from tests.real_objects import coco_objects
 
 load_metrics()
@@ -216,3 +216,53 @@ def test_zero_inflated_metrics_are_fenced_above_their_point_mass():
     # plain Tukey on every value puts the fence next to zero and calls much of the tail severe
     q1, q3 = np.percentile(values, [25, 75])
     assert np.mean(values > q3 + 3 * (q3 - q1)) > 0.1
+
+
+def test_metric_frames_read_every_metric_back_from_the_wide_tables():
+    """Outliers read the metrics from the three wide tables: each metric's rows come back as
+    its own asset stored them (image, object, prediction level, and per-model image metrics)."""
+    manifest = pd.DataFrame({"image_id": [1, 2], "file_name": ["a", "b"], "ok": True})
+    annotations = pd.DataFrame(
+        {"annotation_id": [7, 8], "image_id": [1, 2], "category": ["x", "y"], "iscrowd": 0}
+    )
+    predictions = pd.DataFrame(
+        {
+            "model": ["m", "n", "n"],
+            "prediction_id": [1, 1, 2],
+            "image_id": [1, 1, 2],
+            "category": ["x", "x", "y"],
+            "score": [0.9, 0.8, 0.3],
+        }
+    )
+    metrics = {
+        "data/brightness": pd.DataFrame({"image_id": [2, 1], "value": [0.2, 0.1]}),
+        "label/object_area": pd.DataFrame(
+            {
+                "annotation_id": [8, 7],
+                "image_id": [2, 1],
+                "category": ["y", "x"],
+                "value": [5.0, 1.0],
+            }
+        ),
+        "model/iou": predictions[["model", "prediction_id", "image_id", "category"]].assign(
+            value=[0.7, 0.6, 0.0]
+        ),
+        "model/entropy": pd.DataFrame(
+            {"model": ["m", "m", "n", "n"], "image_id": [1, 2, 1, 2], "value": [0.5, 0.7, 0.1, 0.3]}
+        ),
+    }
+    frames = metric_frames(
+        sorted(metrics),
+        image_table(manifest, metrics),
+        object_table(annotations, metrics),
+        prediction_table(predictions, metrics),
+    )
+    assert sorted(frames) == sorted(metrics)
+    for key, stored in metrics.items():
+        back = frames[key].dropna(subset=["value"])
+        assert sorted(back.columns) == sorted(stored.columns), key
+        order = sorted(stored.columns)
+        expected = stored[order].sort_values(order).reset_index(drop=True)
+        pd.testing.assert_frame_equal(
+            back[order].sort_values(order).reset_index(drop=True), expected, check_dtype=False
+        )
