@@ -111,6 +111,7 @@ class BoxEvaluation:
     area_ranges: list[tuple[float, float]]
     iou_thrs: np.ndarray = field(default_factory=lambda: IOU_THRS.copy())
     max_dets: tuple[int, ...] = MAX_DETS
+    eval: dict | None = field(default=None, init=False)  # the whole accumulation, once made
 
     def __post_init__(self) -> None:
         self.image_ids = np.unique(self.image_ids)

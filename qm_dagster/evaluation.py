@@ -87,15 +87,22 @@ def stats(result: dict, params, area: int = 0) -> dict[str, float]:
 
 
 def whole(ev: BoxEvaluation) -> dict[str, float]:
-    """The 12 COCO statistics of the whole evaluation (accumulated once, kept as ``ev.eval``
-    for ``size_bucket``)."""
-    ev.eval = ev.accumulate()
-    return stats(ev.eval, ev.eval["params"])
+    """The 12 COCO statistics of the whole evaluation."""
+    result = _accumulated(ev)
+    return stats(result, result["params"])
+
+
+def _accumulated(ev: BoxEvaluation) -> dict:
+    """The whole version's accumulation, made once and kept on ``ev``."""
+    if ev.eval is None:
+        ev.eval = ev.accumulate()
+    return ev.eval
 
 
 def size_bucket(ev: BoxEvaluation, area: int) -> dict[str, float]:
-    """AP, AP50, AP75 and AR100 of area range ``area`` (after ``whole``)."""
-    row = stats(ev.eval, ev.eval["params"], area=area)
+    """AP, AP50, AP75 and AR100 of area range ``area`` (of the whole accumulation)."""
+    result = _accumulated(ev)
+    row = stats(result, result["params"], area=area)
     return {k: row[k] for k in SUMMARY}
 
 
