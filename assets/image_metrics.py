@@ -17,6 +17,7 @@ from qm_dagster.passes.image_pass import (
     EMBEDDINGS,
     ENGINE_VERSION,
     OBJECT_EMBEDDINGS,
+    THUMB_CODE,
     measure_images,
 )
 from qm_dagster.storage import StoredTable
@@ -55,7 +56,7 @@ EMBEDDING_OUTS = {
         key=["data", "embeddings"],
         group_name="data",
         is_required=False,
-        code_version=ENGINE_VERSION,
+        code_version=THUMB_CODE,
         description="Per image: a deterministic feature vector (colour histogram, low-frequency "
         "DCT, gradient orientations, channel statistics; unit norm) and a 64-bit perceptual hash.",
         kinds={"python", "opencv"},
@@ -64,7 +65,7 @@ EMBEDDING_OUTS = {
         key=["label", "embeddings"],
         group_name="label",
         is_required=False,
-        code_version=ENGINE_VERSION,
+        code_version=THUMB_CODE,
         description="The same feature vector for each annotated object's box crop.",
         kinds={"python", "opencv"},
     ),

@@ -16,6 +16,7 @@ from qm_dagster.metrics.view import ImageView
 
 DIM = 64 + 63 + 8 + 6
 THUMB = 64
+THUMB_VERSION = "2"  # bump when ``thumbnail`` or what is made from it changes values
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -24,7 +25,13 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def thumbnail(bgr: np.ndarray, size: int = THUMB) -> np.ndarray:
-    return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+    """The ``size`` x ``size`` area average of a BGR image (OpenCV's INTER_AREA where a side is
+    shorter than ``size``): what the embedding, the hash and the stored thumbnail start from."""
+    if bgr.shape[0] < size or bgr.shape[1] < size:
+        return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+    from qm_dagster.metrics.kernels import area_shrink  # compiled code: pixel workers only
+
+    return area_shrink(np.ascontiguousarray(bgr), size, size)
 
 
 def _dct_gray(bgr_thumb: np.ndarray) -> np.ndarray:

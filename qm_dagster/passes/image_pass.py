@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qm_dagster import storage
+from qm_dagster import embeddings, storage
 from qm_dagster.allocator import arrow_single_threaded, release_memory
 from qm_dagster.coco import ANNOTATION_COLUMNS
 from qm_dagster.metrics.registry import MetricSpec
@@ -46,6 +46,8 @@ from qm_dagster.passes.progress import Progress
 
 # Part of every fingerprint: bump when the decode or the shared pixel code changes values.
 ENGINE_VERSION = "2"
+# Of the quantities made from the shared thumbnail (built-in embeddings, hashes, thumbnails)
+THUMB_CODE = f"{ENGINE_VERSION}.{embeddings.THUMB_VERSION}"
 EMBEDDINGS, OBJECT_EMBEDDINGS = "data/embeddings", "label/embeddings"
 FAILURE_COLUMNS = ["image_id", "stage", "reason"]
 BATCH_ROWS = 4096  # manifest rows per sweep batch: the driver's memory is a few batches
@@ -118,23 +120,25 @@ class Selection:
 
     @property
     def phash_fp(self) -> str:
-        return fingerprint(f"{EMBEDDINGS}/phash", ENGINE_VERSION) if self.embeddings else ""
+        return fingerprint(f"{EMBEDDINGS}/phash", THUMB_CODE) if self.embeddings else ""
 
     @property
     def vector_fp(self) -> str:
         if not self.embeddings:
             return ""
-        return fingerprint(f"{EMBEDDINGS}/vector", ENGINE_VERSION, self.embedder or "builtin")
+        if self.embedder:  # the user's function sees the decoded image, not our thumbnail
+            return fingerprint(f"{EMBEDDINGS}/vector", ENGINE_VERSION, self.embedder)
+        return fingerprint(f"{EMBEDDINGS}/vector", THUMB_CODE, "builtin")
 
     @property
     def thumb_fp(self) -> str:
-        return fingerprint(f"{EMBEDDINGS}/thumb", ENGINE_VERSION) if self.embeddings else ""
+        return fingerprint(f"{EMBEDDINGS}/thumb", THUMB_CODE) if self.embeddings else ""
 
     @property
     def object_vector_fp(self) -> str:
         if not self.object_embeddings:
             return ""
-        return fingerprint(f"{OBJECT_EMBEDDINGS}/vector", ENGINE_VERSION)
+        return fingerprint(f"{OBJECT_EMBEDDINGS}/vector", THUMB_CODE)
 
 
 def measure_images(
