@@ -9,7 +9,8 @@ light, blurry, low information, odd aspect ratio, odd size, grayscale, exact and
 duplicates). fastdup: ``fastdup.create(work_dir, input_dir).run()`` (embeddings, similarity,
 outliers, duplicates, stats). Each peer runs in its own virtualenv, created once under the cache
 (``pip install cleanvision fastdup``: benchmark tools, not project dependencies), in a fresh
-process, with all cores. Prints each wall time and peer / ours, measured in this one run.
+process, with all cores, after every image file has been read once (the same warm page cache
+for each). Prints each wall time and peer / ours, measured in this one run.
 
 Usage: python benchmarks/peers.py [--size 10000] [--cache DIR] [--work DIR]
 """
@@ -90,6 +91,12 @@ def ours(version_dir: Path, work: Path) -> dict:
     return result
 
 
+def warm(images: Path) -> int:
+    """Read every image file once, so that no tool pays the cold page cache for the ones run
+    before it (this machine's memory reclaim can drop the cache between runs)."""
+    return sum(len(p.read_bytes()) for p in images.rglob("*") if p.is_file())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10_000)
@@ -103,6 +110,7 @@ def main() -> None:
     python = peer_python(args.cache)
     print(f"{version.name}: {args.size} images, {os.cpu_count()} cores, outputs {work}", flush=True)
     try:
+        print(f"  page cache warmed: {warm(images) / 1e6:.0f} MB read", flush=True)
         mine = ours(unlabeled, work / "ours")
         print(f"  ours, images only (every asset): {mine['wall']:.1f} s (ok {mine['ok']})")
         labelled = ours(version, work / "ours-labelled")
@@ -110,10 +118,12 @@ def main() -> None:
             f"  ours, with labels and a model (every asset): {labelled['wall']:.1f} s "
             f"(ok {labelled['ok']})"
         )
+        warm(images)
         cv = run_peer(python, CLEANVISION, str(images))
         print(
             f"  CleanVision find_issues: {cv['wall']:.1f} s; {cv['images']} images, {cv['issues']}"
         )
+        warm(images)
         fd = run_peer(python, FASTDUP, str(images), str(work / "fastdup"))
         print(
             f"  fastdup run: {fd['wall']:.1f} s; {fd['similar pairs']} similar pairs, "
