@@ -256,17 +256,17 @@ def build_analysis_assets(
                 "manifest", "annotations", "categories", "predictions", "matches", "image_table"
             ),
         },
-        code_version="2",
+        code_version="3",
         kinds={"python", "numpy"},
     )
     def analysis_sliced_evaluation(
         manifest, annotations, categories, predictions, matches, image_table
     ):
-        """Per model: COCO's 12 statistics on the whole version; AP, AP50, AP75, AR100 and
-        TP/FP/FN, precision, recall, F1 (at the configured score threshold, from model/matching)
-        on each bucket of each image metric (quantiles, or configured edges), on named slices
-        and on size buckets of object_area. One COCO evaluation per model (boxeval);
-        slices accumulate its matches."""
+        """Per model: COCO's 12 statistics and TP/FP/FN, precision, recall, F1 (at the
+        configured score threshold, from model/matching) on the whole version, on each bucket
+        of each image metric (quantiles, or configured edges) and on named slices; AP, AR on
+        size buckets of object_area. One COCO evaluation per model and IoU type (bbox; segm
+        too for a model with masks, ``iou_type`` column); slices accumulate its matches."""
         named = {
             s.name: apply_slice(s, image_table).image_id.tolist()
             for s in slices
@@ -289,11 +289,15 @@ def build_analysis_assets(
             metadata={
                 "dagster/row_count": len(frame),
                 **{
-                    f"{stat} {row.model}": float(getattr(row, stat))
+                    f"{stat} {row.model}{'' if row.iou_type == 'bbox' else ' ' + row.iou_type}": (
+                        float(getattr(row, stat))
+                    )
                     for row in overall.itertuples()
                     for stat in ("AP", "AP50", "AR100")
                 },
-                "overall": table_preview(overall[["model", *STATS, "precision", "recall", "f1"]]),
+                "overall": table_preview(
+                    overall[["model", "iou_type", *STATS, "precision", "recall", "f1"]]
+                ),
                 **sliced_charts(frame, CHARTED),
             },
         )

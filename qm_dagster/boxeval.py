@@ -1,5 +1,5 @@
-"""COCO's bounding-box evaluation (pycocotools' ``evaluateImg`` and ``accumulate``), vectorised
-over every image at once with numpy.
+"""COCO's bounding-box and mask evaluation (pycocotools' ``evaluateImg`` and ``accumulate``,
+``iouType`` bbox or segm), vectorised over every image at once with numpy.
 
 Written here, not taken from pycocotools or faster-coco-eval, because sliced evaluation
 accumulates the same matches over ~70 image subsets: faster-coco-eval keeps its per-image
@@ -14,18 +14,22 @@ not-yet-matched ground truth of highest IoU (crowd regions match any number of t
 ignored ground truth only when no regular one qualifies; equal IoUs go to the later one in
 pycocotools' order), ground truth outside an area range ignored, and an unmatched detection
 outside it too; precision interpolated at 101 recall thresholds. pycocotools' quirk that a
-match to a ground-truth id 0 counts as no match is kept. Tests compare every statistic with
-pycocotools on real detections.
+match to a ground-truth id 0 counts as no match is kept. Mask IoUs are pycocotools' own
+(``maskUtils.iou`` per image and category, as its ``computeIoU``); everything after them is
+shared with boxes. A detection's area for area ranges is its mask's in a segm evaluation (as
+``loadRes`` sets it for mask results; pycocotools keeps w * h when a result has a box too).
+Tests compare every statistic with pycocotools on real detections.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+from pycocotools import mask as mask_utils
 
 from qm_dagster.geometry import pair_iou
 
@@ -47,6 +51,7 @@ class Boxes:
     area: np.ndarray
     score: np.ndarray | None = None
     crowd: np.ndarray | None = None
+    masks: np.ndarray | None = None  # object array of RLEs at image size (segm evaluation)
 
     @classmethod
     def ground_truth(cls, frame: pd.DataFrame, area: np.ndarray) -> Boxes:
@@ -96,7 +101,16 @@ class Boxes:
             self.area[rows],
             pick(self.score),
             pick(self.crowd),
+            pick(self.masks),
         )
+
+    def with_masks(self, masks: list[dict]) -> Boxes:
+        """These records with their RLEs, for a segm evaluation; a detection's area becomes
+        its mask's."""
+        rles = np.empty(len(masks), object)
+        rles[:] = masks
+        area = self.area if self.score is None else mask_areas(list(masks))
+        return replace(self, masks=rles, area=np.asarray(area, np.float64))
 
 
 @dataclass
@@ -109,6 +123,7 @@ class BoxEvaluation:
     image_ids: np.ndarray  # sorted
     category_ids: np.ndarray  # sorted
     area_ranges: list[tuple[float, float]]
+    iou_type: str = "bbox"  # or "segm": both sides carry masks
     iou_thrs: np.ndarray = field(default_factory=lambda: IOU_THRS.copy())
     max_dets: tuple[int, ...] = MAX_DETS
     eval: dict | None = field(default=None, init=False)  # the whole accumulation, once made
@@ -125,7 +140,7 @@ class BoxEvaluation:
         self.gt_image_pos = np.searchsorted(self.image_ids, self.gt.image)
         # the order accumulate sorts detections in: score, then image, then rank in the image
         self.order = np.lexsort((self.rank, self.dt_image_pos, -self.dt.score))
-        self.pairs = _pairs(self.dt, self.gt)
+        self.pairs = _pairs(self.dt, self.gt, self.iou_type == "segm")
         self.matches = [self._match(lo, hi) for lo, hi in self.area_ranges]
         # per category: its detections in accumulate's order, its ground truth
         dt_cat = np.searchsorted(self.category_ids, self.dt.category)[self.order]
@@ -180,18 +195,22 @@ class BoxEvaluation:
         return _Matches(counted & ~ignored, ~counted & ~ignored, ~gt_ignored, matched[0])
 
     def accumulate(
-        self, image_positions: np.ndarray | None = None, every_range: bool = True
+        self,
+        image_positions: np.ndarray | None = None,
+        ranges: int | None = None,
+        summary: bool = False,
     ) -> dict:
         """pycocotools' ``accumulate`` over the images at ``image_positions`` (indices into
         ``image_ids``; all by default): precision ``T x R x K x A x M`` and recall
-        ``T x K x A x M``, -1 where a category has no regular ground truth. Without
-        ``every_range``: area range 0 and the largest maxDets only."""
+        ``T x K x A x M``, -1 where a category has no regular ground truth. ``ranges``: the
+        first area ranges only (all by default). ``summary``: precision at the largest maxDets
+        only (what COCO's 12 statistics read; below it, a recall is a count, not a curve)."""
         inside = np.ones(len(self.image_ids), bool)
         if image_positions is not None:
             inside[:] = False
             inside[np.asarray(image_positions, np.int64)] = True
-        areas = range(len(self.area_ranges)) if every_range else range(1)
-        max_dets = self.max_dets if every_range else self.max_dets[-1:]
+        areas = range(len(self.area_ranges) if ranges is None else ranges)
+        max_dets = self.max_dets
         n_t, n_r, n_k = len(self.iou_thrs), len(REC_THRS), len(self.category_ids)
         precision = -np.ones((n_t, n_r, n_k, len(areas), len(max_dets)))
         recall = -np.ones((n_t, n_k, len(areas), len(max_dets)))
@@ -206,6 +225,9 @@ class BoxEvaluation:
                     continue
                 for m, max_det in enumerate(max_dets):
                     rows = chosen[chosen_rank < max_det]
+                    if summary and m < len(max_dets) - 1:
+                        recall[:, k, a, m] = _recall(m_a.tp[:, rows], npig)
+                        continue
                     precision[:, :, k, a, m], recall[:, k, a, m] = _curve(
                         m_a.tp[:, rows], m_a.fp[:, rows], npig
                     )
@@ -242,14 +264,46 @@ def _rank(dt: Boxes) -> np.ndarray:
     return rank
 
 
-def _pairs(dt: Boxes, gt: Boxes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (detection, ground truth) of one image and category, with pycocotools' box IoU
-    (over the detection's area for a crowd region)."""
+def _pairs(dt: Boxes, gt: Boxes, masks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (detection, ground truth) of one image and category, with pycocotools' box or
+    mask IoU (over the detection's area for a crowd region)."""
     left = pd.DataFrame({"image": dt.image, "category": dt.category, "d": np.arange(len(dt.ids))})
     right = pd.DataFrame({"image": gt.image, "category": gt.category, "g": np.arange(len(gt.ids))})
     joined = left.merge(right, on=["image", "category"])
     d, g = joined.d.to_numpy(np.int64), joined.g.to_numpy(np.int64)
+    if masks:
+        return d, g, _mask_iou(dt, gt, d, g)
     return d, g, pair_iou(dt.box[d], gt.box[g], gt.crowd[g])
+
+
+def mask_areas(rles: list[dict]) -> np.ndarray:
+    """``maskUtils.area`` of each RLE, 255 per call: pycocotools' ``area`` of a longer list
+    overflows (it counts the list in a uint8)."""
+    parts = [mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def _mask_iou(dt: Boxes, gt: Boxes, d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``maskUtils.iou`` of each pair, one call per (image, category) as ``computeIoU``."""
+    iou = np.zeros(len(d))
+    if not len(d):
+        return iou
+    group = pd.factorize(pd.MultiIndex.from_arrays([dt.image[d], dt.category[d]]))[0]
+    by_group = np.argsort(group, kind="stable")
+    cuts = np.searchsorted(group[by_group], np.arange(group.max() + 2))
+    for a, b in itertools.pairwise(cuts):
+        rows = by_group[a:b]
+        ds, gs = np.unique(d[rows]), np.unique(g[rows])
+        crowd = gt.crowd[gs].astype(np.uint8)
+        matrix = np.asarray(mask_utils.iou(list(dt.masks[ds]), list(gt.masks[gs]), list(crowd)))
+        iou[rows] = matrix[np.searchsorted(ds, d[rows]), np.searchsorted(gs, g[rows])]
+    return iou
+
+
+def _recall(tp: np.ndarray, npig: int) -> np.ndarray:
+    """``_curve``'s final recall alone: the true positives over the regular ground truth (0
+    without detections, as pycocotools)."""
+    return np.count_nonzero(tp, axis=1) / npig
 
 
 def _curve(tp: np.ndarray, fp: np.ndarray, npig: int) -> tuple[np.ndarray, np.ndarray]:

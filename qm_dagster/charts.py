@@ -135,8 +135,11 @@ def hbars_png(
 
 
 def sliced_chart(frame, metric: str, stat: str = "AP50") -> bytes:
-    """``stat`` per bucket of ``metric`` for each model, from a sliced-evaluation table."""
+    """``stat`` per bucket of ``metric`` for each model (box evaluation), from a
+    sliced-evaluation table."""
     rows = frame[frame.metric == metric].sort_values("bucket")
+    if "iou_type" in rows:
+        rows = rows[rows.iou_type == "bbox"]
     buckets = [b for b in dict.fromkeys(rows.bucket.astype(str)) if b != "all"]
     series = {
         str(model): [

@@ -8,6 +8,7 @@ checks:
     metric: data/brightness
     bucket: 0                          # the lowest quantile bucket (or "all": the whole version)
     stat: AP50                         # any column of the table (AP, AP50, AP75, AR100, recall...)
+    iou_type: bbox                     # or segm: the mask evaluation (models with masks)
     op: ">="
     value: 0.5
     severity: ERROR                    # ERROR or WARN (default)
@@ -44,6 +45,7 @@ TARGETS = {
     "drift": "analysis/drift",
     "outliers": "analysis/outliers",
 }
+IOU_TYPES = ("bbox", "segm")  # the evaluations sliced_evaluation makes
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,60}$")
 
@@ -55,6 +57,7 @@ class Check:
     metric: str = ""
     model: str = ""
     bucket: str = "all"
+    iou_type: str = "bbox"
     stat: str = ""
     op: str = ">="
     value: float = 0.0
@@ -96,6 +99,8 @@ def load_checks(path: str) -> list[Check]:
             raise QmError(f"{where}: name {check.name!r} must be unique, letters, digits, _")
         if check.target not in TARGETS:
             raise QmError(f"{where}: 'target' must be one of {sorted(TARGETS)}")
+        if check.iou_type not in IOU_TYPES:
+            raise QmError(f"{where}: 'iou_type' must be one of {list(IOU_TYPES)}")
         if check.op not in OPS or check.severity not in ("WARN", "ERROR"):
             raise QmError(f"{where}: op must be one of {sorted(OPS)}, severity WARN or ERROR")
         names.add(check.name)
@@ -119,10 +124,13 @@ def evaluate(check: Check, frame: pd.DataFrame, images: int | None = None) -> Ou
         on = f" on {check.metric}" if check.metric else ""
         return _compare(check, share, f"severe share{on} {share:.3f}")
     rows = frame[(frame.model == check.model) & (frame.metric == (check.metric or "all"))]
+    if "iou_type" in rows:
+        rows = rows[rows.iou_type == check.iou_type]
     if check.bucket != "all":
         rows = rows[rows.bucket.astype(str) == check.bucket]
     if rows.empty:
-        return Outcome(False, None, f"no slice {check.model}/{check.metric}/{check.bucket}")
+        where = f"{check.model}/{check.metric}/{check.bucket} ({check.iou_type})"
+        return Outcome(False, None, f"no slice {where}")
     value = float(rows[check.stat].iloc[0])
     return _compare(check, value, f"{check.stat} = {value:.4f}")
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from pycocotools import mask as mask_utils
 
 from qm_dagster.errors import DatasetError
+from qm_dagster.geometry import parsed_rle
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -381,7 +383,11 @@ def _result_row(
     cid = _int(_need(det, "category_id", file, where), file, f"{where}.category_id")
     if cat_names and cid not in cat_names:
         raise DatasetError(file, f"{where}.category_id", f"category id {cid} is not in categories")
-    x, y, w, h = _bbox(_need(det, "bbox", file, where), file, f"{where}.bbox")
+    segmentation = _segmentation(det.get("segmentation"), file, f"{where}.segmentation")
+    if "bbox" in det or not isinstance(det.get("segmentation"), dict):
+        x, y, w, h = _bbox(_need(det, "bbox", file, where), file, f"{where}.bbox")
+    else:  # a mask result: its box is the mask's, as pycocotools' loadRes makes it
+        x, y, w, h = _mask_bbox(det["segmentation"])
     score = _number(_need(det, "score", file, where), file, f"{where}.score")
     scores = det.get("scores")
     if scores is not None:
@@ -397,10 +403,17 @@ def _result_row(
         "bbox_w": w,
         "bbox_h": h,
         "score": score,
-        "segmentation": _segmentation(det.get("segmentation"), file, f"{where}.segmentation"),
+        "segmentation": segmentation,
         "track_id": _track(det.get("track_id"), file, f"{where}.track_id"),
         "scores": None if scores is None else json.dumps(scores),
     }
+
+
+def _mask_bbox(rle: dict) -> tuple[float, float, float, float]:
+    """pycocotools' ``toBbox`` of a (validated) RLE."""
+    height, width = rle["size"]
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(parsed_rle(rle, height, width)))
+    return x, y, w, h
 
 
 def parse_results(

@@ -17,7 +17,6 @@ import numpy as np
 
 from qm_dagster.boxeval import Boxes, BoxEvaluation
 
-SUMMARY = ["AP", "AP50", "AP75", "AR100"]
 STATS = [
     "AP",
     "AP50",
@@ -55,12 +54,16 @@ def evaluate(
     image_ids: np.ndarray,
     category_ids: np.ndarray,
     size_edges: list[float] | None = None,
+    iou_type: str = "bbox",
 ) -> BoxEvaluation:
-    """COCO's default bbox evaluation of one model, not yet accumulated; ``size_edges`` add
-    the buckets [edges[i], edges[i+1]] of COCO's ``area`` after its four area ranges."""
+    """COCO's default evaluation (``iou_type`` bbox, or segm when both sides carry masks) of
+    one model, not yet accumulated; ``size_edges`` add the buckets [edges[i], edges[i+1]] of
+    COCO's ``area`` after its four area ranges."""
     extra = [(float(lo), float(hi)) for lo, hi in itertools.pairwise(size_edges or [])]
     ranges = [tuple(r) for r in COCO_AREAS] + extra
-    return BoxEvaluation(gt, dt, np.asarray(image_ids), np.asarray(category_ids), ranges)
+    return BoxEvaluation(
+        gt, dt, np.asarray(image_ids), np.asarray(category_ids), ranges, iou_type=iou_type
+    )
 
 
 def _mean(values: np.ndarray) -> float:
@@ -100,28 +103,27 @@ def _accumulated(ev: BoxEvaluation) -> dict:
 
 
 def size_bucket(ev: BoxEvaluation, area: int) -> dict[str, float]:
-    """AP, AP50, AP75 and AR100 of area range ``area`` (of the whole accumulation)."""
+    """COCO's statistics of area range ``area`` (of the whole accumulation): AP, AP50, AP75,
+    AR1, AR10, AR100; the small/medium/large ones are -1 (not defined inside one range)."""
     result = _accumulated(ev)
-    row = stats(result, result["params"], area=area)
-    return {k: row[k] for k in SUMMARY}
+    return stats(result, result["params"], area=area)
 
 
 def image_subset(ev: BoxEvaluation, positions: np.ndarray) -> dict:
     """Accumulated precision and recall of the images at ``positions`` of ``ev.image_ids``
-    (area "all", maxDets 100 only), equal to a fresh evaluation of those images: a mask over
-    the one evaluation's matches."""
-    return ev.accumulate(positions, every_range=False)
+    (COCO's four area ranges, precision at maxDets 100), equal to a fresh evaluation of those
+    images: a mask over the one evaluation's matches."""
+    return ev.accumulate(positions, ranges=len(COCO_AREAS), summary=True)
 
 
 def image_slice(ev: BoxEvaluation, img_ids: list[int]) -> dict[str, float]:
-    """AP, AP50, AP75 and AR100 of the images ``img_ids`` from one evaluation."""
+    """COCO's 12 statistics of the images ``img_ids`` from one evaluation."""
     ids = ev.image_ids
     wanted = np.intersect1d(np.asarray(img_ids, dtype=ids.dtype), ids)
     if not wanted.size:
-        return dict.fromkeys(SUMMARY, -1.0)
+        return dict.fromkeys(STATS, -1.0)
     result = image_subset(ev, np.searchsorted(ids, wanted))
-    row = stats(result, result["params"])
-    return {k: row[k] for k in SUMMARY}
+    return stats(result, result["params"])
 
 
 def with_scores(row: dict[str, float], c: dict[str, int]) -> dict[str, float]:

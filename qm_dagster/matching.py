@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from qm_dagster.boxeval import ALL_AREAS, Boxes, BoxEvaluation
+from qm_dagster.errors import QmError
 from qm_dagster.geometry import pair_iou
 from qm_dagster.metrics.label import object_area
 from qm_dagster.metrics.tables import Tables
@@ -75,6 +76,17 @@ def ground_truth(
     areas = object_area(Tables(images, annotations))
     cats = np.array(sorted(set(categories.category_id) | set(predictions.category_id)))
     return Boxes.ground_truth(annotations, areas), images.image_id.to_numpy(np.int64), cats
+
+
+def object_rles(images: pd.DataFrame, frame: pd.DataFrame) -> list[dict]:
+    """Each row's RLE at its image's size (its mask, else its box), as pycocotools' ``annToRLE``
+    makes them for a segm evaluation; ``frame`` is annotations or predictions."""
+    rles = Tables(images, frame).rles
+    unknown = [i for i, r in enumerate(rles) if r is None]
+    if unknown:
+        image = frame.image_id.iloc[unknown[0]]
+        raise QmError(f"image {image}: size unknown (no header, no width/height in annotations)")
+    return rles
 
 
 def matching(

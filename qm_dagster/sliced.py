@@ -11,7 +11,6 @@ from qm_dagster.boxeval import Boxes
 from qm_dagster.evaluation import (
     COCO_AREAS,
     STATS,
-    SUMMARY,
     evaluate,
     image_subset,
     size_bucket,
@@ -19,12 +18,13 @@ from qm_dagster.evaluation import (
     whole,
     with_scores,
 )
-from qm_dagster.matching import ground_truth
+from qm_dagster.matching import ground_truth, object_rles
 
 BUCKETS = 5
 COCO_AREA_EDGES = [0.0, 32.0**2, 96.0**2, 1e10]
 COLUMNS = [
     "model",
+    "iou_type",
     "level",
     "metric",
     "bucket",
@@ -133,7 +133,9 @@ def sliced_evaluation(
     that metric), each named image slice (``metric`` = ``slice:<name>``), and size buckets of
     ``object_area`` (COCO's small / medium / large unless ``edges`` names
     ``label/object_area``). TP / FP / FN, precision, recall and F1 count detections with score
-    >= ``score``, from the matching table. One COCO evaluation per model."""
+    >= ``score``, from the matching table. One COCO evaluation per model and IoU type: ``bbox``,
+    and ``segm`` for a model whose every prediction has a mask (its rows carry COCO's
+    statistics; the counts are the box matching's, so left empty)."""
     edges = edges or {}
     if annotations.empty or predictions.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -142,28 +144,47 @@ def sliced_evaluation(
     size_edges = list(edges.get("label/object_area", COCO_AREA_EDGES))
     custom = size_edges != COCO_AREA_EDGES
     rows = []
+    gt_masks = None
     for model, preds in predictions.groupby("model", sort=True):
-        dt = Boxes.detections(preds.reset_index(drop=True))
-        ev = evaluate(gt, dt, image_ids, category_ids, size_edges if custom else None)
-        counts = _Counts(ev.image_ids, matches[matches.model == model], annotations, score)
-        base = {"model": model, "n_images": len(counts.ids)}
-        whole_row = {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)}
-        rows.append(with_scores(whole_row, counts.of()))
-        for labels, ids in slices:
-            rows.append(_slice_row(ev, counts, counts.positions(ids), {**base, **labels}))
-        first = len(COCO_AREAS) if custom else 1  # COCO's own small/medium/large otherwise
-        for b, (lo, hi) in enumerate(itertools.pairwise(size_edges)):
-            labels = {"level": "object", "metric": "label/object_area", "bucket": b}
-            rows.append({**base, **labels, "lo": lo, "hi": hi, **size_bucket(ev, first + b)})
+        preds = preds.reset_index(drop=True)
+        dt = Boxes.detections(preds)
+        counts = _Counts(image_ids, matches[matches.model == model], annotations, score)
+        kinds = [("bbox", gt, dt)]
+        if preds.segmentation.notna().all():
+            if gt_masks is None:
+                gt_masks = gt.with_masks(object_rles(images, annotations))
+            kinds.append(("segm", gt_masks, dt.with_masks(object_rles(images, preds))))
+        for iou_type, truth, found in kinds:
+            ev = evaluate(
+                truth, found, image_ids, category_ids, size_edges if custom else None, iou_type
+            )
+            base = {"model": model, "iou_type": iou_type, "n_images": len(counts.ids)}
+            rows += _model_rows(ev, counts, base, slices, scored=iou_type == "bbox")
+            first = len(COCO_AREAS) if custom else 1  # COCO's own small/medium/large otherwise
+            for b, (lo, hi) in enumerate(itertools.pairwise(size_edges)):
+                labels = {"level": "object", "metric": "label/object_area", "bucket": b}
+                rows.append({**base, **labels, "lo": lo, "hi": hi, **size_bucket(ev, first + b)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _slice_row(ev, counts: _Counts, positions: np.ndarray, row: dict) -> dict[str, object]:
-    """Summary and counts of the images at ``positions`` from the model's one evaluation."""
+def _model_rows(ev, counts: _Counts, base: dict, slices, scored: bool) -> list[dict]:
+    """The whole version's row and each image slice's, of one evaluation; ``scored``: with
+    the box matching's TP / FP / FN."""
+    whole_row = {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)}
+    rows = [with_scores(whole_row, counts.of()) if scored else whole_row]
+    for labels, ids in slices:
+        row = {**base, **labels}
+        rows.append(_slice_row(ev, counts if scored else None, counts.positions(ids), row))
+    return rows
+
+
+def _slice_row(ev, counts: _Counts | None, positions: np.ndarray, row: dict) -> dict[str, object]:
+    """COCO's statistics (and, with ``counts``, TP / FP / FN) of the images at ``positions``
+    from the model's one evaluation."""
     if positions.size:
         result = image_subset(ev, positions)
-        summary = {k: v for k, v in stats(result, result["params"]).items() if k in SUMMARY}
+        summary = stats(result, result["params"])
     else:
-        summary = dict.fromkeys(SUMMARY, -1.0)
-    found = counts.of(positions)
-    return with_scores({**row, "level": "image", "n_images": int(positions.size), **summary}, found)
+        summary = dict.fromkeys(STATS, -1.0)
+    out = {**row, "level": "image", "n_images": int(positions.size), **summary}
+    return with_scores(out, counts.of(positions)) if counts else out

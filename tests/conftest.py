@@ -26,21 +26,19 @@ def shared(name: str) -> Path:
     return path
 
 
-def coco_fake_spec(predictions: bool = True):
-    """The import spec of ../shared/data/coco-val2014-fake100 (COCO labels, its fake results
-    as model ``fake``); skips when the data is absent."""
+def coco_fake_spec(predictions: bool = True, results: str = "fakebbox", model: str = "fake"):
+    """The import spec of ../shared/data/coco-val2014-fake100 (COCO labels, its ``results``
+    (fakebbox: boxes, fakesegm: masks) as ``model``); skips when the data is absent."""
     from qm_dagster.importers import ImportSpec
 
     src = shared("coco-val2014-fake100")
-    results = src / "results" / "instances_val2014_fakebbox100_results.json"
+    file = src / "results" / f"instances_val2014_{results}100_results.json"
     return ImportSpec(
         images=str(src / "images"),
         format="coco",
         labels=str(src / "instances_val2014_100.json"),
         **(
-            {"predictions": str(results), "pred_format": "coco", "model": "fake"}
-            if predictions
-            else {}
+            {"predictions": str(file), "pred_format": "coco", "model": model} if predictions else {}
         ),
     )
 

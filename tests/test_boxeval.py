@@ -115,13 +115,16 @@ def test_precision_and_recall_arrays_equal_pycocotools(seed):
     for _ in range(5):
         subset = np.sort(rng.choice(len(ids), int(rng.integers(1, len(ids))), replace=False))
         fresh = _pycocotools(gt, dt, ids[subset])
-        mine = ours.accumulate(subset, every_range=False)
+        whole = ours.accumulate(subset)
+        for key in ("precision", "recall"):
+            np.testing.assert_allclose(whole[key], fresh[key], rtol=0, atol=1e-12)
+        # the summary form: the first area ranges, precision at the largest maxDets only
+        mine = ours.accumulate(subset, ranges=2, summary=True)
         np.testing.assert_allclose(
-            mine["precision"][..., 0, 0], fresh["precision"][..., 0, -1], rtol=0, atol=1e-12
+            mine["precision"][..., -1], fresh["precision"][..., :2, -1], rtol=0, atol=1e-12
         )
-        np.testing.assert_allclose(
-            mine["recall"][..., 0, 0], fresh["recall"][..., 0, -1], rtol=0, atol=1e-12
-        )
+        assert (mine["precision"][..., :-1] == -1).all()
+        np.testing.assert_allclose(mine["recall"], fresh["recall"][..., :2, :], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

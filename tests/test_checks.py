@@ -44,6 +44,9 @@ def test_bad_check_files_name_the_check(tmp_path):
     path.write_text("checks:\n  - name: x\n    target: drift\n    treshold: 3\n")
     with pytest.raises(QmError, match="treshold"):
         load_checks(str(path))
+    path.write_text("checks:\n  - name: x\n    target: sliced_evaluation\n    iou_type: mask\n")
+    with pytest.raises(QmError, match=r"checks\[0\]: 'iou_type' must be one of"):
+        load_checks(str(path))
     assert (
         next(c.name for c in load_checks(str(PROJECT / "checks.yaml"))) == "detector_ap50_overall"
     )
@@ -64,3 +67,22 @@ def test_outlier_share_overall_and_per_metric():
     one = Check("b", "outliers", metric="data/brightness", stat="severe_share", op="<=", value=0.05)
     result = evaluate(one, frame, images=10)  # image 2 only
     assert result.measured == pytest.approx(0.1) and not result.passed
+
+
+def test_sliced_check_reads_the_box_rows_unless_it_names_segm():
+    frame = pd.DataFrame(
+        {
+            "model": ["m", "m", "m", "m"],
+            "iou_type": ["bbox", "bbox", "segm", "segm"],
+            "metric": ["all", "data/blur", "all", "data/blur"],
+            "bucket": [0, 1, 0, 1],
+            "AP": [0.5, 0.4, 0.3, 0.2],
+        }
+    )
+    box = Check("b", "sliced_evaluation", model="m", metric="data/blur", bucket="1", stat="AP")
+    assert evaluate(box, frame).measured == pytest.approx(0.4)
+    mask = Check("s", "sliced_evaluation", model="m", stat="AP", iou_type="segm", value=0.35)
+    result = evaluate(mask, frame)
+    assert result.measured == pytest.approx(0.3) and not result.passed
+    other = Check("k", "sliced_evaluation", model="m", stat="AP", iou_type="keypoints")
+    assert "no slice" in evaluate(other, frame).text

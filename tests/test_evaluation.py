@@ -17,7 +17,6 @@ from qm_dagster.boxeval import Boxes
 from qm_dagster.errors import QmError
 from qm_dagster.evaluation import (
     STATS,
-    SUMMARY,
     VocBox,
     evaluate,
     image_slice,
@@ -54,9 +53,9 @@ def evaluated(gt, dt, size_edges=None):
     )
 
 
-def fresh_pycocotools(gt, dt, image_ids=None, area_rng=None):
-    """pycocotools' own bbox evaluation (restricted to ``image_ids``), summarized."""
-    fresh = COCOeval(gt, dt, "bbox")
+def fresh_pycocotools(gt, dt, image_ids=None, area_rng=None, iou_type="bbox"):
+    """pycocotools' own evaluation (restricted to ``image_ids``), summarized."""
+    fresh = COCOeval(gt, dt, iou_type)
     if image_ids is not None:
         fresh.params.imgIds = image_ids
     if area_rng is not None:
@@ -102,9 +101,7 @@ def test_all_twelve_stats_and_slices_equal_pycocotools_on_real_detections(tmp_pa
         subset = sorted(rng.choice(ids, size=int(rng.integers(1, len(ids))), replace=False))
         ours = image_slice(ev, [int(i) for i in subset])
         fresh = fresh_pycocotools(gt, dt, [int(i) for i in subset]).stats
-        assert [ours[k] for k in SUMMARY] == pytest.approx(
-            [fresh[0], fresh[1], fresh[2], fresh[8]], abs=1e-12
-        )
+        assert [ours[k] for k in STATS] == pytest.approx(fresh, abs=1e-12)
 
 
 def test_image_slice_equals_fresh_pycocotools_on_the_subset(coco):
@@ -113,9 +110,7 @@ def test_image_slice_equals_fresh_pycocotools_on_the_subset(coco):
     subset = sorted(gt.getImgIds())[::3]
     ours = image_slice(ev, subset)
     fresh = fresh_pycocotools(gt, dt, subset)
-    assert [ours[k] for k in ("AP", "AP50", "AP75", "AR100")] == pytest.approx(
-        [fresh.stats[0], fresh.stats[1], fresh.stats[2], fresh.stats[8]], abs=1e-12
-    )
+    assert [ours[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
     # and it really is a different number from the whole version
     assert abs(ours["AP"] - whole(evaluated(gt, dt))["AP"]) > 1e-3
 
@@ -171,17 +166,14 @@ def test_voc_all_point_by_hand():
     assert np.isfinite(voc_ap(gts, dets, interpolation="11")["a"])
 
 
-def _imported(tmp_path):
-    """coco-val2014-fake100 imported as a version: its manifest, tables and predictions."""
+def _imported(tmp_path, results: str = "fakebbox"):
+    """coco-val2014-fake100 imported as a version with ``results`` as model ``fake``: its
+    manifest, tables and predictions."""
     from qm_dagster.dataset import DatasetRoot
     from qm_dagster.importers import import_version
     from qm_dagster.manifest import build_manifest
 
-    import_version(
-        coco_fake_spec(),
-        str(tmp_path),
-        "v",
-    )
+    import_version(coco_fake_spec(results=results), str(tmp_path), "v")
     version = DatasetRoot(str(tmp_path)).version("v")
     tables = version.instances()
     manifest = build_manifest(version, 10**8, table=tables.images).images
@@ -210,8 +202,7 @@ def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
     ]
     fresh = fresh_pycocotools(gt, dt, subset)
     assert bucket.n_images == len(subset) == 20
-    sliced = [bucket["AP"], bucket["AP50"], bucket["AR100"]]
-    assert sliced == pytest.approx([fresh.stats[0], fresh.stats[1], fresh.stats[8]], abs=1e-12)
+    assert [bucket[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
     sizes = frame[frame.metric == "label/object_area"].AP.tolist()
     assert sizes == pytest.approx(published[3:6], abs=1e-12)
 
@@ -266,3 +257,94 @@ def test_bucket_edges_setting_is_validated():
         _coerce({"bucket_edges": {"data/x": [0, 2, 1]}}, "qm.yaml")
     with pytest.raises(QmError, match="score_threshold"):
         _coerce({"score_threshold": 1.5}, "qm.yaml")
+
+
+@pytest.fixture(scope="module")
+def coco_segm():
+    """pycocotools' objects for the mask results, and the published segm figures."""
+    src = shared("coco-val2014-fake100")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(src / "instances_val2014_100.json"))
+        dt = gt.loadRes(str(src / "results" / "instances_val2014_fakesegm100_results.json"))
+    reference = json.loads((src / "REFERENCE.json").read_text())["published"]
+    return gt, dt, reference
+
+
+def segm_evaluated(gt, dt):
+    """Our segm evaluation, its masks made by our own geometry from the JSON records."""
+    from qm_dagster.geometry import parsed_rle
+
+    def masks(anns):
+        sizes = [gt.imgs[a["image_id"]] for a in anns]
+        return [
+            parsed_rle(json.loads(json.dumps(a["segmentation"])), s["height"], s["width"])
+            for a, s in zip(anns, sizes, strict=True)
+        ]
+
+    gt_anns, dt_anns = gt.dataset["annotations"], dt.dataset["annotations"]
+    dt_records = [{k: v for k, v in a.items() if k != "area"} | {"area": 0.0} for a in dt_anns]
+    return evaluate(
+        Boxes.from_coco(gt_anns, detections=False).with_masks(masks(gt_anns)),
+        Boxes.from_coco(dt_records, detections=True).with_masks(masks(dt_anns)),
+        gt.getImgIds(),
+        gt.getCatIds(),
+        iou_type="segm",
+    )
+
+
+def test_segm_equals_published_cocoapi_and_pycocotools(coco_segm):
+    """All 12 mask statistics, the whole version and image subsets, against pycocotools'
+    ``iouType="segm"`` and cocoapi's published figures. The detections' areas are left out
+    of our input: they must come from the masks, as ``loadRes`` makes them."""
+    gt, dt, published = coco_segm
+    ev = segm_evaluated(gt, dt)
+    ours = [whole(ev)[k] for k in STATS]
+    assert ours == pytest.approx(published["segm_full_faster_coco_eval"], abs=1e-12)
+    assert [round(v, 3) for v in ours] == pytest.approx(published["segm_3dp"], abs=1e-9)
+    assert ours == pytest.approx(fresh_pycocotools(gt, dt, iou_type="segm").stats, abs=1e-12)
+    bbox = whole(evaluated(*coco_segm[:2]))["AP"]  # the same records as boxes differ
+    assert abs(bbox - ours[0]) > 0.01
+    rng = np.random.default_rng(3)
+    ids = sorted(gt.getImgIds())
+    for _ in range(5):
+        subset = [int(i) for i in sorted(rng.choice(ids, size=40, replace=False))]
+        fresh = fresh_pycocotools(gt, dt, subset, iou_type="segm").stats
+        row = image_slice(ev, subset)
+        assert [row[k] for k in STATS] == pytest.approx(fresh, abs=1e-12)
+
+
+def test_mask_results_import_and_sliced_segm_rows(tmp_path, coco_segm):
+    """cocoapi's mask results (RLEs, no boxes) imported as a model: its boxes are the masks'
+    (pycocotools' toBbox), and sliced evaluation adds segm rows equal to pycocotools'
+    ``iouType="segm"`` on the whole version and on a bucket, next to the bbox rows."""
+    import pandas as pd
+    from pycocotools import mask as mask_utils
+
+    from qm_dagster.sliced import sliced_evaluation
+
+    gt, dt, published = coco_segm
+    manifest, tables, preds = _imported(tmp_path, "fakesegm")
+    boxes = preds[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy()
+    expected = [mask_utils.toBbox(a["segmentation"]) for a in dt.dataset["annotations"]]
+    np.testing.assert_allclose(boxes, np.array(expected), rtol=0, atol=0)
+
+    ids = sorted(gt.getImgIds())
+    image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
+    matches = matching(manifest, tables.annotations, tables.categories, preds)
+    frame = sliced_evaluation(
+        manifest, tables.annotations, tables.categories, preds, matches, image_table
+    )
+    segm = frame[frame.iou_type == "segm"]
+    assert set(frame.iou_type) == {"bbox", "segm"} and len(segm) == len(frame) / 2
+    overall = segm[segm.metric == "all"].iloc[0]
+    assert [overall[k] for k in STATS] == pytest.approx(
+        published["segm_full_faster_coco_eval"], abs=1e-12
+    )
+    bucket = segm[(segm.metric == "data/x") & (segm.bucket == 2)].iloc[0]
+    subset = [
+        i for i, x in zip(ids, image_table["data/x"], strict=True) if bucket.lo <= x < bucket.hi
+    ]
+    fresh = fresh_pycocotools(gt, dt, subset, iou_type="segm").stats
+    assert [bucket[k] for k in STATS] == pytest.approx(fresh, abs=1e-12)
+    box_images = frame[(frame.iou_type == "bbox") & (frame.level == "image")]
+    assert np.isnan(bucket.tp) and not np.isnan(box_images.tp).any()
