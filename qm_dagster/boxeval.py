@@ -37,6 +37,12 @@ IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoi
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 MAX_DETS = (1, 10, 100)
 ALL_AREAS = (0.0, 1e10)
+# pycocotools' keypoint evaluation: its per-keypoint sigmas (COCO's 17 person keypoints), one
+# maxDets, and area ranges all / medium / large
+_SIGMAS = [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07]
+COCO_SIGMAS = np.array([*_SIGMAS, 0.87, 0.87, 0.89, 0.89]) / 10.0
+KEYPOINT_MAX_DETS = (20,)
+KEYPOINT_AREAS = [(0.0, 1e10), (32.0**2, 96.0**2), (96.0**2, 1e10)]
 
 
 @dataclass
@@ -52,6 +58,8 @@ class Boxes:
     score: np.ndarray | None = None
     crowd: np.ndarray | None = None
     masks: np.ndarray | None = None  # object array of RLEs at image size (segm evaluation)
+    keypoints: np.ndarray | None = None  # n x K x 3 (x, y, v), keypoints evaluation
+    ignore: np.ndarray | None = None  # ground truth never counted (no visible keypoint)
 
     @classmethod
     def ground_truth(cls, frame: pd.DataFrame, area: np.ndarray) -> Boxes:
@@ -102,7 +110,17 @@ class Boxes:
             pick(self.score),
             pick(self.crowd),
             pick(self.masks),
+            pick(self.keypoints),
+            pick(self.ignore),
         )
+
+    def with_keypoints(self, keypoints: np.ndarray) -> Boxes:
+        """These records with their ``n x K x 3`` keypoints, for a keypoints evaluation; ground
+        truth without a labelled keypoint (v > 0) is ignored, as pycocotools' ``num_keypoints
+        == 0``."""
+        points = np.asarray(keypoints, np.float64).reshape(len(self.ids), -1, 3)
+        ignore = None if self.score is not None else ~(points[:, :, 2] > 0).any(axis=1)
+        return replace(self, keypoints=points, ignore=ignore)
 
     def with_masks(self, masks: list[dict]) -> Boxes:
         """These records with their RLEs, for a segm evaluation; a detection's area becomes
@@ -123,7 +141,7 @@ class BoxEvaluation:
     image_ids: np.ndarray  # sorted
     category_ids: np.ndarray  # sorted
     area_ranges: list[tuple[float, float]]
-    iou_type: str = "bbox"  # or "segm": both sides carry masks
+    iou_type: str = "bbox"  # "segm": both sides carry masks; "keypoints": both carry keypoints
     iou_thrs: np.ndarray = field(default_factory=lambda: IOU_THRS.copy())
     max_dets: tuple[int, ...] = MAX_DETS
     eval: dict | None = field(default=None, init=False)  # the whole accumulation, once made
@@ -140,7 +158,7 @@ class BoxEvaluation:
         self.gt_image_pos = np.searchsorted(self.image_ids, self.gt.image)
         # the order accumulate sorts detections in: score, then image, then rank in the image
         self.order = np.lexsort((self.rank, self.dt_image_pos, -self.dt.score))
-        self.pairs = _pairs(self.dt, self.gt, self.iou_type == "segm")
+        self.pairs = _pairs(self.dt, self.gt, self.iou_type)
         self.matches = [self._match(lo, hi) for lo, hi in self.area_ranges]
         # per category: its detections in accumulate's order, its ground truth
         dt_cat = np.searchsorted(self.category_ids, self.dt.category)[self.order]
@@ -159,6 +177,8 @@ class BoxEvaluation:
         """``evaluateImg`` of every (image, category) for one area range, all thresholds."""
         gt, dt = self.gt, self.dt
         gt_ignored = gt.crowd | (gt.area < lo) | (gt.area > hi)
+        if gt.ignore is not None:
+            gt_ignored = gt_ignored | gt.ignore
         d, g, iou = self.pairs
         # pycocotools visits each group's ground truth regular first, then ignored, each in
         # input order; the position in that visit breaks ties between equal IoUs (later wins)
@@ -264,16 +284,44 @@ def _rank(dt: Boxes) -> np.ndarray:
     return rank
 
 
-def _pairs(dt: Boxes, gt: Boxes, masks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pairs(
+    dt: Boxes, gt: Boxes, iou_type: str = "bbox"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (detection, ground truth) of one image and category, with pycocotools' box or
-    mask IoU (over the detection's area for a crowd region)."""
+    mask IoU (over the detection's area for a crowd region), or keypoint similarity."""
     left = pd.DataFrame({"image": dt.image, "category": dt.category, "d": np.arange(len(dt.ids))})
     right = pd.DataFrame({"image": gt.image, "category": gt.category, "g": np.arange(len(gt.ids))})
     joined = left.merge(right, on=["image", "category"])
     d, g = joined.d.to_numpy(np.int64), joined.g.to_numpy(np.int64)
-    if masks:
+    if iou_type == "segm":
         return d, g, _mask_iou(dt, gt, d, g)
+    if iou_type == "keypoints":
+        return d, g, _oks(dt, gt, d, g)
     return d, g, pair_iou(dt.box[d], gt.box[g], gt.crowd[g])
+
+
+def _oks(dt: Boxes, gt: Boxes, d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """pycocotools' ``computeOks`` for each pair: the mean over the ground truth's labelled
+    keypoints of exp(-d^2 / (2 area (2 sigma)^2)); without a labelled keypoint, distances to
+    the box enlarged by its size on each side."""
+    truth, found = gt.keypoints[g], dt.keypoints[d]
+    if truth.shape[1] != len(COCO_SIGMAS):
+        raise ValueError(
+            f"keypoint similarity needs COCO's {len(COCO_SIGMAS)} person keypoints per object, "
+            f"got {truth.shape[1]}"
+        )
+    variances = (COCO_SIGMAS * 2) ** 2
+    xg, yg, labelled = truth[:, :, 0], truth[:, :, 1], truth[:, :, 2] > 0
+    xd, yd = found[:, :, 0], found[:, :, 1]
+    box = gt.box[g]
+    x0, x1 = (box[:, 0] - box[:, 2])[:, None], (box[:, 0] + box[:, 2] * 2)[:, None]
+    y0, y1 = (box[:, 1] - box[:, 3])[:, None], (box[:, 1] + box[:, 3] * 2)[:, None]
+    any_labelled = labelled.any(axis=1)[:, None]
+    dx = np.where(any_labelled, xd - xg, np.maximum(0, x0 - xd) + np.maximum(0, xd - x1))
+    dy = np.where(any_labelled, yd - yg, np.maximum(0, y0 - yd) + np.maximum(0, yd - y1))
+    e = (dx**2 + dy**2) / variances / (gt.area[g][:, None] + np.spacing(1)) / 2
+    counted = np.where(any_labelled, labelled, True)
+    return np.where(counted, np.exp(-e), 0.0).sum(axis=1) / counted.sum(axis=1)
 
 
 def mask_areas(rles: list[dict]) -> np.ndarray:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qm_dagster.boxeval import Boxes, BoxEvaluation
+from qm_dagster.boxeval import KEYPOINT_AREAS, KEYPOINT_MAX_DETS, Boxes, BoxEvaluation
 
 STATS = [
     "AP",
@@ -47,6 +47,25 @@ _STAT_SPECS = [  # (precision or recall, IoU threshold or None for all, area ind
     ("recall", None, 3, 100),
 ]
 
+# pycocotools' summarizeKps: maxDets 20, area ranges all / medium / large (indices 0, 1, 2)
+KEYPOINT_STATS = [
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_medium",
+    "AP_large",
+    "AR",
+    "AR50",
+    "AR75",
+    "AR_medium",
+    "AR_large",
+]
+_KEYPOINT_SPECS = [
+    (kind, iou, area, 20)
+    for kind in ("precision", "recall")
+    for iou, area in ((None, 0), (0.5, 0), (0.75, 0), (None, 1), (None, 2))
+]
+
 
 def evaluate(
     gt: Boxes,
@@ -60,10 +79,13 @@ def evaluate(
     one model, not yet accumulated; ``size_edges`` add the buckets [edges[i], edges[i+1]] of
     COCO's ``area`` after its four area ranges."""
     extra = [(float(lo), float(hi)) for lo, hi in itertools.pairwise(size_edges or [])]
+    ids, cats = np.asarray(image_ids), np.asarray(category_ids)
+    if iou_type == "keypoints":
+        return BoxEvaluation(
+            gt, dt, ids, cats, KEYPOINT_AREAS + extra, "keypoints", max_dets=KEYPOINT_MAX_DETS
+        )
     ranges = [tuple(r) for r in COCO_AREAS] + extra
-    return BoxEvaluation(
-        gt, dt, np.asarray(image_ids), np.asarray(category_ids), ranges, iou_type=iou_type
-    )
+    return BoxEvaluation(gt, dt, ids, cats, ranges, iou_type=iou_type)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -75,8 +97,17 @@ def _mean(values: np.ndarray) -> float:
 def stats(result: dict, params, area: int = 0) -> dict[str, float]:
     """The 12 numbers of ``COCOeval.summarize`` from an accumulated ``result``; ``area`` shifts
     the "all" range to another index (a size bucket), whose small/medium/large are then -1."""
+    return _summarized(result, params, area, STATS, _STAT_SPECS)
+
+
+def keypoint_stats(result: dict, area: int = 0) -> dict[str, float]:
+    """The 10 numbers of ``COCOeval.summarize`` for keypoints from an accumulated ``result``."""
+    return _summarized(result, result["params"], area, KEYPOINT_STATS, _KEYPOINT_SPECS)
+
+
+def _summarized(result: dict, params, area: int, names, specs) -> dict[str, float]:
     out = {}
-    for name, (kind, iou, a, max_dets) in zip(STATS, _STAT_SPECS, strict=True):
+    for name, (kind, iou, a, max_dets) in zip(names, specs, strict=True):
         values = result[kind]
         index = a or area
         if (a and area) or index >= values.shape[-2] or max_dets not in params.maxDets:
@@ -113,7 +144,8 @@ def image_subset(ev: BoxEvaluation, positions: np.ndarray) -> dict:
     """Accumulated precision and recall of the images at ``positions`` of ``ev.image_ids``
     (COCO's four area ranges, precision at maxDets 100), equal to a fresh evaluation of those
     images: a mask over the one evaluation's matches."""
-    return ev.accumulate(positions, ranges=len(COCO_AREAS), summary=True)
+    coco = len(KEYPOINT_AREAS) if ev.iou_type == "keypoints" else len(COCO_AREAS)
+    return ev.accumulate(positions, ranges=coco, summary=True)
 
 
 def image_slice(ev: BoxEvaluation, img_ids: list[int]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """boxeval (our vectorised COCO bbox evaluation) against pycocotools on generated edge cases:
 crowd regions, tied scores, duplicated objects (tied IoUs), more than maxDets detections of one image and class, ground truth
-outside area ranges, a ground-truth id 0, images without detections or labels. Every entry of
-pycocotools' precision and recall arrays must be equal, for the whole set and for subsets."""
+outside area ranges, a ground-truth id 0, images without detections or labels; and keypoint
+(OKS) evaluation on generated people. Every entry of pycocotools' precision and recall arrays
+must be equal, for the whole set and for subsets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from qm_dagster.boxeval import Boxes, BoxEvaluation
+from tests.cocoref import fresh_pycocotools
 
 AREAS = [(0.0, 1e10), (0.0, 32.0**2), (32.0**2, 96.0**2), (96.0**2, 1e10)]
 
@@ -90,14 +92,7 @@ def _ours(gt: COCO, dt: COCO, areas, **params) -> BoxEvaluation:
 
 
 def _pycocotools(gt: COCO, dt: COCO, image_ids=None) -> dict:
-    ev = COCOeval(gt, dt, "bbox")
-    ev.params.areaRng = [list(r) for r in AREAS]
-    if image_ids is not None:
-        ev.params.imgIds = list(image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.evaluate()
-        ev.accumulate()
-    return ev.eval
+    return fresh_pycocotools(gt, dt, image_ids, area_rng=AREAS).eval
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -144,3 +139,108 @@ def test_matched_ground_truth_equals_pycocotools_dt_matches(seed):
     got = dict(zip(ours.dt.ids, np.where(found >= 0, ours.gt.ids[found], 0), strict=True))
     assert got == {d: int(m) for d, m in expected.items()}
     assert len(got) < len(dt.dataset["annotations"])  # beyond maxDets: not evaluated
+
+
+def _keypoint_dataset(seed: int) -> tuple[COCO, COCO]:
+    """People with COCO's 17 keypoints: some hidden (v = 0), some with none labelled (ignored
+    ground truth), a crowd; detections are jittered copies and strays, with tied scores."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": i, "width": 400, "height": 400} for i in range(1, 26)]
+    anns, dets = [], []
+    for img in images[:-2]:
+        for _ in range(rng.integers(0, 6)):
+            x, y = rng.uniform(0, 300, 2)
+            w, h = rng.uniform(8, 120, 2)
+            points = np.stack(
+                [x + rng.uniform(0, w, 17), y + rng.uniform(0, h, 17), rng.choice([0, 1, 2], 17)],
+                axis=1,
+            )
+            if rng.random() < 0.15:
+                points[:, 2] = 0  # nothing labelled: num_keypoints 0
+            points[points[:, 2] == 0, :2] = 0
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img["id"],
+                    "category_id": 1,
+                    "bbox": [x, y, w, h],
+                    "area": float(w * h * rng.uniform(0.4, 1.0)),
+                    "iscrowd": int(rng.random() < 0.05),
+                    "keypoints": points.ravel().tolist(),
+                    "num_keypoints": int((points[:, 2] > 0).sum()),
+                }
+            )
+    for a in anns:
+        for _ in range(rng.integers(0, 3)):
+            x, y, w, h = a["bbox"]
+            points = np.stack(
+                [x + rng.uniform(0, w, 17), y + rng.uniform(0, h, 17), np.ones(17)], axis=1
+            )
+            truth = np.asarray(a["keypoints"]).reshape(17, 3)
+            seen = truth[:, 2] > 0
+            points[seen, :2] = truth[seen, :2] + rng.normal(0, rng.uniform(0.2, 4), (seen.sum(), 2))
+            dets.append(_keypoint_result(a["image_id"], points, round(float(rng.random()), 1)))
+    for img in images[:-1]:
+        for _ in range(rng.integers(0, 3)):
+            x, y = rng.uniform(0, 300, 2)
+            points = np.stack([x + rng.uniform(0, 80, 17), y + rng.uniform(0, 80, 17)], axis=1)
+            dets.append(_keypoint_result(img["id"], points, round(float(rng.random()), 1)))
+    gt = COCO()
+    gt.dataset = {
+        "images": images,
+        "categories": [{"id": 1, "name": "person"}],
+        "annotations": anns,
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        return gt, gt.loadRes(dets)
+
+
+def _keypoint_result(image_id: int, points: np.ndarray, score: float) -> dict:
+    triples = np.column_stack([points[:, :2], np.ones(len(points))])
+    return {
+        "image_id": image_id,
+        "category_id": 1,
+        "keypoints": triples.ravel().tolist(),
+        "score": score,
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keypoint_evaluation_equals_pycocotools(seed):
+    """OKS matching (labelled keypoints, the enlarged box where none is labelled, ignored
+    ground truth without keypoints, crowds): precision and recall arrays and the 10 keypoint
+    statistics equal pycocotools' ``iouType="keypoints"``, whole and on subsets."""
+    from qm_dagster.evaluation import KEYPOINT_STATS, evaluate, image_subset, keypoint_stats
+
+    gt, dt = _keypoint_dataset(seed)
+    ours = evaluate(
+        Boxes.from_coco(gt.dataset["annotations"], detections=False).with_keypoints(
+            [a["keypoints"] for a in gt.dataset["annotations"]]
+        ),
+        Boxes.from_coco(dt.dataset["annotations"], detections=True).with_keypoints(
+            [a["keypoints"] for a in dt.dataset["annotations"]]
+        ),
+        gt.getImgIds(),
+        gt.getCatIds(),
+        iou_type="keypoints",
+    )
+
+    def fresh(image_ids=None):
+        return fresh_pycocotools(gt, dt, image_ids, iou_type="keypoints")
+
+    reference = fresh()
+    result = ours.accumulate()
+    for key in ("precision", "recall"):
+        np.testing.assert_allclose(result[key], reference.eval[key], rtol=0, atol=1e-12)
+    summary = keypoint_stats(result)
+    assert [summary[k] for k in KEYPOINT_STATS] == pytest.approx(reference.stats, abs=1e-12)
+    assert 0.05 < summary["AP"] < 0.95 and summary["AP_medium"] > -1
+    ids = np.array(sorted(gt.getImgIds()))
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        subset = np.sort(rng.choice(len(ids), int(rng.integers(3, len(ids))), replace=False))
+        row = keypoint_stats(image_subset(ours, subset))
+        assert [row[k] for k in KEYPOINT_STATS] == pytest.approx(
+            fresh(ids[subset]).stats, abs=1e-12
+        )

@@ -26,6 +26,7 @@ from qm_dagster.evaluation import (
 )
 from qm_dagster.importers.readers import read_txt_dir, read_voc_dir
 from qm_dagster.matching import matching
+from tests.cocoref import fresh_pycocotools
 from tests.conftest import cartucho_spec, coco_fake_spec, shared
 
 
@@ -51,22 +52,6 @@ def evaluated(gt, dt, size_edges=None):
         gt.getCatIds(),
         size_edges,
     )
-
-
-def fresh_pycocotools(gt, dt, image_ids=None, area_rng=None, iou_type="bbox"):
-    """pycocotools' own evaluation (restricted to ``image_ids``), summarized."""
-    fresh = COCOeval(gt, dt, iou_type)
-    if image_ids is not None:
-        fresh.params.imgIds = image_ids
-    if area_rng is not None:
-        fresh.params.areaRng = area_rng
-        fresh.params.areaRngLbl = [f"r{i}" for i in range(len(area_rng))]
-    with contextlib.redirect_stdout(io.StringIO()):
-        fresh.evaluate()
-        fresh.accumulate()
-        if area_rng is None:  # summarize looks the ranges up by COCO's labels
-            fresh.summarize()
-    return fresh
 
 
 def test_whole_dataset_equals_published_cocoapi_and_pycocotools(coco):
