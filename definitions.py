@@ -17,7 +17,11 @@ from assets.sensors import (
     build_new_versions_sensor,
     build_reference_sensor,
 )
-from assets.similarity import analysis_duplicates, data_uniqueness
+from assets.similarity import (
+    analysis_duplicates,
+    build_embedding_metric_assets,
+    data_uniqueness,
+)
 from assets.table_metrics import (
     build_label_metrics_asset,
     build_model_metrics_asset,
@@ -61,6 +65,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         build_label_metrics_asset(settings.metric_modules),
         build_model_metrics_asset(settings.metric_modules),
         data_uniqueness,
+        *build_embedding_metric_assets(
+            settings.diversity_clusters, settings.diversity_seed, settings.agreement_neighbours
+        ),
         *build_reference_assets(),
         analysis_duplicates,
         *build_analysis_assets(

@@ -35,7 +35,8 @@ from qm_dagster.slices import apply as apply_slice
 from resources.dataset import QmResource
 from resources.io_manager import COLUMNS
 
-EXTRA_METRIC_ASSETS = ("data/uniqueness",)
+# metric tables made from the embeddings as a whole (assets/similarity.py), not the registry
+EXTRA_METRIC_ASSETS = ("data/uniqueness", "data/diversity", "label/neighbour_agreement")
 CHARTED = ["data/brightness", "data/sharpness", "label/object_area"]  # charts in the UI panel
 REPORT_SECTIONS = ("outliers", "duplicates", "drift", "sliced_evaluation", "label_errors")
 
@@ -308,16 +309,18 @@ def build_analysis_assets(
         group_name="analysis",
         ins={
             **_named("annotations", "predictions", "matches"),
+            "agreement": dg.AssetIn(key=["label", "neighbour_agreement"]),
         },
-        code_version="2",
+        code_version="3",
         kinds={"python", "pandas"},
     )
-    def analysis_label_errors(annotations, predictions, matches):
+    def analysis_label_errors(annotations, predictions, matches, agreement):
         """A ranked review queue of likely label mistakes — missing, spurious, wrong class, badly
-        located — from each model's confident disagreements with the labels, with the evidence."""
+        located — from each model's confident disagreements with the labels, and objects
+        whose nearest objects in embedding space vote for another class; with the evidence."""
         frame = (
-            label_errors(annotations, predictions, matches)
-            if len(predictions) and len(annotations)
+            label_errors(annotations, predictions, matches, agreement)
+            if len(annotations)
             else (pd.DataFrame(columns=LABEL_ERROR_COLUMNS))
         )
         return dg.Output(

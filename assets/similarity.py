@@ -1,4 +1,5 @@
-"""Uniqueness and duplicate groups, from the embeddings and content hashes."""
+"""Metrics from the embeddings (uniqueness, diversity, neighbour agreement) and duplicate
+groups, from the embeddings and content hashes."""
 
 import dagster as dg
 import pandas as pd
@@ -6,21 +7,36 @@ import pandas as pd
 from assets.metadata import table_preview, value_summary
 from assets.partitions import dataset_versions
 from assets.reference import reference_key
-from qm_dagster.similarity import EmbeddingSet, duplicate_groups, uniqueness
-from qm_dagster.storage import StoredTable
-from resources.dataset import QmResource
-from resources.io_manager import LAZY
-
-
-@dg.asset(
-    key=["data", "uniqueness"],
-    partitions_def=dataset_versions,
-    group_name="data",
-    ins={"embeddings": dg.AssetIn(key=["data", "embeddings"], metadata={LAZY: True})},
-    code_version="2",
-    kinds={"python", "faiss"},
-    tags={"qm/level": "image", "qm/reads": "embeddings", "qm/origin": "builtin"},
+from qm_dagster.embedding_metrics import (
+    AGREEMENT_NEIGHBOURS,
+    diversity,
+    diversity_clusters,
+    neighbour_agreement,
 )
+from qm_dagster.similarity import EmbeddingSet, duplicate_groups, list_vectors, uniqueness
+from qm_dagster.storage import StoredTable, read_table
+from resources.dataset import QmResource
+from resources.io_manager import COLUMNS, LAZY
+
+
+def _embedding_metric(key: str, level: str, ins: dict, kind: str, code_version: str = "1"):
+    """The asset decorator of a metric table computed from embeddings (``key`` like
+    ``data/uniqueness``), tagged as the registry's metrics are."""
+    return dg.asset(
+        key=key.split("/"),
+        partitions_def=dataset_versions,
+        group_name=key.split("/")[0],
+        ins=ins,
+        code_version=code_version,
+        kinds={"python", kind},
+        tags={"qm/level": level, "qm/reads": "embeddings", "qm/origin": "builtin"},
+    )
+
+
+IMAGE_VECTORS = {"embeddings": dg.AssetIn(key=["data", "embeddings"], metadata={LAZY: True})}
+
+
+@_embedding_metric("data/uniqueness", "image", IMAGE_VECTORS, "faiss", code_version="2")
 def data_uniqueness(context: dg.AssetExecutionContext, embeddings: StoredTable):
     """Distance from each image's embedding to its nearest other image in the version
     (0 = exact duplicate; exact search up to 20k images, a faiss index re-ranked exactly above).
@@ -83,3 +99,59 @@ def analysis_duplicates(
             "groups preview": table_preview(involving),
         },
     )
+
+
+def build_embedding_metric_assets(
+    clusters: int = 0, seed: int = 0, neighbours: int = AGREEMENT_NEIGHBOURS
+) -> list[dg.AssetsDefinition]:
+    """``data/diversity`` and ``label/neighbour_agreement`` (``qm_dagster.embedding_metrics``)
+    with qm.yaml's ``diversity_clusters`` (0: the number of classes, else 10), ``diversity_seed``
+    and ``agreement_neighbours``."""
+
+    @_embedding_metric(
+        "data/diversity",
+        "image",
+        {**IMAGE_VECTORS, "categories": dg.AssetIn(key=["dataset", "categories"])},
+        "scikit-learn",
+    )
+    def data_diversity(
+        context: dg.AssetExecutionContext, embeddings: StoredTable, categories: pd.DataFrame
+    ):
+        """Encord Active's image diversity: k-means clusters of the embeddings, each image's
+        distance to its centroid, and a cluster-balanced rank of what to label first
+        (``value`` = rank / (n - 1), 0 = first)."""
+        emb = EmbeddingSet.read([(context.partition_key, embeddings.url)])
+        k = diversity_clusters(clusters, len(categories))
+        frame = diversity(emb.vectors, k, seed)
+        frame.insert(0, "image_id", emb.image_id)
+        meta = {**value_summary(frame), "clusters": k, "seed": seed}
+        return dg.Output(frame, metadata=meta)
+
+    @_embedding_metric(
+        "label/neighbour_agreement",
+        "object",
+        {
+            "object_embeddings": dg.AssetIn(key=["label", "embeddings"], metadata={LAZY: True}),
+            "annotations": dg.AssetIn(
+                key=["dataset", "annotations"],
+                metadata={COLUMNS: ["annotation_id", "category_id"]},
+            ),
+        },
+        "faiss",
+    )
+    def label_neighbour_agreement(object_embeddings: StoredTable, annotations: pd.DataFrame):
+        """Encord Active's object annotation quality: the share of an object's nearest objects
+        in embedding space (its box crop's) that carry its class; low = suspected label
+        error. Vectors are read as one float32 array, never as Python lists."""
+        classes = annotations.set_index("annotation_id").category_id
+        table = read_table(object_embeddings.url, ["annotation_id", "image_id", "vector"])
+        frame = table.select(["annotation_id", "image_id"]).to_pandas()
+        vectors = list_vectors(table.column("vector"))
+        votes = neighbour_agreement(
+            vectors, classes.reindex(frame.annotation_id).to_numpy(), neighbours
+        )
+        frame = pd.concat([frame, votes], axis=1)
+        meta = {**value_summary(frame), "neighbours": neighbours}
+        return dg.Output(frame, metadata=meta)
+
+    return [data_diversity, label_neighbour_agreement]

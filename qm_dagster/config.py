@@ -18,6 +18,9 @@ drift test of a metric or of ``class_shares``; see :mod:`qm_dagster.drift.statte
 ``dask_scheduler`` (address of a ``dask.distributed`` scheduler: the image pass's chunks run
 there, empty = the local process pool), ``annotation_errors`` (``quarantine``: a malformed record of annotations.json becomes a
 ``data_issues`` row and the rest is measured; ``strict``: it fails the version),
+``diversity_clusters`` (k-means clusters of ``data/diversity``; 0 = the number of classes,
+else 10), ``diversity_seed`` (0), ``agreement_neighbours`` (nearest objects of
+``label/neighbour_agreement``, 10),
 ``executor`` (``multiprocess``: a process per step, Dagster's default; ``in_process`` saves
 the few seconds of process start per step on small versions; the image pass has its own pool
 either way). Each scalar has a ``QM_<NAME>`` variable.
@@ -69,6 +72,9 @@ class Settings:
     executor: str = "multiprocess"  # Dagster executor of every run: multiprocess | in_process
     dask_scheduler: str = ""  # tcp://host:8786: the image pass's chunks run on that Dask cluster
     annotation_errors: str = "quarantine"  # a malformed record: quarantine it | strict: fail
+    diversity_clusters: int = 0  # k-means clusters of data/diversity; 0 = classes, else 10
+    diversity_seed: int = 0  # k-means seed of data/diversity
+    agreement_neighbours: int = 10  # nearest objects label/neighbour_agreement looks at
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -97,6 +103,9 @@ class Settings:
             "executor": env.get("QM_EXECUTOR"),
             "dask_scheduler": env.get("QM_DASK_SCHEDULER"),
             "annotation_errors": env.get("QM_ANNOTATION_ERRORS"),
+            "diversity_clusters": env.get("QM_DIVERSITY_CLUSTERS"),
+            "diversity_seed": env.get("QM_DIVERSITY_SEED"),
+            "agreement_neighbours": env.get("QM_AGREEMENT_NEIGHBOURS"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))
@@ -143,12 +152,17 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
                 out[key] = int(value)  # type: ignore[arg-type]
                 if out[key] < 0:
                     raise ValueError("must be >= 0 (0 = automatic)")
+            elif key in ("diversity_clusters", "diversity_seed"):
+                out[key] = int(value)  # type: ignore[arg-type]
+                if out[key] < 0:
+                    raise ValueError("must be >= 0")
             elif key in (
                 "workers",
                 "max_pixels",
                 "sensor_interval",
                 "scan_window",
                 "buckets",
+                "agreement_neighbours",
             ):
                 out[key] = int(value)  # type: ignore[arg-type]
                 if out[key] < 1:

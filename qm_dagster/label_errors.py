@@ -12,6 +12,9 @@ Only confident predictions (score >= ``MIN_SCORE``) count; IoUs are COCO's box I
   finds most objects of its class elsewhere; score = half that class's recall (the share of its
   non-crowd objects that COCO's matching, ``model/matching``, gives a confident prediction; a
   missed object is as often the model's failure as the label's, so it weighs less).
+- ``neighbour_disagreement`` (no model needed; ``model`` is empty): an object whose nearest
+  objects in embedding space (``label/neighbour_agreement``) carry one other class more often
+  than its own; score = that class's share minus its own class's share.
 
 All of it is vectorised over the (prediction, object) pairs of the same image.
 """
@@ -39,17 +42,24 @@ COLUMNS = [
 
 
 def label_errors(
-    annotations: pd.DataFrame, predictions: pd.DataFrame, matches: pd.DataFrame
+    annotations: pd.DataFrame,
+    predictions: pd.DataFrame,
+    matches: pd.DataFrame,
+    agreement: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Candidates of every model, highest score first; ``matches`` (``model/matching``) gives
-    the class recalls that weigh spurious objects."""
-    frames = []
+    """Candidates of every model and of the embeddings, highest score first; ``matches``
+    (``model/matching``) gives the class recalls that weigh spurious objects; ``agreement``
+    (``label/neighbour_agreement``) the neighbours' votes."""
     ann = annotations.reset_index(drop=True)
+    frames = [] if agreement is None else [_neighbour_disagreement(ann, agreement)]
     for model, preds in predictions.groupby("model", sort=True):
         confident = preds[preds.score >= MIN_SCORE].reset_index(drop=True)
         found = matches[(matches.model == model) & (matches.score >= MIN_SCORE)]
         frames.append(_model_errors(str(model), ann, confident, found))
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    # each kind leaves some columns empty (no prediction, no IoU): joined without them
+    frames = [f.dropna(axis=1, how="all") for f in frames if not f.empty]
+    frame = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS) if frames else None
+    frame = pd.DataFrame(columns=COLUMNS) if frame is None else frame
     located = frame[frame.kind == "badly_located"][["model", "prediction_id"]]
     explained = frame.set_index(["model", "prediction_id"]).index.isin(
         located.set_index(["model", "prediction_id"]).index
@@ -188,5 +198,29 @@ def _spurious(model, ann, i, best_any, recall) -> pd.DataFrame:
         annotation_id=g.annotation_id.to_numpy(),
         category=g.category.to_numpy(),
         iou=best_any[i],
+        evidence=evidence,
+    )
+
+
+def _neighbour_disagreement(ann: pd.DataFrame, agreement: pd.DataFrame) -> pd.DataFrame:
+    """Objects whose neighbours vote for another class more than for their own."""
+    votes = agreement.set_index("annotation_id").reindex(ann.annotation_id)
+    own, other = votes.value.to_numpy(float), votes.other_share.to_numpy(float)
+    hit = np.flatnonzero(other > np.nan_to_num(own, nan=np.inf))
+    g, v = ann.iloc[hit], votes.iloc[hit]
+    names = dict(zip(ann.category_id, ann.category, strict=False))
+    voted = [names.get(c, str(c)) for c in v.other_class.to_numpy()]
+    evidence = [
+        f"{o:.0%} of its nearest objects are {c}, {a:.0%} {label}"
+        for o, c, a, label in zip(other[hit], voted, own[hit], g.category, strict=True)
+    ]
+    return _rows(
+        "",
+        "neighbour_disagreement",
+        other[hit] - own[hit],
+        image_id=g.image_id.to_numpy(),
+        annotation_id=g.annotation_id.to_numpy(),
+        category=g.category.to_numpy(),
+        predicted_category=voted,
         evidence=evidence,
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -103,9 +104,18 @@ def _columns(parts: list[tuple[str, pa.Table]]):
         return version, empty, np.zeros((0, 0), np.float32), empty.astype(np.int64)
     image_id = np.concatenate([t.column("image_id").to_numpy() for t in tables])
     phash = np.concatenate([t.column("phash").to_numpy() for t in tables]).astype(np.int64)
-    lists = [t.column("vector").combine_chunks() for t in tables if t.num_rows]
-    flat = np.concatenate([a.values.to_numpy() for a in lists]).astype(np.float32)
-    return version, image_id, flat.reshape(n, -1), phash
+    vectors = list_vectors(pa.chunked_array([c for t in tables for c in t.column("vector").chunks]))
+    return version, image_id, vectors, phash
+
+
+def list_vectors(column: pa.ChunkedArray) -> np.ndarray:
+    """A column of equal-length float lists as one ``n x d`` float32 array, without Python
+    objects per row."""
+    n = len(column)
+    if not n:
+        return np.zeros((0, 0), np.float32)
+    flat = pc.list_flatten(column).to_numpy()  # respects slices' offsets, unlike ``.values``
+    return flat.astype(np.float32, copy=False).reshape(n, -1)
 
 
 def _read_thumbs(url: str, groups: np.ndarray, local: np.ndarray) -> np.ndarray:
