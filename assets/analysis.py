@@ -8,6 +8,7 @@ from assets.metadata import drift_chart, sliced_charts, table_preview
 from assets.partitions import dataset_versions
 from assets.reference import reference_key
 from qm_dagster import storage
+from qm_dagster.annotators import annotator_table
 from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
@@ -103,6 +104,16 @@ def build_analysis_assets(
     )
     options = evaluation or {}  # score, edges, buckets of sliced_evaluation
 
+    def analysis_asset(name: str, **kwargs):
+        """The decorator of asset ``analysis/<name>``, with the checks that target it."""
+        return dg.asset(
+            key=["analysis", name],
+            check_specs=_check_specs(checks, f"analysis/{name}"),
+            partitions_def=dataset_versions,
+            group_name="analysis",
+            **kwargs,
+        )
+
     @dg.multi_asset(
         name="quality_tables",
         partitions_def=dataset_versions,
@@ -134,11 +145,8 @@ def build_analysis_assets(
                 metadata={"dagster/row_count": len(frame), "columns": len(frame.columns)},
             )
 
-    @dg.asset(
-        key=["analysis", "outliers"],
-        check_specs=_check_specs(checks, "analysis/outliers"),
-        partitions_def=dataset_versions,
-        group_name="analysis",
+    @analysis_asset(
+        "outliers",
         ins=_named("image_table", "object_table", "prediction_table"),
         code_version="2",
         kinds={"python", "scikitlearn"},
@@ -166,11 +174,8 @@ def build_analysis_assets(
             },
         )
 
-    @dg.asset(
-        key=["analysis", "drift"],
-        check_specs=_check_specs(checks, "analysis/drift"),
-        partitions_def=dataset_versions,
-        group_name="analysis",
+    @analysis_asset(
+        "drift",
         ins={
             **_named(
                 "image_table",
@@ -247,11 +252,8 @@ def build_analysis_assets(
             },
         )
 
-    @dg.asset(
-        key=["analysis", "sliced_evaluation"],
-        check_specs=_check_specs(checks, "analysis/sliced_evaluation"),
-        partitions_def=dataset_versions,
-        group_name="analysis",
+    @analysis_asset(
+        "sliced_evaluation",
         ins={
             **_named(
                 "manifest", "annotations", "categories", "predictions", "matches", "image_table"
@@ -303,10 +305,8 @@ def build_analysis_assets(
             },
         )
 
-    @dg.asset(
-        key=["analysis", "label_errors"],
-        partitions_def=dataset_versions,
-        group_name="analysis",
+    @analysis_asset(
+        "label_errors",
         ins={
             **_named("annotations", "predictions", "matches"),
             "agreement": dg.AssetIn(key=["label", "neighbour_agreement"]),
@@ -337,10 +337,44 @@ def build_analysis_assets(
             },
         )
 
-    @dg.asset(
-        key=["analysis", "metric_importance"],
-        partitions_def=dataset_versions,
-        group_name="analysis",
+    @analysis_asset(
+        "annotators",
+        ins={
+            **_named(
+                "annotations",
+                "object_table",
+                "matches",
+                columns={
+                    "annotations": ["annotation_id", "image_id", "annotator", "iscrowd"],
+                    "object_table": ["annotation_id", *(k for k in keys if k.startswith("label/"))],
+                    "matches": ["model", "status", "score", "gt_id"],
+                },
+            ),
+            "errors": dg.AssetIn(
+                key=["analysis", "label_errors"], metadata={COLUMNS: ["annotation_id", "kind"]}
+            ),
+        },
+        code_version="1",
+        kinds={"python", "pandas"},
+    )
+    def analysis_annotators(annotations, object_table, matches, errors):
+        """Per annotator: objects, images, the mean of each label metric, and the shares of
+        their objects labelled twice, in the label-error queue, and found by each model
+        (checks can target an annotator)."""
+        frame = annotator_table(
+            annotations, object_table, errors, matches, options.get("score", 0.5)
+        )
+        yield from _checked(checks, "analysis/annotators", frame)
+        yield dg.Output(
+            frame,
+            metadata={
+                "dagster/row_count": len(frame),
+                "annotators": table_preview(frame[[c for c in frame if "/" not in c]]),
+            },
+        )
+
+    @analysis_asset(
+        "metric_importance",
         ins={"prediction_table": dg.AssetIn(key=["analysis", "quality_table", "prediction"])},
         code_version="1",
         kinds={"python", "scikitlearn"},
@@ -353,10 +387,8 @@ def build_analysis_assets(
             frame, metadata={"dagster/row_count": len(frame), "top": table_preview(frame, limit=15)}
         )
 
-    @dg.asset(
-        key=["analysis", "report"],
-        partitions_def=dataset_versions,
-        group_name="analysis",
+    @analysis_asset(
+        "report",
         ins={
             **_named("manifest", "annotations", "image_table", "ref_images"),
             **{name: dg.AssetIn(key=["analysis", name]) for name in REPORT_SECTIONS},
@@ -407,6 +439,7 @@ def build_analysis_assets(
         analysis_drift,
         analysis_sliced_evaluation,
         analysis_label_errors,
+        analysis_annotators,
         analysis_metric_importance,
         analysis_report,
     ]
@@ -423,12 +456,11 @@ def _check_specs(checks: tuple[Check, ...], key: str) -> list[dg.AssetCheckSpec]
 def _describe(c: Check) -> str:
     if c.target == "drift":
         return f"no drift on {c.metric} against the reference"
-    target = (
-        f"{c.model} on {c.metric or 'all'} bucket {c.bucket}"
-        if c.target == "sliced_evaluation"
-        else "images"
-    )
-    return f"{c.stat} of {target} {c.op} {c.value} ({c.severity})"
+    targets = {
+        "sliced_evaluation": f"{c.model} on {c.metric or 'all'} bucket {c.bucket}",
+        "annotators": f"annotator {c.annotator}" if c.annotator else "every annotator",
+    }
+    return f"{c.stat} of {targets.get(c.target, 'images')} {c.op} {c.value} ({c.severity})"
 
 
 def _checked(checks: tuple[Check, ...], key: str, frame: pd.DataFrame, images: int | None = None):

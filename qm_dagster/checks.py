@@ -20,6 +20,12 @@ checks:
     stat: severe_share                 # share of images with a severe outlier on any metric
     op: "<="
     value: 0.02
+  - name: careful_annotators
+    target: annotators
+    stat: found@demo_detector          # any column of analysis/annotators
+    annotator: ""                      # one annotator, or empty: every annotator
+    op: ">="
+    value: 0.5
   - name: few_dark_or_bright_outliers
     target: outliers
     metric: data/brightness            # only this metric's severe outliers
@@ -44,6 +50,7 @@ TARGETS = {
     "sliced_evaluation": "analysis/sliced_evaluation",
     "drift": "analysis/drift",
     "outliers": "analysis/outliers",
+    "annotators": "analysis/annotators",
 }
 IOU_TYPES = ("bbox", "segm")  # the evaluations sliced_evaluation makes
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
@@ -58,6 +65,7 @@ class Check:
     model: str = ""
     bucket: str = "all"
     iou_type: str = "bbox"
+    annotator: str = ""  # annotators: this one; empty = every annotator (the worst value)
     stat: str = ""
     op: str = ">="
     value: float = 0.0
@@ -123,6 +131,8 @@ def evaluate(check: Check, frame: pd.DataFrame, images: int | None = None) -> Ou
         share = severe.image_id.nunique() / images if images else 0.0
         on = f" on {check.metric}" if check.metric else ""
         return _compare(check, share, f"severe share{on} {share:.3f}")
+    if check.target == "annotators":
+        return _annotators(check, frame)
     rows = frame[(frame.model == check.model) & (frame.metric == (check.metric or "all"))]
     if "iou_type" in rows:
         rows = rows[rows.iou_type == check.iou_type]
@@ -133,6 +143,19 @@ def evaluate(check: Check, frame: pd.DataFrame, images: int | None = None) -> Ou
         return Outcome(False, None, f"no slice {where}")
     value = float(rows[check.stat].iloc[0])
     return _compare(check, value, f"{check.stat} = {value:.4f}")
+
+
+def _annotators(check: Check, frame: pd.DataFrame) -> Outcome:
+    """The check on one annotator's ``stat``, or on every annotator's (measured: the one
+    furthest on the failing side)."""
+    rows = frame[frame.annotator == check.annotator] if check.annotator else frame
+    if rows.empty or check.stat not in rows:
+        who = check.annotator or "any annotator"
+        return Outcome(False, None, f"no {check.stat!r} for {who}")
+    values = rows[check.stat].astype(float)
+    worst = values.idxmin() if check.op in (">=", ">") else values.idxmax()
+    name = rows.annotator[worst]
+    return _compare(check, float(values[worst]), f"{check.stat} of {name} = {values[worst]:.4f}")
 
 
 def _compare(check: Check, value: float, text: str) -> Outcome:

@@ -275,12 +275,20 @@ def write_parquet(url: str, frame: pd.DataFrame) -> None:
 
 
 @_names_the_object
-def read_parquet(url: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """The Parquet file at ``url`` as a DataFrame; only ``columns`` (read alone) when given."""
+def read_parquet(
+    url: str, columns: list[str] | None = None, present_only: bool = False
+) -> pd.DataFrame:
+    """The Parquet file at ``url`` as a DataFrame; only ``columns`` (read alone) when given,
+    and with ``present_only`` only those of them the file has (a metric a version lacks)."""
     import pandas as pd  # lazy: image-pass workers use this module without pandas
+    import pyarrow.parquet as pq
 
     fs, path = filesystem(url)
     with fs.open(path, "rb") as fh:
+        if columns is not None and present_only:
+            names = set(pq.read_schema(fh).names)
+            columns = [c for c in columns if c in names]
+            fh.seek(0)
         return pd.read_parquet(fh, columns=columns)
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from qm_dagster import storage
 
 LAZY = "qm/lazy"  # input metadata: hand the asset a StoredTable to stream, not a DataFrame
-COLUMNS = "qm/columns"  # input metadata: load only these columns (Parquet reads no others)
+COLUMNS = "qm/columns"  # input metadata: load only these columns (those the table has)
 ALIAS = "qm/alias"  # asset metadata: its partitions are Alias pointers to other files
 
 
@@ -29,7 +29,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         the same files without Dagster. Assets that stream their output write that file themselves
         and return a ``StoredTable`` for it; inputs declared with ``metadata={LAZY: True}`` arrive as
         a ``StoredTable`` to read in batches; inputs declared with ``metadata={COLUMNS: [...]}`` load
-    only those columns (the rest of the file is not read). An ``Alias`` output is stored as a small JSON pointer;
+    only those of the columns the table has (the rest of the file is not read; a metric a
+    version lacks is simply absent). An ``Alias`` output is stored as a small JSON pointer;
         loading it loads the file it points at (None when it points at nothing).
     """
 
@@ -80,4 +81,5 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                     f"{context.asset_key.to_user_string()} is not stored: {url}"
                 )
             return storage.StoredTable(url)
-        return storage.read_parquet(url, (context.definition_metadata or {}).get(COLUMNS))
+        columns = (context.definition_metadata or {}).get(COLUMNS)
+        return storage.read_parquet(url, columns, present_only=True)
