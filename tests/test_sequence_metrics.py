@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +15,19 @@ from qm_dagster.metrics.tables import Tables
 load_metrics()
 SQUARE = [10, 10, 50, 10, 50, 50, 10, 50]
 TRIANGLE = [10, 50, 30, 10, 50, 50]
+
+
+def shaped(poly: list[float], dx: float = 0) -> dict:
+    """Box and segmentation columns of ``poly`` moved ``dx`` pixels right."""
+    poly = [c + dx if i % 2 == 0 else c for i, c in enumerate(poly)]
+    xs, ys = poly[0::2], poly[1::2]
+    return {
+        "bbox_x": min(xs),
+        "bbox_y": min(ys),
+        "bbox_w": max(xs) - min(xs),
+        "bbox_h": max(ys) - min(ys),
+        "segmentation": json.dumps([poly]),
+    }
 
 
 def sequence() -> Tables:
@@ -31,21 +45,15 @@ def sequence() -> Tables:
     rows = []
 
     def add(frame, track, cat, poly, dx=0):
-        poly = [c + dx if i % 2 == 0 else c for i, c in enumerate(poly)]
-        xs, ys = poly[0::2], poly[1::2]
         rows.append(
             {
                 "annotation_id": len(rows) + 1,
                 "image_id": frame + 1,
                 "category_id": cat,
                 "category": str(cat),
-                "bbox_x": min(xs),
-                "bbox_y": min(ys),
-                "bbox_w": max(xs) - min(xs),
-                "bbox_h": max(ys) - min(ys),
+                **shaped(poly, dx),
                 "area": None,
                 "iscrowd": 0,
-                "segmentation": json.dumps([poly]),
                 "track_id": str(track),
                 "keypoints": None,
             }
@@ -93,3 +101,59 @@ def test_shape_similarity():
     assert shape[("3", 1)] == pytest.approx(1.0)  # the same square
     assert shape[("1", 1)] == pytest.approx(1.0, abs=1e-6)  # the square moved one pixel
     assert shape[("3", 2)] < 0.9  # square -> triangle
+
+
+def _mask(poly: list[float]) -> np.ndarray:
+    """The polygon's mask drawn by OpenCV (not pycocotools), cropped to its box."""
+    canvas = np.zeros((100, 100), np.uint8)
+    points = np.round(np.array(poly, float).reshape(-1, 2)).astype(np.int32)
+    cv2.fillPoly(canvas, [points], 1)
+    ys, xs = np.nonzero(canvas)
+    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def predicted_sequence(tracked: bool) -> Tables:
+    """One model's predictions on the sequence's frames: a square moving one pixel a frame
+    (steady), a square that becomes a triangle at frame 2, and on frame 1 a triangle of
+    another class over the second square (never its match)."""
+    t = sequence()
+    rows = []
+
+    def add(frame, track, cat, poly, dx=0):
+        rows.append(
+            {
+                "model": "m",
+                "prediction_id": len(rows) + 1,
+                "image_id": frame + 1,
+                "category_id": cat,
+                "category": str(cat),
+                **shaped(poly, dx),
+                "score": 0.9,
+                "track_id": str(track) if tracked else None,
+            }
+        )
+
+    for f in range(4):
+        add(f, "steady", 1, SQUARE, dx=f)
+    add(1, "other", 2, TRIANGLE, dx=45)  # listed first: it would win a tie on IoU alone
+    for f in range(3):
+        add(f, "changes", 1, SQUARE if f < 2 else TRIANGLE, dx=45)
+    return Tables(t.images, t.annotations, pd.DataFrame(rows))
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_model_shape_similarity_on_tracked_and_untracked_predictions(tracked):
+    """model/shape_similarity: a steady track is 1, the shape change equals OpenCV's own
+    matchShapes of the two shapes; untracked predictions find the same previous object by
+    same-class IoU with the previous frame, never the other class's triangle."""
+    t = predicted_sequence(tracked)
+    values = get("shape_similarity", "prediction").fn(t)
+    preds = t.predictions
+    steady = values[:4]
+    assert np.isnan(steady[0]) and steady[1:] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
+    changes = values[5:8]
+    assert np.isnan(changes[0]) and changes[1] == pytest.approx(1.0, abs=1e-6)
+    distance = cv2.matchShapes(_mask(SQUARE), _mask(TRIANGLE), cv2.CONTOURS_MATCH_I1, 0)
+    assert changes[2] == pytest.approx(1 / (1 + distance), abs=0.02)
+    assert changes[2] < 0.9
+    assert np.isnan(values[4]) and len(values) == len(preds)  # the triangle: no predecessor

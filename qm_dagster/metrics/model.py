@@ -12,7 +12,9 @@ import json
 import numpy as np
 import pandas as pd
 
+from qm_dagster import geometry
 from qm_dagster.metrics.registry import metric
+from qm_dagster.metrics.sequence import shape_similarities, track_order
 from qm_dagster.metrics.tables import Tables
 
 
@@ -187,3 +189,76 @@ def variance(t: Tables) -> np.ndarray:
 )
 def mean_confidence(t: Tables) -> np.ndarray:
     return _per_image(t, t.predictions.score.to_numpy(dtype=float))
+
+
+SEQUENCE_MATCH_IOU = 0.5  # an untracked prediction continues the previous frame's at this IoU
+
+
+@metric(
+    "prediction",
+    "Hu-moment similarity of the predicted mask (its box without one) with the same object in "
+    "the previous frame: its track's previous appearance, else the same-class prediction of the "
+    "previous frame it overlaps most (IoU >= 0.5); 1 / (1 + matchShapes I1), 1 = same shape",
+    reads="table",
+    value_range=(0, 1),
+)
+def shape_similarity(t: Tables) -> np.ndarray:
+    preds = t.predictions.reset_index(drop=True)
+    if not {"video_id", "frame_index"} <= set(t.images.columns):  # no sequences at all
+        return np.full(len(preds), np.nan)
+    prev = np.full(len(preds), -1)
+    if "track_id" in preds:
+        tracked = track_order(t, preds)
+        prev[tracked.row.to_numpy()] = tracked.prev.to_numpy()
+        untracked = np.flatnonzero(preds.track_id.isna().to_numpy())
+    else:
+        untracked = np.arange(len(preds))
+    prev[untracked] = previous_frame_match(t.images, preds, untracked)
+    rows = np.flatnonzero(prev >= 0)
+    out = np.full(len(preds), np.nan)
+    if len(rows):
+        objects = Tables(t.images, preds)  # the predictions as objects: their masks and sizes
+        out[rows] = shape_similarities(objects, prev[rows], rows)
+    return out
+
+
+def previous_frame_match(
+    images: pd.DataFrame, objects: pd.DataFrame, rows: np.ndarray
+) -> np.ndarray:
+    """For each of ``rows`` (positions in ``objects``): the object of the same class on the
+    previous frame of its video with the highest box IoU, at least SEQUENCE_MATCH_IOU (the
+    first on ties), else -1."""
+    out = np.full(len(rows), -1)
+    frames = images[["image_id", "video_id", "frame_index"]].dropna()
+    if frames.empty or not len(rows):
+        return out
+    frames = frames.sort_values(["video_id", "frame_index"], kind="stable")
+    previous = frames.groupby("video_id", sort=False).image_id.shift(1)
+    prev_image = pd.Series(previous.to_numpy(), index=frames.image_id.to_numpy())
+    left = pd.DataFrame(
+        {
+            "image_id": prev_image.reindex(objects.image_id.to_numpy()[rows]).to_numpy(),
+            "category_id": objects.category_id.to_numpy()[rows],
+            "i": np.arange(len(rows)),
+        }
+    ).dropna(subset=["image_id"])
+    right = pd.DataFrame(
+        {
+            "image_id": objects.image_id.to_numpy(),
+            "category_id": objects.category_id.to_numpy(),
+            "j": np.arange(len(objects)),
+        }
+    )
+    pairs = left.astype({"image_id": right.image_id.dtype}).merge(
+        right, on=["image_id", "category_id"]
+    )
+    if pairs.empty:
+        return out
+    box = geometry.boxes(objects)
+    pairs["iou"] = geometry.pair_iou(box[rows[pairs.i.to_numpy()]], box[pairs.j.to_numpy()])
+    pairs = pairs[pairs.iou >= SEQUENCE_MATCH_IOU].sort_values(
+        ["i", "iou", "j"], ascending=[True, False, True]
+    )
+    best = pairs.drop_duplicates("i")
+    out[best.i.to_numpy()] = best.j.to_numpy()
+    return out

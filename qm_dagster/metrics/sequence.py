@@ -1,6 +1,8 @@
 """Sequence metrics: objects with a ``track_id`` on images with ``video_id`` + ``frame_index``.
 
 Each annotation is compared with its track's previous appearance; rows without a track are NaN.
+The helpers take any table of objects (annotations or one model's predictions), so model
+metrics compare predictions the same way (``model.shape_similarity``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from qm_dagster.metrics.registry import metric
 from qm_dagster.metrics.tables import Tables
 
 
-def track_order(t: Tables) -> pd.DataFrame:
-    """Tracked annotations with their frame, sorted by (video, track, frame); ``prev`` is the row
-    position of the same track's previous appearance (-1 for the first)."""
+def track_order(t: Tables, objects: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Tracked ``objects`` (the annotations by default) with their frame, sorted by (video,
+    track, frame); ``prev`` is the row position of the same track's previous appearance (-1 for
+    the first)."""
+    objects = t.annotations if objects is None else objects
     frames = t.images.set_index("image_id")[["video_id", "frame_index"]]
-    ann = t.annotations[["image_id", "category_id", "track_id"]].join(frames, on="image_id")
+    ann = objects[["image_id", "category_id", "track_id"]].join(frames, on="image_id")
     ann = ann.assign(row=np.arange(len(ann)))
     tracked = ann[ann.track_id.notna() & ann.frame_index.notna()]
     tracked = tracked.sort_values(["video_id", "track_id", "frame_index"], kind="stable")
@@ -27,16 +31,31 @@ def track_order(t: Tables) -> pd.DataFrame:
     return tracked.assign(prev=prev.to_numpy())
 
 
-def _crop_mask(t: Tables, row: int) -> np.ndarray:
-    x, y, w, h = geometry.boxes(t.annotations.iloc[[row]])[0]
-    mask = geometry.decode(t.rles[row])
+def _crop_mask(objects: Tables, row: int) -> np.ndarray:
+    x, y, w, h = geometry.boxes(objects.annotations.iloc[[row]])[0]
+    mask = geometry.decode(objects.rles[row])
     y0, x0 = int(np.floor(y)), int(np.floor(x))
     return mask[y0 : int(np.ceil(y + h)) + 1, x0 : int(np.ceil(x + w)) + 1].astype(np.uint8)
 
 
-def _shape(t: Tables, prev: int, row: int) -> float:
-    distance = cv2.matchShapes(_crop_mask(t, prev), _crop_mask(t, row), cv2.CONTOURS_MATCH_I1, 0)
-    return float(1.0 / (1.0 + distance))
+def shape_similarities(objects: Tables, prev: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Hu-moment similarity (1 / (1 + matchShapes I1)) of each object ``rows[i]`` of
+    ``objects.annotations`` with the object ``prev[i]`` (NaN where ``prev`` is -1)."""
+    return np.array(
+        [
+            np.nan
+            if p < 0
+            else 1.0
+            / (
+                1.0
+                + cv2.matchShapes(
+                    _crop_mask(objects, p), _crop_mask(objects, r), cv2.CONTOURS_MATCH_I1, 0
+                )
+            )
+            for p, r in zip(prev, rows, strict=True)
+        ],
+        dtype=float,
+    )
 
 
 def _by_track(t: Tables, values: pd.Series, tracked: pd.DataFrame) -> np.ndarray:
@@ -79,7 +98,5 @@ def class_flip(t: Tables) -> np.ndarray:
 )
 def shape_similarity(t: Tables) -> np.ndarray:
     tracked = track_order(t)
-    values = [
-        np.nan if p < 0 else _shape(t, p, r) for p, r in zip(tracked.prev, tracked.row, strict=True)
-    ]
+    values = shape_similarities(t, tracked.prev.to_numpy(), tracked.row.to_numpy())
     return _by_track(t, pd.Series(values), tracked)
