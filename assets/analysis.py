@@ -30,7 +30,7 @@ from qm_dagster.quality_table import (
     prediction_table,
 )
 from qm_dagster.report import build_report
-from qm_dagster.sliced import sliced_evaluation
+from qm_dagster.sliced import NamedSlices, sliced_evaluation
 from qm_dagster.slices import Slice
 from qm_dagster.slices import apply as apply_slice
 from resources.dataset import QmResource
@@ -252,29 +252,57 @@ def build_analysis_assets(
             },
         )
 
+    sliced_levels = {s.level for s in slices}
+    members = {  # the quality tables of object / prediction slices: whole only when used
+        "object_table": None if "object" in sliced_levels else ["annotation_id"],
+        "prediction_table": None if "prediction" in sliced_levels else ["model", "prediction_id"],
+    }
+
     @analysis_asset(
         "sliced_evaluation",
         ins={
             **_named(
                 "manifest", "annotations", "categories", "predictions", "matches", "image_table"
             ),
+            **_named(
+                "object_table",
+                "prediction_table",
+                columns={k: v for k, v in members.items() if v is not None},
+            ),
         },
-        code_version="3",
+        code_version="4",
         kinds={"python", "numpy"},
     )
     def analysis_sliced_evaluation(
-        manifest, annotations, categories, predictions, matches, image_table
+        manifest,
+        annotations,
+        categories,
+        predictions,
+        matches,
+        image_table,
+        object_table,
+        prediction_table,
     ):
         """Per model: COCO's 12 statistics and TP/FP/FN, precision, recall, F1 (at the
         configured score threshold, from model/matching) on the whole version, on each bucket
         of each image metric (quantiles, or configured edges) and on named slices; AP, AR on
         size buckets of object_area. One COCO evaluation per model and IoU type (bbox; segm
         too for a model with masks, ``iou_type`` column); slices accumulate its matches."""
-        named = {
-            s.name: apply_slice(s, image_table).image_id.tolist()
-            for s in slices
-            if s.level == "image"
-        }
+        tables = {"image": image_table, "object": object_table, "prediction": prediction_table}
+        chosen = {s.name: (s.level, apply_slice(s, tables[s.level])) for s in slices}
+        named = NamedSlices(
+            images={n: rows.image_id.tolist() for n, (lv, rows) in chosen.items() if lv == "image"},
+            objects={
+                n: rows.annotation_id.to_numpy()
+                for n, (lv, rows) in chosen.items()
+                if lv == "object"
+            },
+            predictions={
+                n: rows[["model", "prediction_id"]]
+                for n, (lv, rows) in chosen.items()
+                if lv == "prediction"
+            },
+        )
         frame = sliced_evaluation(
             manifest,
             annotations,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ COLUMNS = [
     "lo",
     "hi",
     "n_images",
+    "n_members",  # objects or predictions in a named object / prediction slice
     *STATS,
     "tp",
     "fp",
@@ -116,6 +118,16 @@ class _Counts:
         return {"tp": tp, "fp": fp, "fn": gt - tp}
 
 
+@dataclass
+class NamedSlices:
+    """The members of each configured slice, by level: image ids, annotation ids, and
+    (model, prediction_id) rows."""
+
+    images: dict[str, list] = field(default_factory=dict)
+    objects: dict[str, np.ndarray] = field(default_factory=dict)
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
 def sliced_evaluation(
     images: pd.DataFrame,
     annotations: pd.DataFrame,
@@ -124,23 +136,29 @@ def sliced_evaluation(
     matches: pd.DataFrame,
     image_table: pd.DataFrame,
     score: float = 0.5,
-    named: dict[str, list] | None = None,
+    named: NamedSlices | None = None,
     edges: dict[str, list[float]] | None = None,
     buckets: int = BUCKETS,
 ) -> pd.DataFrame:
     """Rows per model: the whole version (COCO's 12 statistics), each bucket of each
     image-level metric (``buckets`` quantile buckets, or the explicit ``edges`` configured for
-    that metric), each named image slice (``metric`` = ``slice:<name>``), and size buckets of
+    that metric), each named slice (``metric`` = ``slice:<name>``), and size buckets of
     ``object_area`` (COCO's small / medium / large unless ``edges`` names
     ``label/object_area``). TP / FP / FN, precision, recall and F1 count detections with score
     >= ``score``, from the matching table. One COCO evaluation per model and IoU type: ``bbox``,
     and ``segm`` for a model whose every prediction has a mask (its rows carry COCO's
-    statistics; the counts are the box matching's, so left empty)."""
+    statistics; the counts are the box matching's, so left empty).
+
+    A named object slice is evaluated as COCO evaluates an area range: objects outside it are
+    ignored (a detection matched to one is neither true nor false), every other detection
+    counts. A named prediction slice evaluates the model's predictions in it alone. Each is
+    its own evaluation, with TP / FP / FN from its matches at IoU 0.5."""
     edges = edges or {}
+    named = named or NamedSlices()
     if annotations.empty or predictions.empty:
         return pd.DataFrame(columns=COLUMNS)
     gt, image_ids, category_ids = ground_truth(images, annotations, categories, predictions)
-    slices = image_slices(image_table, named, edges, buckets)
+    slices = image_slices(image_table, named.images, edges, buckets)
     size_edges = list(edges.get("label/object_area", COCO_AREA_EDGES))
     custom = size_edges != COCO_AREA_EDGES
     rows = []
@@ -164,7 +182,31 @@ def sliced_evaluation(
             for b, (lo, hi) in enumerate(itertools.pairwise(size_edges)):
                 labels = {"level": "object", "metric": "label/object_area", "bucket": b}
                 rows.append({**base, **labels, "lo": lo, "hi": hi, **size_bucket(ev, first + b)})
+            for name, members in named.objects.items():
+                inside = np.isin(truth.ids, np.asarray(members))
+                ignore = ~inside if truth.ignore is None else truth.ignore | ~inside
+                sliced = replace(truth, ignore=ignore)
+                one = evaluate(sliced, found, image_ids, category_ids, iou_type=iou_type)
+                rows.append(_named_row(one, base, "object", name, score, int(inside.sum())))
+            for name, members in named.predictions.items():
+                mine = members.prediction_id[members.model == model].to_numpy()
+                kept = np.flatnonzero(np.isin(preds.prediction_id.to_numpy(), mine))
+                one = evaluate(truth, found.take(kept), image_ids, category_ids, iou_type=iou_type)
+                rows.append(_named_row(one, base, "prediction", name, score, len(kept)))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _named_row(ev, base: dict, level: str, name: str, score: float, members: int) -> dict:
+    """COCO's statistics of a named object or prediction slice's own evaluation, with TP / FP /
+    FN at IoU 0.5 for detections scoring at least ``score`` (``n_images``: the images holding
+    its members, ``members`` objects or predictions)."""
+    matches = ev.matches[0]  # area "all"; threshold 0 is IoU 0.5
+    confident = ev.dt.score >= score
+    tp = int(np.count_nonzero(matches.tp[0] & confident))
+    fp = int(np.count_nonzero(matches.fp[0] & confident))
+    regular = int(np.count_nonzero(matches.gt_regular))
+    row = {**base, "level": level, "metric": f"slice:{name}", "bucket": 0, **whole(ev)}
+    return with_scores({**row, "n_members": members}, {"tp": tp, "fp": fp, "fn": regular - tp})
 
 
 def _model_rows(ev, counts: _Counts, base: dict, slices, scored: bool) -> list[dict]:

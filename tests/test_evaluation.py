@@ -333,3 +333,69 @@ def test_mask_results_import_and_sliced_segm_rows(tmp_path, coco_segm):
     assert [bucket[k] for k in STATS] == pytest.approx(fresh, abs=1e-12)
     box_images = frame[(frame.iou_type == "bbox") & (frame.level == "image")]
     assert np.isnan(bucket.tp) and not np.isnan(box_images.tp).any()
+
+
+def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, coco):
+    """An object slice (people) ignores the other objects, which pycocotools
+    does for objects outside its area range: the reference run sets their area to -1 (a
+    user's ``ignore`` flag is overwritten by pycocotools' _prepare). A prediction slice
+    (confident detections) is a fresh evaluation of those detections alone."""
+    import copy
+
+    import pandas as pd
+    from pycocotools.coco import COCO
+
+    from qm_dagster.sliced import NamedSlices, sliced_evaluation
+
+    gt, dt = coco[:2]
+    manifest, tables, preds = _imported(tmp_path)
+    ann = tables.annotations
+    people = ann.annotation_id[ann.category == "person"].to_numpy()
+    confident = preds[preds.score >= 0.5][["prediction_id"]].assign(model="fake")
+    ids = sorted(gt.getImgIds())
+    frame = sliced_evaluation(
+        manifest,
+        ann,
+        tables.categories,
+        preds,
+        matching(manifest, ann, tables.categories, preds),
+        pd.DataFrame({"image_id": ids}),
+        named=NamedSlices(objects={"people": people}, predictions={"sure": confident}),
+    )
+    row = frame[frame.metric == "slice:people"].iloc[0]
+    doc = copy.deepcopy(gt.dataset)
+    for a in doc["annotations"]:
+        if a["id"] not in set(people.tolist()):
+            a["area"] = -1.0  # outside every area range: ignored, as our slice ignores it
+    sliced_gt = COCO()
+    sliced_gt.dataset = doc
+    with contextlib.redirect_stdout(io.StringIO()):
+        sliced_gt.createIndex()
+        sliced_dt = sliced_gt.loadRes(dt.dataset["annotations"])
+    fresh = fresh_pycocotools(sliced_gt, sliced_dt)
+    assert row.level == "object" and row.n_members == len(people)
+    assert [row[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
+    assert abs(row.AP - frame[frame.metric == "all"].iloc[0].AP) > 0.01
+    t50 = 0
+    counted = [
+        (m > 0, ig, s)
+        for e in fresh.evalImgs
+        if e is not None and e["aRng"] == fresh.params.areaRng[0] and e["maxDet"] == 100
+        for m, ig, s in zip(e["dtMatches"][t50], e["dtIgnore"][t50], e["dtScores"], strict=True)
+    ]
+    tp = sum(1 for hit, ig, s in counted if hit and not ig and s >= 0.5)
+    fp = sum(1 for hit, ig, s in counted if not hit and not ig and s >= 0.5)
+    assert (row.tp, row.fp) == (tp, fp)
+
+    sure = frame[frame.metric == "slice:sure"].iloc[0]
+    kept = [
+        a for a, keep in zip(dt.dataset["annotations"], preds.score >= 0.5, strict=True) if keep
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        sure_dt = gt.loadRes(
+            [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")} for a in kept]
+        )
+    assert sure.level == "prediction" and sure.n_members == len(kept)
+    assert [sure[k] for k in STATS] == pytest.approx(
+        fresh_pycocotools(gt, sure_dt).stats, abs=1e-12
+    )

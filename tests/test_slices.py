@@ -1,5 +1,5 @@
 """Named slices: configured once, used by sliced evaluation (a ``slice:<name>`` row equal to the
-bucket logic on those images), `qm show --slice` and `qm export` (a valid new version)."""
+bucket logic on those images, or an object slice's own evaluation), `qm show --slice` and `qm export` (a valid new version)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def test_slices_in_evaluation_show_and_export(demo):
     sliced = load("analysis/sliced_evaluation", "production", settings)
     row = sliced[sliced.metric == "slice:dark"].iloc[0]
     assert row.n_images == len(dark)
+    objects = load("analysis/quality_table/object", "production", settings)
+    small = apply(find(settings.slices, "small_objects"), objects)
+    (small_row,) = sliced[sliced.metric == "slice:small_objects"].itertuples()
+    assert small_row.level == "object" and small_row.n_members == len(small) > 0
 
     env = {
         **os.environ,
