@@ -32,7 +32,6 @@ from qm_dagster.quality_table import (
 from qm_dagster.report import build_report
 from qm_dagster.sliced import NamedSlices, sliced_evaluation
 from qm_dagster.slices import Slice
-from qm_dagster.slices import apply as apply_slice
 from resources.dataset import QmResource
 from resources.io_manager import COLUMNS
 
@@ -288,20 +287,8 @@ def build_analysis_assets(
         of each image metric (quantiles, or configured edges) and on named slices; AP, AR on
         size buckets of object_area. One COCO evaluation per model and IoU type (bbox; segm
         too for a model with masks, ``iou_type`` column); slices accumulate its matches."""
-        tables = {"image": image_table, "object": object_table, "prediction": prediction_table}
-        chosen = {s.name: (s.level, apply_slice(s, tables[s.level])) for s in slices}
-        named = NamedSlices(
-            images={n: rows.image_id.tolist() for n, (lv, rows) in chosen.items() if lv == "image"},
-            objects={
-                n: rows.annotation_id.to_numpy()
-                for n, (lv, rows) in chosen.items()
-                if lv == "object"
-            },
-            predictions={
-                n: rows[["model", "prediction_id"]]
-                for n, (lv, rows) in chosen.items()
-                if lv == "prediction"
-            },
+        named = NamedSlices.of(
+            slices, {"image": image_table, "object": object_table, "prediction": prediction_table}
         )
         frame = sliced_evaluation(
             manifest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -20,6 +21,8 @@ from qm_dagster.evaluation import (
     with_scores,
 )
 from qm_dagster.matching import ground_truth, object_rles
+from qm_dagster.slices import Slice
+from qm_dagster.slices import apply as apply_slice
 
 BUCKETS = 5
 COCO_AREA_EDGES = [0.0, 32.0**2, 96.0**2, 1e10]
@@ -126,6 +129,21 @@ class NamedSlices:
     images: dict[str, list] = field(default_factory=dict)
     objects: dict[str, np.ndarray] = field(default_factory=dict)
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, slices: Iterable[Slice], tables: dict[str, pd.DataFrame]) -> NamedSlices:
+        """The members of ``slices`` in the quality tables by level (``image``, ``object``,
+        ``prediction``)."""
+        out = cls()
+        for s in slices:
+            rows = apply_slice(s, tables[s.level])
+            if s.level == "image":
+                out.images[s.name] = rows.image_id.tolist()
+            elif s.level == "object":
+                out.objects[s.name] = rows.annotation_id.to_numpy()
+            else:
+                out.predictions[s.name] = rows[["model", "prediction_id"]]
+        return out
 
 
 def sliced_evaluation(
