@@ -25,7 +25,7 @@ from qm_dagster.matching import matching
 from qm_dagster.metrics import load_metrics, metrics
 from qm_dagster.metrics.model import _entropy, _margin, _variance, probabilities
 from qm_dagster.table_pass import model_metrics
-from tests.conftest import cartucho_spec, materialize_version, shared
+from tests.conftest import cartucho_spec, coco_fake_spec, materialize_version, shared
 
 load_metrics()
 
@@ -290,3 +290,55 @@ def test_iou_equals_pycocotools_compute_iou_with_crowd_regions(tmp_path):
             assert got[d["id"]] == pytest.approx(row.max(), abs=1e-12)
             checked += 1
     assert checked > 500
+
+
+def test_label_metrics_of_predicted_objects(tmp_path):
+    """model/object_area, relative_area, object_aspect_ratio, border_proximity by hand from
+    the boxes of the real fake detections; model/overlap and annotation_duplicate equal to
+    pycocotools' box IoUs among each image's confident predictions (score >= 0.5, the 20
+    highest), NaN for the others."""
+    from pycocotools import mask as mask_utils
+
+    from qm_dagster.metrics.model import PAIRED_MAX, PAIRED_MIN_SCORE
+
+    import_version(coco_fake_spec(), str(tmp_path), "v")
+    version = DatasetRoot(str(tmp_path)).version("v")
+    coco = version.instances()
+    manifest = build_manifest(version, 10**8, table=coco.images).images
+    preds = version.predictions("fake", coco)
+    names = ["object_area", "relative_area", "object_aspect_ratio", "border_proximity"]
+    names += ["overlap", "annotation_duplicate"]
+    specs = [s for s in metrics("prediction", ()) if s.name in names]
+    matches = matching(manifest, coco.annotations, coco.categories, preds)
+    tables = model_metrics(specs, manifest, coco.annotations, preds, matches)
+    got = {n: tables[f"model/{n}"].set_index("prediction_id").value for n in names}
+    x, y, w, h = (preds[c].to_numpy() for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+    size = coco.images.set_index("image_id").reindex(preds.image_id)
+    width, height = size.coco_width.to_numpy(float), size.coco_height.to_numpy(float)
+    ids = preds.prediction_id.to_numpy()
+    np.testing.assert_allclose(got["object_area"][ids], w * h)
+    np.testing.assert_allclose(got["relative_area"][ids], w * h / (width * height))
+    np.testing.assert_allclose(got["object_aspect_ratio"][ids], w / h)
+    border = np.max([(x + w) / width, (y + h) / height, 1 - x / width, 1 - y / height], axis=0)
+    np.testing.assert_allclose(got["border_proximity"][ids], border)
+
+    checked = 0
+    for _, group in preds.groupby("image_id"):
+        ranked = group.sort_values("score", ascending=False, kind="stable")
+        confident = ranked[ranked.score >= PAIRED_MIN_SCORE].head(PAIRED_MAX)
+        rest = group.prediction_id[~group.prediction_id.isin(confident.prediction_id)]
+        assert got["overlap"][rest].isna().all()
+        # lists: pycocotools reads a column-major array (what to_numpy gives here) as row-major
+        boxes = confident[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy().tolist()
+        if len(boxes) < 2:
+            continue
+        iou = np.asarray(mask_utils.iou(boxes, boxes, [0] * len(boxes)))
+        np.fill_diagonal(iou, 0)
+        same = confident.category_id.to_numpy()[:, None] == confident.category_id.to_numpy()
+        pid = confident.prediction_id.to_numpy()
+        np.testing.assert_allclose(got["overlap"][pid], iou.max(axis=1))
+        np.testing.assert_allclose(
+            got["annotation_duplicate"][pid], np.where(same, iou, 0).max(axis=1)
+        )
+        checked += 1
+    assert checked > 10 and (got["annotation_duplicate"] > 0.5).any()

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from qm_dagster import geometry
-from qm_dagster.metrics.registry import metric
+from qm_dagster.metrics import label  # noqa: F401  (registers the label metrics reused here)
+from qm_dagster.metrics.registry import get as label_spec
+from qm_dagster.metrics.registry import metric, register
 from qm_dagster.metrics.sequence import shape_similarities, track_order
 from qm_dagster.metrics.tables import Tables
 
@@ -262,3 +265,61 @@ def previous_frame_match(
     best = pairs.drop_duplicates("i")
     out[best.i.to_numpy()] = best.j.to_numpy()
     return out
+
+
+# Label metrics that make sense for a predicted object, as model/<name>: computed by the label
+# metric's own function on the model's predictions taken as the objects of a table.
+PREDICTED_OBJECT_METRICS = {
+    "object_area": "Predicted object area in pixels: its mask's, else box w * h (COCO's loadRes)",
+    "relative_area": "Predicted object area / image area",
+    "object_aspect_ratio": "Predicted box width / box height",
+    "border_proximity": "max(x2/W, y2/H, 1-x1/W, 1-y1/H) of the predicted box: 1 = at a border",
+    "overlap": "Max IoU with another confident prediction of the model in the image",
+    "annotation_duplicate": "Max IoU with another confident prediction of the same class in "
+    "the image (a duplicate the NMS left)",
+}
+# Overlaps among a model's predictions are compared within an image for its confident
+# predictions only (score >= PAIRED_MIN_SCORE, the PAIRED_MAX highest): a detector's 100
+# low-score boxes per image would make the pairs quadratic. The others are NaN.
+PAIRED = ("overlap", "annotation_duplicate")
+PAIRED_MIN_SCORE = 0.5
+PAIRED_MAX = 20
+
+
+def predicted_objects(t: Tables) -> tuple[Tables, np.ndarray]:
+    """The model's predictions as the objects of a table (area w * h for a box, as COCO's
+    ``loadRes``, a mask's own; no crowd), and the positions of its confident ones
+    (``PAIRED_MIN_SCORE``, at most ``PAIRED_MAX`` an image)."""
+    preds = t.predictions.reset_index(drop=True)
+    boxed = preds.segmentation.isna().to_numpy()
+    area = np.where(boxed, preds.bbox_w.to_numpy(float) * preds.bbox_h.to_numpy(float), np.nan)
+    preds = preds.assign(area=area, iscrowd=0)
+    rank = preds.groupby("image_id").score.rank(method="first", ascending=False)
+    confident = np.flatnonzero((preds.score >= PAIRED_MIN_SCORE) & (rank <= PAIRED_MAX))
+    return Tables(t.images, preds), confident
+
+
+def _on_predictions(name: str, label_fn):
+    def fn(t: Tables) -> np.ndarray:
+        objects, confident = predicted_objects(t)
+        if name not in PAIRED:
+            return np.asarray(label_fn(objects), dtype=float)
+        out = np.full(len(objects.annotations), np.nan)
+        subset = objects.annotations.iloc[confident].reset_index(drop=True)
+        out[confident] = label_fn(Tables(t.images, subset))
+        return out
+
+    fn.__name__ = fn.__qualname__ = f"predicted_{name}"
+    return fn
+
+
+def _register_predicted_object_metrics() -> None:
+    for name, description in PREDICTED_OBJECT_METRICS.items():
+        spec = label_spec(f"label/{name}")
+        fn = _on_predictions(name, spec.fn)
+        register(
+            replace(spec, level="prediction", index="prediction", fn=fn, description=description)
+        )
+
+
+_register_predicted_object_metrics()
