@@ -157,3 +157,22 @@ def test_model_shape_similarity_on_tracked_and_untracked_predictions(tracked):
     assert changes[2] == pytest.approx(1 / (1 + distance), abs=0.02)
     assert changes[2] < 0.9
     assert np.isnan(values[4]) and len(values) == len(preds)  # the triangle: no predecessor
+
+
+def test_occlusion_risk():
+    """Track 1 (five appearances of one square) is 0 everywhere; squashed to half its height
+    in its last frame: area ratio 1/2 and aspect ratio 2 against the track's medians, so
+    1 - 1/2 * 1/2 = 0.75 by hand. Track 3 (three appearances) has its own medians; tracks of
+    fewer appearances and untracked objects are NaN."""
+    t = sequence()
+    ann = t.annotations
+    last = ann.index[(ann.track_id == "1") & (ann.image_id == 6)][0]
+    squashed = {**shaped([10, 10, 50, 10, 50, 30, 10, 30], dx=5)}
+    for column, value in squashed.items():
+        ann.at[last, column] = value
+    risk = by_track("occlusion_risk", Tables(t.images, ann))
+    assert [risk[("1", f)] for f in (0, 1, 2, 4)] == pytest.approx([0, 0, 0, 0], abs=1e-12)
+    assert risk[("1", 5)] == pytest.approx(0.75, abs=1e-9)
+    assert all(np.isfinite(risk[("3", f)]) for f in range(3))
+    assert risk[("2", 0)] == pytest.approx(0.0)  # four appearances of one square
+    assert np.isnan(get("occlusion_risk", "object").fn(Tables(t.images, ann))[-1])

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from qm_dagster import geometry
+from qm_dagster.metrics.label import object_area
 from qm_dagster.metrics.registry import metric
 from qm_dagster.metrics.tables import Tables
 
@@ -100,3 +101,31 @@ def shape_similarity(t: Tables) -> np.ndarray:
     tracked = track_order(t)
     values = shape_similarities(t, tracked.prev.to_numpy(), tracked.row.to_numpy())
     return _by_track(t, pd.Series(values), tracked)
+
+
+MIN_TRACK_APPEARANCES = 3  # a typical shape needs a few appearances
+
+
+@metric(
+    "object",
+    "Occlusion risk: 1 - (area ratio x aspect ratio ratio) against the track's median area and "
+    "median box aspect ratio, each ratio folded into (0, 1]; 0 = its usual shape",
+    reads="table",
+    value_range=(0, 1),
+)
+def occlusion_risk(t: Tables) -> np.ndarray:
+    tracked = track_order(t)
+    rows = tracked.row.to_numpy()
+    area = object_area(t)[rows]
+    box = geometry.boxes(t.annotations)[rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        aspect = box[:, 2] / box[:, 3]
+    shape = pd.DataFrame({"area": area, "aspect": aspect}, index=tracked.index)
+    track = tracked.groupby(["video_id", "track_id"], sort=False)
+    typical = shape.groupby([tracked.video_id, tracked.track_id], sort=False).transform("median")
+    enough = track.row.transform("size").to_numpy() >= MIN_TRACK_APPEARANCES
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = (shape / typical).to_numpy()
+        folded = np.minimum(ratios, 1 / ratios)
+    risk = np.where(enough, 1 - folded[:, 0] * folded[:, 1], np.nan)
+    return _by_track(t, pd.Series(risk), tracked)
