@@ -342,3 +342,40 @@ def test_label_metrics_of_predicted_objects(tmp_path):
         )
         checked += 1
     assert checked > 10 and (got["annotation_duplicate"] > 0.5).any()
+
+
+def test_mask_iou_equals_pycocotools_on_the_mask_results(tmp_path):
+    """model/mask_iou of cocoapi's mask results: per prediction, the best pycocotools mask IoU
+    (COCO's annToRLE masks, crowd rule) with a same-class object of its image; the same
+    predictions without their masks have none (NaN)."""
+    from pycocotools import mask as mask_utils
+
+    src = shared("coco-val2014-fake100")
+    import_version(coco_fake_spec(results="fakesegm", model="masks"), str(tmp_path), "v")
+    version = DatasetRoot(str(tmp_path)).version("v")
+    coco = version.instances()
+    manifest = build_manifest(version, 10**8, table=coco.images).images
+    preds = version.predictions("masks", coco)
+    specs = [s for s in metrics("prediction", ()) if s.name == "mask_iou"]
+    matches = matching(manifest, coco.annotations, coco.categories, preds)
+    got = model_metrics(specs, manifest, coco.annotations, preds, matches)["model/mask_iou"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(src / "instances_val2014_100.json"))
+    results = json.loads(
+        (src / "results" / "instances_val2014_fakesegm100_results.json").read_text()
+    )
+    expected = []
+    for r in results:
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=r["image_id"], catIds=r["category_id"]))
+        if not anns:
+            expected.append(0.0)
+            continue
+        ious = mask_utils.iou(
+            [r["segmentation"]], [gt.annToRLE(a) for a in anns], [a["iscrowd"] for a in anns]
+        )
+        expected.append(float(np.max(ious)))
+    np.testing.assert_allclose(got.value.to_numpy(), expected, rtol=0, atol=1e-12)
+    assert 0.2 < np.mean(expected) < 0.9
+    boxes = preds.assign(segmentation=None)
+    unmasked = model_metrics(specs, manifest, coco.annotations, boxes, matches)["model/mask_iou"]
+    assert unmasked.value.isna().all()

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+from pycocotools import mask as mask_utils
 
 from qm_dagster import geometry
 from qm_dagster.metrics import label  # noqa: F401  (registers the label metrics reused here)
@@ -47,6 +48,42 @@ def best_iou(t: Tables, same_class: bool) -> np.ndarray:
 )
 def iou(t: Tables) -> np.ndarray:
     return best_iou(t, same_class=True)
+
+
+@metric(
+    "prediction",
+    "Best mask IoU with a ground-truth object of the same class (its box where it has no "
+    "mask; COCO's crowd rule); NaN for a prediction without a mask",
+    reads="table",
+    value_range=(0, 1),
+)
+def mask_iou(t: Tables) -> np.ndarray:
+    preds = t.predictions.reset_index(drop=True)
+    out = np.full(len(preds), np.nan)
+    masked = preds.segmentation.notna().to_numpy()
+    if t.annotations.empty or not masked.any():
+        return out
+    pred, gt, _ = t.prediction_pairs
+    same = preds.category_id.to_numpy()[pred] == t.annotations.category_id.to_numpy()[gt]
+    keep = same & masked[pred]
+    pred, gt = pred[keep], gt[keep]
+    out[masked] = 0.0
+    if not len(pred):
+        return out
+    found = Tables(t.images, preds).rles  # the predictions' masks at image size
+    crowd = t.annotations.iscrowd.to_numpy() != 0
+    for rows in (
+        pd.Series(np.arange(len(pred))).groupby(preds.image_id.to_numpy()[pred]).indices.values()
+    ):
+        ps, gs = np.unique(pred[rows]), np.unique(gt[rows])
+        matrix = np.asarray(
+            mask_utils.iou(
+                [found[i] for i in ps], [t.rles[j] for j in gs], crowd[gs].astype(np.uint8).tolist()
+            )
+        )
+        values = matrix[np.searchsorted(ps, pred[rows]), np.searchsorted(gs, gt[rows])]
+        np.maximum.at(out, pred[rows], values)
+    return out
 
 
 @metric(
