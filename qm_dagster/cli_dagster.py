@@ -192,11 +192,15 @@ def _innermost(error) -> str:
 
 
 def _print_progress(instance: dg.DagsterInstance, run_id: str, stop: threading.Event) -> None:
-    seen = 0
+    """Print the run's step events and our log lines as they land. Only the events after the
+    last cursor are read each poll: reading all of them (631 at the end of a 12k-image run,
+    0.07 s) every 0.5 s took ~3 s of the run's GIL over its ~100 polls."""
+    cursor = None
     while True:
         finished = stop.wait(0.5)
-        records = instance.all_logs(run_id)
-        for record in records[seen:]:
+        batch = instance.get_records_for_run(run_id, cursor=cursor)
+        cursor = batch.cursor
+        for record in (r.event_log_entry for r in batch.records):
             event = record.dagster_event
             if event is None and record.user_message.startswith(PREFIX):
                 print(f"  {record.user_message}", flush=True)
@@ -209,6 +213,5 @@ def _print_progress(instance: dg.DagsterInstance, run_id: str, stop: threading.E
                 print(f"  {what} {event.asset_key.to_user_string()}", flush=True)
             else:
                 print(f"step {event.step_key}: {what}", flush=True)
-        seen = len(records)
         if finished:
             return

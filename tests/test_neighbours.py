@@ -32,10 +32,12 @@ def test_exact_knn_equals_brute_force():
     assert (idx != np.arange(len(x))[:, None]).all()
 
 
-def test_inverted_file_index_finds_the_near_copies_exact_search_finds():
+@pytest.mark.parametrize("flat_max", [10**9, 1000], ids=["vectors", "quantized codes"])
+def test_inverted_file_index_finds_the_near_copies_exact_search_finds(flat_max):
     x, planted = clustered(6000)
     exact_d, exact_i = knn(x, 5, exact_max=10**9)
-    ann_d, ann_i = knn(x, 5, exact_max=1000)  # forced onto the inverted-file index
+    # forced onto the inverted file, of the vectors or of product-quantized codes
+    ann_d, ann_i = knn(x, 5, exact_max=1000, flat_max=flat_max)
     copies = len(x) - 200 + planted
     assert (exact_i[planted, 0] == copies).all()
     assert (ann_i[planted, 0] == copies).all() and (ann_i[copies, 0] == planted).all()
