@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
@@ -353,9 +354,15 @@ def parse_instances(data: Any, file: str, strict: bool = True) -> CocoTables:
         row = records.keep(lambda: _image_row(img, seen, file, where), img, where)  # noqa: B023
         if row is not None:
             images.append(row)
+    anns = _list(data.get("annotations", []), file, "annotations")
+    table = _annotations_at_once(anns, seen[0], cat_names, file)
+    if table is not None:
+        return CocoTables(
+            pd.DataFrame(images, columns=IMAGE_COLUMNS), table, categories, records.quarantined
+        )
     annotations = []
     ann_ids: set[int] = set()
-    for i, ann in enumerate(_list(data.get("annotations", []), file, "annotations")):
+    for i, ann in enumerate(anns):
         where = f"annotations[{i}]"
         row = records.keep(
             lambda: _annotation_row(ann, ann_ids, seen[0], cat_names, file, where),  # noqa: B023
@@ -428,9 +435,12 @@ def parse_results(
     others keep their position ids); without, the first one raises ``DatasetError``."""
     known_images = None if image_ids is None else set(image_ids)
     cat_names = dict(zip(categories.category_id, categories.category, strict=True))
+    table = _results_at_once(_list(data, file, ""), known_images, cat_names, file)
+    if table is not None:
+        return table
     records = _Records(strict=quarantined is None)
     rows = []
-    for i, det in enumerate(_list(data, file, "")):
+    for i, det in enumerate(data):
         where = f"[{i}]"
         row = records.keep(
             lambda: _result_row(det, i, known_images, cat_names, file, where),  # noqa: B023
@@ -442,3 +452,129 @@ def parse_results(
     if quarantined is not None:
         quarantined += records.quarantined
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+
+# Column-wise fast paths. The record-by-record validation above costs ~17 us a record (42k
+# annotations of the generated 12k version: 0.7 s; 350k at 100k: ~6 s); building each column at
+# once and checking it with numpy takes a fraction of that. They answer only when every record
+# is valid, and None otherwise: the record-by-record path then names the bad record and
+# quarantines it. Both build the same table (tests compare them on real and generated files).
+
+
+def _ints(values: list) -> bool:
+    return all(type(v) is int for v in values)
+
+
+def _boxes(values: list) -> np.ndarray | None:
+    """``n x 4`` boxes when every value is a list of 4 finite numbers with w, h >= 0."""
+    plain = all(
+        type(b) is list and len(b) == 4 and all(type(v) in (int, float) for v in b) for b in values
+    )
+    if not plain:
+        return None
+    box = np.array(values, np.float64).reshape(-1, 4)
+    return box if np.isfinite(box).all() and (box[:, 2:] >= 0).all() else None
+
+
+def _numbers(values: list, minimum: float | None = None) -> bool:
+    """Whether every value is None or a finite number (>= ``minimum``)."""
+    floor = -math.inf if minimum is None else minimum
+    return all(
+        v is None or (type(v) in (int, float) and math.isfinite(v) and v >= floor) for v in values
+    )
+
+
+def _validated(values: list, check, file: str) -> list | None:
+    """``check`` (one of the record validators) of every value that is not None, or None when
+    one is invalid."""
+    try:
+        return [None if v is None else check(v, file, "") for v in values]
+    except DatasetError:
+        return None
+
+
+def _common(records: list, cat_names: dict, file: str) -> dict[str, Any] | None:
+    """The columns annotations and results share (image, class, box, segmentation, track), or
+    None when one record's is invalid."""
+    if not all(type(r) is dict for r in records):
+        return None
+    images, cats = ([r.get(k) for r in records] for k in ("image_id", "category_id"))
+    box = _boxes([r.get("bbox") for r in records])
+    if box is None or not (_ints(images) and _ints(cats)):
+        return None
+    segmentation = _validated([r.get("segmentation") for r in records], _segmentation, file)
+    track = _validated([r.get("track_id") for r in records], _track, file)
+    if segmentation is None or track is None:
+        return None
+    return {
+        "image_id": np.array(images, np.int64),
+        "category_id": np.array(cats, np.int64),
+        "category": [cat_names.get(c, str(c)) for c in cats],
+        "bbox_x": box[:, 0],
+        "bbox_y": box[:, 1],
+        "bbox_w": box[:, 2],
+        "bbox_h": box[:, 3],
+        "segmentation": segmentation,
+        "track_id": track,
+    }
+
+
+def _annotations_at_once(
+    anns: list, image_ids: set[int], cat_names: dict, file: str
+) -> pd.DataFrame | None:
+    """The annotations table when every record is valid (``_annotation_row``'s rules)."""
+    columns = _common(anns, cat_names, file)
+    if columns is None:
+        return None
+    ids = [a.get("id") for a in anns]
+    crowd = [a.get("iscrowd", 0) for a in anns]
+    area = [a.get("area") for a in anns]
+    keypoints = _validated([a.get("keypoints") for a in anns], _keypoints, file)
+    valid = (
+        _ints(ids)
+        and len(set(ids)) == len(ids)
+        and image_ids.issuperset(columns["image_id"].tolist())
+        and set(cat_names).issuperset(columns["category_id"].tolist())
+        and all(c in (0, 1) for c in crowd)
+        and _numbers(area, minimum=0)
+        and keypoints is not None
+    )
+    if not valid:
+        return None
+    as_text = lambda key: [None if a.get(key) is None else str(a[key]) for a in anns]  # noqa: E731
+    columns |= {
+        "annotation_id": np.array(ids, np.int64),
+        "area": [None if v is None else float(v) for v in area],
+        "iscrowd": np.array([int(c) for c in crowd], np.int64),
+        "keypoints": keypoints,
+        "annotator": as_text("annotator"),
+        "created": as_text("created"),
+    }
+    return pd.DataFrame(columns, columns=ANNOTATION_COLUMNS)
+
+
+def _results_at_once(
+    dets: list, known_images: set[int] | None, cat_names: dict, file: str
+) -> pd.DataFrame | None:
+    """The predictions table when every detection is valid and has a box and no per-class
+    ``scores`` (``_result_row``'s rules)."""
+    if any(type(d) is dict and d.get("scores") is not None for d in dets):
+        return None
+    columns = _common(dets, cat_names, file)
+    if columns is None:
+        return None
+    score = [d.get("score") for d in dets]
+    valid = (
+        all(v is not None for v in score)
+        and _numbers(score)
+        and (known_images is None or known_images.issuperset(columns["image_id"].tolist()))
+        and (not cat_names or set(cat_names).issuperset(columns["category_id"].tolist()))
+    )
+    if not valid:
+        return None
+    columns |= {
+        "prediction_id": np.arange(1, len(dets) + 1, dtype=np.int64),
+        "score": np.array(score, np.float64),
+        "scores": [None] * len(dets),
+    }
+    return pd.DataFrame(columns, columns=PREDICTION_COLUMNS)

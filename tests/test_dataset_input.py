@@ -5,12 +5,17 @@ from __future__ import annotations
 import copy
 import json
 
+import pandas as pd
 import pytest
 
+from qm_dagster import coco
 from qm_dagster.coco import parse_instances, parse_results
 from qm_dagster.dataset import DatasetRoot, check_version_name
 from qm_dagster.errors import DatasetError, VersionNameError
+from tests.conftest import SHARED_DATA
 from tests.images import commit
+
+COCO_DIR = SHARED_DATA / "coco-val2014-fake100"
 
 GOOD = {
     "images": [
@@ -237,3 +242,64 @@ def test_quarantined_records_are_data_issues_and_strict_fails_the_version(settin
     strict = dataclasses.replace(settings, annotation_errors="strict")
     with pytest.raises(DatasetError, match=r"images\[2\].width: expected an integer"):
         materialize_version(strict, "v", keys)
+
+
+MIXED = {
+    **GOOD,
+    "annotations": [
+        *GOOD["annotations"],
+        {
+            "id": 9,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [0.5, 1, 2, 3.25],
+            "area": 0,
+            "annotator": "ann-1",
+            "created": 20260101,
+            "track_id": "t7",
+            "iscrowd": False,
+        },
+    ],
+}
+
+
+def _record_by_record(monkeypatch) -> None:
+    monkeypatch.setattr(coco, "_annotations_at_once", lambda *a: None)
+    monkeypatch.setattr(coco, "_results_at_once", lambda *a: None)
+
+
+def _documents() -> list[tuple[dict, list | None]]:
+    """(instances, results) pairs: the hand-written ones, and the real COCO file with its
+    box and mask results where ../shared/data is present."""
+    docs = [(GOOD, None), (MIXED, None)]
+    if COCO_DIR.is_dir():
+        real = json.loads((COCO_DIR / "instances_val2014_100.json").read_text())
+        for kind in ("bbox", "segm"):
+            results = COCO_DIR / "results" / f"instances_val2014_fake{kind}100_results.json"
+            docs.append((real, json.loads(results.read_text())))
+    return docs
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_column_wise_parsing_equals_record_by_record(index, monkeypatch):
+    docs = _documents()
+    if index >= len(docs):
+        pytest.skip("../shared/data is absent")
+    doc, results = docs[index]
+    fast = parse_instances(doc, "a.json")
+    names = dict(zip(fast.categories.category_id, fast.categories.category, strict=True))
+    ids = set(fast.images.image_id)
+    assert coco._annotations_at_once(doc["annotations"], ids, names, "a.json") is not None
+    if results is not None and "bbox" in results[0]:  # mask results without boxes: by record
+        assert coco._results_at_once(results, ids, names, "r.json") is not None
+    fast_results = (
+        None
+        if results is None
+        else parse_results(results, "r.json", fast.images.image_id, fast.categories)
+    )
+    _record_by_record(monkeypatch)
+    slow = parse_instances(doc, "a.json")
+    pd.testing.assert_frame_equal(fast.annotations, slow.annotations)
+    if results is not None:
+        slow_results = parse_results(results, "r.json", slow.images.image_id, slow.categories)
+        pd.testing.assert_frame_equal(fast_results, slow_results)
