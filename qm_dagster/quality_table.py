@@ -20,52 +20,71 @@ def _values(frame: pd.DataFrame, keys: list[str], name: str) -> pd.Series:
     return frame.set_index(keys)["value"].rename(name)
 
 
+def _joined(table: pd.DataFrame, columns: list[pd.Series | pd.DataFrame]) -> pd.DataFrame:
+    """``table`` with ``columns`` (indexed like it, missing rows NaN) added in one concat:
+    joining one metric at a time copied the growing table ~60 times (the 12k-image version's
+    three tables: 1.4 s -> 0.4 s)."""
+    aligned = [c.reindex(table.index) for c in columns]
+    return pd.concat([table, *aligned], axis=1) if aligned else table
+
+
 def image_table(manifest: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per image: base columns, image metrics, object and prediction aggregates."""
     table = manifest[[c for c in IMAGE_BASE if c in manifest.columns]].set_index("image_id")
+    columns: list[pd.Series | pd.DataFrame] = []
     for key, frame in sorted(metrics.items()):
         if frame.empty:
             continue
         if key.startswith("data/") and "value" in frame:
-            table = table.join(_values(frame, ["image_id"], key))
+            columns.append(_values(frame, ["image_id"], key))
         elif key.startswith("label/") and "annotation_id" in frame:
             stats = frame.groupby("image_id").value.agg(["mean", "min", "max"])
-            table = table.join(stats.add_prefix(f"{key}:"))
+            columns.append(stats.add_prefix(f"{key}:"))
         elif key.startswith("model/"):
             for model, rows in frame.groupby("model"):
                 if "prediction_id" in rows:
                     stats = rows.groupby("image_id").value.agg(["mean", "min", "max"])
-                    table = table.join(stats.add_prefix(f"{key}@{model}:"))
+                    columns.append(stats.add_prefix(f"{key}@{model}:"))
                 else:
-                    table = table.join(_values(rows, ["image_id"], f"{key}@{model}"))
-    return table.reset_index()
+                    columns.append(_values(rows, ["image_id"], f"{key}@{model}"))
+    return _joined(table, columns).reset_index()
 
 
 def object_table(annotations: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per annotation: base columns, label metrics, and its image's metrics."""
     table = annotations[[c for c in OBJECT_BASE if c in annotations.columns]]
-    table = table.set_index("annotation_id")
-    for key, frame in sorted(metrics.items()):
-        if key.startswith("label/") and "annotation_id" in frame and not frame.empty:
-            table = table.join(_values(frame, ["annotation_id"], key))
+    columns = [
+        _values(frame, ["annotation_id"], key)
+        for key, frame in sorted(metrics.items())
+        if key.startswith("label/") and "annotation_id" in frame and not frame.empty
+    ]
+    table = _joined(table.set_index("annotation_id"), columns)
     return _with_image_metrics(table.reset_index(), metrics)
 
 
 def prediction_table(predictions: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per prediction of every model: base columns, model metrics, its image's metrics."""
     table = predictions[[c for c in PREDICTION_BASE if c in predictions.columns]]
-    table = table.set_index(["model", "prediction_id"])
-    for key, frame in sorted(metrics.items()):
-        if key.startswith("model/") and "prediction_id" in frame and not frame.empty:
-            table = table.join(_values(frame, ["model", "prediction_id"], key))
+    columns = [
+        _values(frame, ["model", "prediction_id"], key)
+        for key, frame in sorted(metrics.items())
+        if key.startswith("model/") and "prediction_id" in frame and not frame.empty
+    ]
+    table = _joined(table.set_index(["model", "prediction_id"]), columns)
     return _with_image_metrics(table.reset_index(), metrics)
 
 
 def _with_image_metrics(table: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    for key, frame in sorted(metrics.items()):
-        if key.startswith("data/") and "value" in frame and not frame.empty:
-            table = table.join(_values(frame, ["image_id"], key), on="image_id")
-    return table
+    """``table`` with the image metrics of each row's ``image_id``."""
+    columns = [
+        _values(frame, ["image_id"], key)
+        for key, frame in sorted(metrics.items())
+        if key.startswith("data/") and "value" in frame and not frame.empty
+    ]
+    if not columns:
+        return table
+    images = pd.concat(columns, axis=1).reindex(table.image_id.to_numpy())
+    return pd.concat([table, images.set_axis(table.index)], axis=1)
 
 
 def metric_frames(
