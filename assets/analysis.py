@@ -269,7 +269,7 @@ def build_analysis_assets(
                 columns={k: v for k, v in members.items() if v is not None},
             ),
         },
-        code_version="4",
+        code_version="5",
         kinds={"python", "numpy"},
     )
     def analysis_sliced_evaluation(
@@ -286,7 +286,8 @@ def build_analysis_assets(
         configured score threshold, from model/matching) on the whole version, on each bucket
         of each image metric (quantiles, or configured edges) and on named slices; AP, AR on
         size buckets of object_area. One COCO evaluation per model and IoU type (bbox; segm
-        too for a model with masks, ``iou_type`` column); slices accumulate its matches."""
+        too for a model with masks; keypoints (OKS) when every object and prediction carries
+        COCO's 17 keypoints: ``iou_type`` column); slices accumulate its matches."""
         named = NamedSlices.of(
             slices, {"image": image_table, "object": object_table, "prediction": prediction_table}
         )

@@ -8,7 +8,7 @@ checks:
     metric: data/brightness
     bucket: 0                          # the lowest quantile bucket (or "all": the whole version)
     stat: AP50                         # any column of the table (AP, AP50, AP75, AR100, recall...)
-    iou_type: bbox                     # or segm: the mask evaluation (models with masks)
+    iou_type: bbox                     # or segm (models with masks), keypoints (OKS)
     op: ">="
     value: 0.5
     severity: ERROR                    # ERROR or WARN (default)
@@ -52,7 +52,7 @@ TARGETS = {
     "outliers": "analysis/outliers",
     "annotators": "analysis/annotators",
 }
-IOU_TYPES = ("bbox", "segm")  # the evaluations sliced_evaluation makes
+IOU_TYPES = ("bbox", "segm", "keypoints")  # the evaluations sliced_evaluation makes
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,60}$")
 

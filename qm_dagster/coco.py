@@ -54,6 +54,7 @@ PREDICTION_COLUMNS = [
     "segmentation",
     "track_id",
     "scores",
+    "keypoints",
 ]
 
 
@@ -391,10 +392,13 @@ def _result_row(
     if cat_names and cid not in cat_names:
         raise DatasetError(file, f"{where}.category_id", f"category id {cid} is not in categories")
     segmentation = _segmentation(det.get("segmentation"), file, f"{where}.segmentation")
-    if "bbox" in det or not isinstance(det.get("segmentation"), dict):
+    keypoints = _keypoints(det.get("keypoints"), file, f"{where}.keypoints")
+    if "bbox" not in det and isinstance(det.get("segmentation"), dict):
+        x, y, w, h = _mask_bbox(det["segmentation"])  # a mask result: its mask's box
+    elif "bbox" not in det and keypoints is not None:
+        x, y, w, h = _keypoint_bbox(det["keypoints"], file, f"{where}.keypoints")
+    else:
         x, y, w, h = _bbox(_need(det, "bbox", file, where), file, f"{where}.bbox")
-    else:  # a mask result: its box is the mask's, as pycocotools' loadRes makes it
-        x, y, w, h = _mask_bbox(det["segmentation"])
     score = _number(_need(det, "score", file, where), file, f"{where}.score")
     scores = det.get("scores")
     if scores is not None:
@@ -413,7 +417,17 @@ def _result_row(
         "segmentation": segmentation,
         "track_id": _track(det.get("track_id"), file, f"{where}.track_id"),
         "scores": None if scores is None else json.dumps(scores),
+        "keypoints": keypoints,
     }
+
+
+def _keypoint_bbox(kps: list, file: str, where: str) -> tuple[float, float, float, float]:
+    """A keypoint result's box as pycocotools' ``loadRes`` makes it: the keypoints' extent."""
+    if not kps:
+        raise DatasetError(file, where, "a keypoint result without a box needs keypoints")
+    xs, ys = kps[0::3], kps[1::3]
+    x0, y0 = float(min(xs)), float(min(ys))
+    return x0, y0, float(max(xs)) - x0, float(max(ys)) - y0
 
 
 def _mask_bbox(rle: dict) -> tuple[float, float, float, float]:
@@ -572,9 +586,13 @@ def _results_at_once(
     )
     if not valid:
         return None
+    keypoints = _validated([d.get("keypoints") for d in dets], _keypoints, file)
+    if keypoints is None:
+        return None
     columns |= {
         "prediction_id": np.arange(1, len(dets) + 1, dtype=np.int64),
         "score": np.array(score, np.float64),
         "scores": [None] * len(dets),
+        "keypoints": keypoints,
     }
     return pd.DataFrame(columns, columns=PREDICTION_COLUMNS)

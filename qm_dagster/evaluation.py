@@ -65,6 +65,12 @@ _KEYPOINT_SPECS = [
     for kind in ("precision", "recall")
     for iou, area in ((None, 0), (0.5, 0), (0.75, 0), (None, 1), (None, 2))
 ]
+# A row of any evaluation: COCO's 12 box / mask statistics, then the keypoint statistics that
+# are not among them (recall at maxDets 20, and at OKS 0.5 and 0.75); -1 where an evaluation
+# does not define one (a keypoint row has no AP_small or AR1, a box row no AR20)
+KEYPOINT_ONLY = ["AR20", "AR50", "AR75"]
+ROW_STATS = [*STATS, *KEYPOINT_ONLY]
+_KEYPOINT_COLUMNS = {"AR": "AR20"}  # keypoint statistic -> its row column where renamed
 
 
 def evaluate(
@@ -120,10 +126,19 @@ def _summarized(result: dict, params, area: int, names, specs) -> dict[str, floa
     return out
 
 
+def summary(result: dict, iou_type: str, area: int = 0) -> dict[str, float]:
+    """Every ``ROW_STATS`` column of an accumulated ``result`` of an ``iou_type`` evaluation:
+    COCO's summary for that type, -1 in the columns it does not define."""
+    row = dict.fromkeys(ROW_STATS, -1.0)
+    if iou_type != "keypoints":
+        return row | stats(result, result["params"], area)
+    found = keypoint_stats(result, area)
+    return row | {_KEYPOINT_COLUMNS.get(k, k): v for k, v in found.items()}
+
+
 def whole(ev: BoxEvaluation) -> dict[str, float]:
-    """The 12 COCO statistics of the whole evaluation."""
-    result = _accumulated(ev)
-    return stats(result, result["params"])
+    """COCO's statistics of the whole evaluation (``summary``)."""
+    return summary(_accumulated(ev), ev.iou_type)
 
 
 def _accumulated(ev: BoxEvaluation) -> dict:
@@ -136,8 +151,7 @@ def _accumulated(ev: BoxEvaluation) -> dict:
 def size_bucket(ev: BoxEvaluation, area: int) -> dict[str, float]:
     """COCO's statistics of area range ``area`` (of the whole accumulation): AP, AP50, AP75,
     AR1, AR10, AR100; the small/medium/large ones are -1 (not defined inside one range)."""
-    result = _accumulated(ev)
-    return stats(result, result["params"], area=area)
+    return summary(_accumulated(ev), ev.iou_type, area=area)
 
 
 def image_subset(ev: BoxEvaluation, positions: np.ndarray) -> dict:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from qm_dagster.boxeval import Boxes
+from qm_dagster.boxeval import COCO_SIGMAS, KEYPOINT_AREAS, Boxes
 from qm_dagster.evaluation import (
     COCO_AREAS,
-    STATS,
+    ROW_STATS,
     evaluate,
     image_subset,
     size_bucket,
-    stats,
+    summary,
     whole,
     with_scores,
 )
@@ -36,7 +37,7 @@ COLUMNS = [
     "hi",
     "n_images",
     "n_members",  # objects or predictions in a named object / prediction slice
-    *STATS,
+    *ROW_STATS,
     "tp",
     "fp",
     "fn",
@@ -181,6 +182,7 @@ def sliced_evaluation(
     custom = size_edges != COCO_AREA_EDGES
     rows = []
     gt_masks = None
+    gt_points = gt.with_keypoints(_points(annotations)) if _has_keypoints(annotations) else None
     for model, preds in predictions.groupby("model", sort=True):
         preds = preds.reset_index(drop=True)
         dt = Boxes.detections(preds)
@@ -190,14 +192,24 @@ def sliced_evaluation(
             if gt_masks is None:
                 gt_masks = gt.with_masks(object_rles(images, annotations))
             kinds.append(("segm", gt_masks, dt.with_masks(object_rles(images, preds))))
+        if gt_points is not None and _has_keypoints(preds):
+            kinds.append(("keypoints", gt_points, dt.with_keypoints(_points(preds))))
         for iou_type, truth, found in kinds:
             ev = evaluate(
                 truth, found, image_ids, category_ids, size_edges if custom else None, iou_type
             )
             base = {"model": model, "iou_type": iou_type, "n_images": len(counts.ids)}
             rows += _model_rows(ev, counts, base, slices, scored=iou_type == "bbox")
-            first = len(COCO_AREAS) if custom else 1  # COCO's own small/medium/large otherwise
+            # COCO's own small/medium/large (keypoints: none, its medium and large are in
+            # every row) unless edges are configured
+            first = (
+                (len(KEYPOINT_AREAS) if iou_type == "keypoints" else len(COCO_AREAS))
+                if custom
+                else 1
+            )
             for b, (lo, hi) in enumerate(itertools.pairwise(size_edges)):
+                if iou_type == "keypoints" and not custom:
+                    break
                 labels = {"level": "object", "metric": "label/object_area", "bucket": b}
                 rows.append({**base, **labels, "lo": lo, "hi": hi, **size_bucket(ev, first + b)})
             for name, members in named.objects.items():
@@ -212,6 +224,20 @@ def sliced_evaluation(
                 one = evaluate(truth, found.take(kept), image_ids, category_ids, iou_type=iou_type)
                 rows.append(_named_row(one, base, "prediction", name, score, len(kept)))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _has_keypoints(frame: pd.DataFrame) -> bool:
+    """Whether every row carries COCO's 17 person keypoints (what OKS has sigmas for)."""
+    if "keypoints" not in frame or frame.keypoints.isna().any() or frame.empty:
+        return False
+    return all(text.count(",") == 3 * len(COCO_SIGMAS) - 1 for text in frame.keypoints)
+
+
+def _points(frame: pd.DataFrame) -> np.ndarray:
+    """The rows' keypoints (JSON text) as an ``n x 17 x 3`` array."""
+    return np.array([json.loads(text) for text in frame.keypoints], np.float64).reshape(
+        len(frame), -1, 3
+    )
 
 
 def _named_row(ev, base: dict, level: str, name: str, score: float, members: int) -> dict:
@@ -242,9 +268,8 @@ def _slice_row(ev, counts: _Counts | None, positions: np.ndarray, row: dict) -> 
     """COCO's statistics (and, with ``counts``, TP / FP / FN) of the images at ``positions``
     from the model's one evaluation."""
     if positions.size:
-        result = image_subset(ev, positions)
-        summary = stats(result, result["params"])
+        found = summary(image_subset(ev, positions), ev.iou_type)
     else:
-        summary = dict.fromkeys(STATS, -1.0)
-    out = {**row, "level": "image", "n_images": int(positions.size), **summary}
+        found = dict.fromkeys(ROW_STATS, -1.0)
+    out = {**row, "level": "image", "n_images": int(positions.size), **found}
     return with_scores(out, counts.of(positions)) if counts else out

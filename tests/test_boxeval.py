@@ -244,3 +244,50 @@ def test_keypoint_evaluation_equals_pycocotools(seed):
         assert [row[k] for k in KEYPOINT_STATS] == pytest.approx(
             fresh(ids[subset]).stats, abs=1e-12
         )
+
+
+def test_sliced_evaluation_keypoint_rows_equal_pycocotools():
+    """Keypoint results without boxes import (their box: the keypoints' extent, as loadRes
+    makes it) and sliced evaluation adds OKS rows: the whole version's and each bucket's 10
+    keypoint statistics equal pycocotools' keypoint evaluation of that subset; the columns a
+    keypoint evaluation does not define are -1."""
+    import pandas as pd
+
+    from qm_dagster.coco import parse_instances, parse_results
+    from qm_dagster.evaluation import KEYPOINT_STATS
+    from qm_dagster.matching import matching
+    from qm_dagster.sliced import sliced_evaluation
+
+    gt, dt = _keypoint_dataset(0)
+    images = [{**i, "file_name": f"{i['id']}.jpg"} for i in gt.dataset["images"]]
+    tables = parse_instances({**gt.dataset, "images": images}, "a.json")
+    kept = ("image_id", "category_id", "keypoints", "score")
+    results = [{k: d[k] for k in kept} for d in dt.dataset["annotations"]]
+    preds = parse_results(results, "r.json", tables.images.image_id, tables.categories)
+    boxes = preds[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy()
+    np.testing.assert_allclose(boxes, [d["bbox"] for d in dt.dataset["annotations"]])
+    preds = preds.assign(model="pose")
+    manifest = tables.images.assign(width=400, height=400)
+    ids = sorted(gt.getImgIds())
+    image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
+    matches = matching(manifest, tables.annotations, tables.categories, preds)
+    frame = sliced_evaluation(
+        manifest, tables.annotations, tables.categories, preds, matches, image_table
+    )
+    points = frame[frame.iou_type == "keypoints"]
+    assert set(frame.iou_type) == {"bbox", "keypoints"}
+    columns = [{"AR": "AR20"}.get(k, k) for k in KEYPOINT_STATS]
+    overall = points[points.metric == "all"].iloc[0]
+    reference = fresh_pycocotools(gt, dt, iou_type="keypoints").stats
+    assert [overall[c] for c in columns] == pytest.approx(reference, abs=1e-12)
+    assert (overall[["AP_small", "AR1", "AR10", "AR100", "AR_small"]] == -1).all()
+    buckets = points[points.metric == "data/x"]
+    xs = image_table["data/x"].to_numpy()
+    assert len(buckets) == 5
+    for row in buckets.itertuples():
+        last = row.bucket == len(buckets) - 1
+        inside = (xs >= row.lo) & ((xs <= row.hi) if last else (xs < row.hi))
+        subset = np.asarray(ids)[inside]
+        assert row.n_images == len(subset) > 0
+        fresh = fresh_pycocotools(gt, dt, subset, iou_type="keypoints")
+        assert [getattr(row, c) for c in columns] == pytest.approx(fresh.stats, abs=1e-12)
