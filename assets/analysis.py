@@ -252,9 +252,17 @@ def build_analysis_assets(
         )
 
     sliced_levels = {s.level for s in slices}
+    edges = options.get("edges", {})
+    bucketed = {
+        level: [m for m in edges if m.startswith(f"{level}/")] for level in ("label", "model")
+    }
     members = {  # the quality tables of object / prediction slices: whole only when used
-        "object_table": None if "object" in sliced_levels else ["annotation_id"],
-        "prediction_table": None if "prediction" in sliced_levels else ["model", "prediction_id"],
+        "object_table": None
+        if "object" in sliced_levels
+        else ["annotation_id", *bucketed["label"]],
+        "prediction_table": None
+        if "prediction" in sliced_levels
+        else ["model", "prediction_id", *bucketed["model"]],
     }
 
     @analysis_asset(
@@ -284,12 +292,16 @@ def build_analysis_assets(
     ):
         """Per model: COCO's 12 statistics and TP/FP/FN, precision, recall, F1 (at the
         configured score threshold, from model/matching) on the whole version, on each bucket
-        of each image metric (quantiles, or configured edges) and on named slices; AP, AR on
-        size buckets of object_area. One COCO evaluation per model and IoU type (bbox; segm
+        of each image metric (quantiles, or configured edges), on each bucket of each object
+        or prediction metric given edges (the objects outside ignored / the predictions
+        inside alone, as named slices) and on named slices; AP, AR on size buckets of
+        object_area. One COCO evaluation per model and IoU type (bbox; segm
         too for a model with masks; keypoints (OKS) when every object and prediction carries
         COCO's 17 keypoints: ``iou_type`` column); slices accumulate its matches."""
         named = NamedSlices.of(
-            slices, {"image": image_table, "object": object_table, "prediction": prediction_table}
+            slices,
+            {"image": image_table, "object": object_table, "prediction": prediction_table},
+            edges,
         )
         frame = sliced_evaluation(
             manifest,

@@ -11,7 +11,8 @@ RGB image, or a Parquet/NumPy file URL with ``{version}``, replacing the built-i
 re-checked per tick, 50), ``drift_schedule`` (cron, daily at 06:00), ``drift_timezone`` (UTC),
 ``alert_webhook`` (URL for failure alerts; empty = off), ``score_threshold`` (0.5: detections
 counted in precision/recall), ``buckets`` (5 quantile buckets per metric in sliced evaluation),
-``bucket_edges`` (YAML only: ``{metric: [edges]}`` replacing the quantile buckets of a metric),
+``bucket_edges`` (YAML only: ``{metric: [edges]}``: an image metric's buckets instead of
+quantiles; an object or prediction metric's buckets, evaluated only where given),
 ``drift_tests`` (YAML only: ``{metric: test}`` or ``{metric: {test: T, threshold: X}}``, the
 drift test of a metric or of ``class_shares``; see :mod:`qm_dagster.drift.stattests`),
 ``outlier_rules`` (YAML only: ``{metric: tukey|adjusted|log}``, see :mod:`qm_dagster.outliers`).

@@ -125,16 +125,25 @@ class _Counts:
 @dataclass
 class NamedSlices:
     """The members of each configured slice, by level: image ids, annotation ids, and
-    (model, prediction_id) rows."""
+    (model, prediction_id) rows; and of each bucket of the object and prediction metrics given
+    explicit edges (``(bucket, lo, hi, members)`` per metric)."""
 
     images: dict[str, list] = field(default_factory=dict)
     objects: dict[str, np.ndarray] = field(default_factory=dict)
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+    object_buckets: dict[str, list[tuple]] = field(default_factory=dict)
+    prediction_buckets: dict[str, list[tuple]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, slices: Iterable[Slice], tables: dict[str, pd.DataFrame]) -> NamedSlices:
+    def of(
+        cls,
+        slices: Iterable[Slice],
+        tables: dict[str, pd.DataFrame],
+        edges: dict[str, list[float]] | None = None,
+    ) -> NamedSlices:
         """The members of ``slices`` in the quality tables by level (``image``, ``object``,
-        ``prediction``)."""
+        ``prediction``), and of the buckets of every object or prediction metric that
+        ``edges`` names (``label/object_area`` has COCO's size buckets instead)."""
         out = cls()
         for s in slices:
             rows = apply_slice(s, tables[s.level])
@@ -144,6 +153,20 @@ class NamedSlices:
                 out.objects[s.name] = rows.annotation_id.to_numpy()
             else:
                 out.predictions[s.name] = rows[["model", "prediction_id"]]
+        objects, predictions = tables.get("object"), tables.get("prediction")
+        predictions = None if predictions is None else predictions.reset_index(drop=True)
+        for metric, cuts in sorted((edges or {}).items()):
+            if metric == "label/object_area" or not metric.startswith(("label/", "model/")):
+                continue  # image metrics: image_slices; object_area: the size buckets
+            if metric.startswith("label/") and objects is not None and metric in objects:
+                values = pd.to_numeric(objects.set_index("annotation_id")[metric], errors="coerce")
+                out.object_buckets[metric] = _image_buckets(values, np.asarray(cuts, float))
+            elif metric.startswith("model/") and predictions is not None and metric in predictions:
+                values = pd.to_numeric(predictions[metric], errors="coerce")
+                out.prediction_buckets[metric] = [
+                    (b, lo, hi, predictions.loc[rows, ["model", "prediction_id"]])
+                    for b, lo, hi, rows in _image_buckets(values, np.asarray(cuts, float))
+                ]
         return out
 
 
@@ -212,18 +235,42 @@ def sliced_evaluation(
                     break
                 labels = {"level": "object", "metric": "label/object_area", "bucket": b}
                 rows.append({**base, **labels, "lo": lo, "hi": hi, **size_bucket(ev, first + b)})
-            for name, members in named.objects.items():
-                inside = np.isin(truth.ids, np.asarray(members))
-                ignore = ~inside if truth.ignore is None else truth.ignore | ~inside
-                sliced = replace(truth, ignore=ignore)
-                one = evaluate(sliced, found, image_ids, category_ids, iou_type=iou_type)
-                rows.append(_named_row(one, base, "object", name, score, int(inside.sum())))
-            for name, members in named.predictions.items():
+            at = (image_ids, category_ids, iou_type)
+            object_sets = [
+                ({"metric": f"slice:{name}", "bucket": 0}, members)
+                for name, members in named.objects.items()
+            ] + [
+                ({"metric": metric, "bucket": b, "lo": lo, "hi": hi}, members)
+                for metric, buckets in named.object_buckets.items()
+                for b, lo, hi, members in buckets
+            ]
+            for labels, members in object_sets:
+                one, n = _objects_alone(truth, found, members, at)
+                rows.append(_member_row(one, {**base, **labels}, "object", score, n))
+            prediction_sets = [
+                ({"metric": f"slice:{name}", "bucket": 0}, members)
+                for name, members in named.predictions.items()
+            ] + [
+                ({"metric": metric, "bucket": b, "lo": lo, "hi": hi}, members)
+                for metric, buckets in named.prediction_buckets.items()
+                for b, lo, hi, members in buckets
+            ]
+            for labels, members in prediction_sets:
                 mine = members.prediction_id[members.model == model].to_numpy()
                 kept = np.flatnonzero(np.isin(preds.prediction_id.to_numpy(), mine))
-                one = evaluate(truth, found.take(kept), image_ids, category_ids, iou_type=iou_type)
-                rows.append(_named_row(one, base, "prediction", name, score, len(kept)))
+                one = evaluate(truth, found.take(kept), *at[:2], iou_type=iou_type)
+                rows.append(_member_row(one, {**base, **labels}, "prediction", score, len(kept)))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _objects_alone(truth: Boxes, found: Boxes, members, at: tuple):
+    """The evaluation with every object outside ``members`` ignored (as COCO ignores objects
+    outside an area range; every detection counts), and how many objects are in."""
+    inside = np.isin(truth.ids, np.asarray(members))
+    ignore = ~inside if truth.ignore is None else truth.ignore | ~inside
+    image_ids, category_ids, iou_type = at
+    one = evaluate(replace(truth, ignore=ignore), found, image_ids, category_ids, iou_type=iou_type)
+    return one, int(inside.sum())
 
 
 def _has_keypoints(frame: pd.DataFrame) -> bool:
@@ -240,17 +287,18 @@ def _points(frame: pd.DataFrame) -> np.ndarray:
     )
 
 
-def _named_row(ev, base: dict, level: str, name: str, score: float, members: int) -> dict:
-    """COCO's statistics of a named object or prediction slice's own evaluation, with TP / FP /
-    FN at IoU 0.5 for detections scoring at least ``score`` (``n_images``: the images holding
-    its members, ``members`` objects or predictions)."""
+def _member_row(ev, labels: dict, level: str, score: float, members: int) -> dict:
+    """COCO's statistics of the own evaluation of a named object or prediction slice or of a
+    bucket of an object or prediction metric (``labels``: model, metric, bucket...), with TP /
+    FP / FN at IoU 0.5 for detections scoring at least ``score`` (``members``: objects or
+    predictions in it)."""
     matches = ev.matches[0]  # area "all"; threshold 0 is IoU 0.5
     confident = ev.dt.score >= score
     tp = int(np.count_nonzero(matches.tp[0] & confident))
     fp = int(np.count_nonzero(matches.fp[0] & confident))
     regular = int(np.count_nonzero(matches.gt_regular))
-    row = {**base, "level": level, "metric": f"slice:{name}", "bucket": 0, **whole(ev)}
-    return with_scores({**row, "n_members": members}, {"tp": tp, "fp": fp, "fn": regular - tp})
+    row = {**labels, "level": level, **whole(ev), "n_members": members}
+    return with_scores(row, {"tp": tp, "fp": fp, "fn": regular - tp})
 
 
 def _model_rows(ev, counts: _Counts, base: dict, slices, scored: bool) -> list[dict]:

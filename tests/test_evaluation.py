@@ -340,10 +340,8 @@ def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, co
     does for objects outside its area range: the reference run sets their area to -1 (a
     user's ``ignore`` flag is overwritten by pycocotools' _prepare). A prediction slice
     (confident detections) is a fresh evaluation of those detections alone."""
-    import copy
 
     import pandas as pd
-    from pycocotools.coco import COCO
 
     from qm_dagster.sliced import NamedSlices, sliced_evaluation
 
@@ -363,16 +361,7 @@ def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, co
         named=NamedSlices(objects={"people": people}, predictions={"sure": confident}),
     )
     row = frame[frame.metric == "slice:people"].iloc[0]
-    doc = copy.deepcopy(gt.dataset)
-    for a in doc["annotations"]:
-        if a["id"] not in set(people.tolist()):
-            a["area"] = -1.0  # outside every area range: ignored, as our slice ignores it
-    sliced_gt = COCO()
-    sliced_gt.dataset = doc
-    with contextlib.redirect_stdout(io.StringIO()):
-        sliced_gt.createIndex()
-        sliced_dt = sliced_gt.loadRes(dt.dataset["annotations"])
-    fresh = fresh_pycocotools(sliced_gt, sliced_dt)
+    fresh = _others_ignored(gt, dt, people)
     assert row.level == "object" and row.n_members == len(people)
     assert [row[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
     assert abs(row.AP - frame[frame.metric == "all"].iloc[0].AP) > 0.01
@@ -388,14 +377,77 @@ def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, co
     assert (row.tp, row.fp) == (tp, fp)
 
     sure = frame[frame.metric == "slice:sure"].iloc[0]
-    kept = [
-        a for a, keep in zip(dt.dataset["annotations"], preds.score >= 0.5, strict=True) if keep
-    ]
+    fresh, kept = _alone(gt, dt, preds.score >= 0.5)
+    assert sure.level == "prediction" and sure.n_members == kept
+    assert [sure[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
+
+
+def _others_ignored(gt, dt, members):
+    """pycocotools' evaluation with the objects outside ``members`` ignored: their area set
+    to -1, outside every area range (a user's ``ignore`` flag is overwritten by _prepare)."""
+    import copy
+
+    from pycocotools.coco import COCO
+
+    doc = copy.deepcopy(gt.dataset)
+    for a in doc["annotations"]:
+        if a["id"] not in set(members.tolist()):
+            a["area"] = -1.0
+    sliced_gt = COCO()
+    sliced_gt.dataset = doc
     with contextlib.redirect_stdout(io.StringIO()):
-        sure_dt = gt.loadRes(
+        sliced_gt.createIndex()
+        sliced_dt = sliced_gt.loadRes(dt.dataset["annotations"])
+    return fresh_pycocotools(sliced_gt, sliced_dt)
+
+
+def _alone(gt, dt, keep):
+    """pycocotools' evaluation of the detections where ``keep``, and how many they are."""
+    kept = [a for a, k in zip(dt.dataset["annotations"], keep, strict=True) if k]
+    with contextlib.redirect_stdout(io.StringIO()):
+        alone = gt.loadRes(
             [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")} for a in kept]
         )
-    assert sure.level == "prediction" and sure.n_members == len(kept)
-    assert [sure[k] for k in STATS] == pytest.approx(
-        fresh_pycocotools(gt, sure_dt).stats, abs=1e-12
+    return fresh_pycocotools(gt, alone), len(kept)
+
+
+def test_object_and_prediction_metric_buckets_with_edges_equal_fresh_pycocotools(tmp_path, coco):
+    """Edges for an object metric (here each box's width) and a prediction metric (here the
+    score) add a row per bucket: objects outside the bucket ignored, as an object slice; the
+    predictions inside alone, as a prediction slice."""
+    import pandas as pd
+
+    from qm_dagster.sliced import NamedSlices, sliced_evaluation
+
+    gt, dt = coco[:2]
+    manifest, tables, preds = _imported(tmp_path)
+    ann = tables.annotations
+    edges = {"label/x": [0.0, 30.0, 1e9], "model/x": [0.0, 0.5, 1.0]}
+    named = NamedSlices.of(
+        [],
+        {
+            "object": ann[["annotation_id"]].assign(**{"label/x": ann.bbox_w}),
+            "prediction": preds[["model", "prediction_id"]].assign(**{"model/x": preds.score}),
+        },
+        edges,
     )
+    ids = sorted(gt.getImgIds())
+    frame = sliced_evaluation(
+        manifest,
+        ann,
+        tables.categories,
+        preds,
+        matching(manifest, ann, tables.categories, preds),
+        pd.DataFrame({"image_id": ids}),
+        named=named,
+        edges=edges,
+    )
+    narrow = frame[(frame.metric == "label/x") & (frame.bucket == 0)].iloc[0]
+    members = ann.annotation_id[ann.bbox_w < 30].to_numpy()
+    assert (narrow.level, narrow.lo, narrow.hi, narrow.n_members) == ("object", 0, 30, len(members))
+    fresh = _others_ignored(gt, dt, members)
+    assert [narrow[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
+    confident = frame[(frame.metric == "model/x") & (frame.bucket == 1)].iloc[0]
+    fresh, kept = _alone(gt, dt, preds.score >= 0.5)  # the last bucket includes its upper edge
+    assert confident.level == "prediction" and confident.n_members == kept
+    assert [confident[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
