@@ -169,6 +169,21 @@ class NamedSlices:
                 ]
         return out
 
+    def member_sets(self, level: str) -> list[tuple[dict, object]]:
+        """(row labels, members) of each named slice and metric bucket of ``level``
+        (``object`` or ``prediction``)."""
+        slices, buckets = (
+            (self.objects, self.object_buckets)
+            if level == "object"
+            else (self.predictions, self.prediction_buckets)
+        )
+        named = [({"metric": f"slice:{n}", "bucket": 0}, m) for n, m in slices.items()]
+        return named + [
+            ({"metric": metric, "bucket": b, "lo": lo, "hi": hi}, members)
+            for metric, parts in buckets.items()
+            for b, lo, hi, members in parts
+        ]
+
 
 def sliced_evaluation(
     images: pd.DataFrame,
@@ -236,26 +251,10 @@ def sliced_evaluation(
                 labels = {"level": "object", "metric": "label/object_area", "bucket": b}
                 rows.append({**base, **labels, "lo": lo, "hi": hi, **size_bucket(ev, first + b)})
             at = (image_ids, category_ids, iou_type)
-            object_sets = [
-                ({"metric": f"slice:{name}", "bucket": 0}, members)
-                for name, members in named.objects.items()
-            ] + [
-                ({"metric": metric, "bucket": b, "lo": lo, "hi": hi}, members)
-                for metric, buckets in named.object_buckets.items()
-                for b, lo, hi, members in buckets
-            ]
-            for labels, members in object_sets:
+            for labels, members in named.member_sets("object"):
                 one, n = _objects_alone(truth, found, members, at)
                 rows.append(_member_row(one, {**base, **labels}, "object", score, n))
-            prediction_sets = [
-                ({"metric": f"slice:{name}", "bucket": 0}, members)
-                for name, members in named.predictions.items()
-            ] + [
-                ({"metric": metric, "bucket": b, "lo": lo, "hi": hi}, members)
-                for metric, buckets in named.prediction_buckets.items()
-                for b, lo, hi, members in buckets
-            ]
-            for labels, members in prediction_sets:
+            for labels, members in named.member_sets("prediction"):
                 mine = members.prediction_id[members.model == model].to_numpy()
                 kept = np.flatnonzero(np.isin(preds.prediction_id.to_numpy(), mine))
                 one = evaluate(truth, found.take(kept), *at[:2], iou_type=iou_type)
