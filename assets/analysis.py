@@ -13,6 +13,7 @@ from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
 from qm_dagster.drift import version_drift
+from qm_dagster.errors import QmError
 from qm_dagster.evaluation import STATS
 from qm_dagster.importance import metric_importance
 from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
@@ -102,6 +103,11 @@ def build_analysis_assets(
         },
     )
     options = evaluation or {}  # score, edges, buckets of sliced_evaluation
+    unknown = sorted(set(options.get("edges", {})) - set(keys))
+    if unknown:  # a misspelt metric would silently keep its quantile buckets, or get none
+        raise QmError(
+            f"bucket_edges names no metric: {', '.join(unknown)}; metrics: {', '.join(keys)}"
+        )
 
     def analysis_asset(name: str, **kwargs):
         """The decorator of asset ``analysis/<name>``, with the checks that target it."""

@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from definitions import build_definitions
 from qm_dagster.config import Settings
@@ -171,3 +172,15 @@ def test_inputs_with_columns_load_only_those_columns(tmp_path):
         names = [n for n, k in asset.keys_by_input_name.items() if k == manifest]
         (spec,) = [i for i in asset.node_def.input_defs if i.name in names]
         assert spec.metadata[COLUMNS] == columns
+
+
+def test_bucket_edges_of_an_unknown_metric_fail_by_name(tmp_path):
+    from qm_dagster.errors import QmError
+
+    settings = Settings(
+        datasets=str(tmp_path),
+        storage=str(tmp_path / "s"),
+        bucket_edges=(("data/brightnes", (0.0, 0.5, 1.0)), ("data/brightness", (0.0, 1.0))),
+    )
+    with pytest.raises(QmError, match="bucket_edges names no metric: data/brightnes;"):
+        build_definitions(settings)
