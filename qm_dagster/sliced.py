@@ -93,19 +93,40 @@ def image_slices(
 
 
 class _Counts:
-    """TP / FP / FN per image of one model at IoU 0.5 for predictions scoring at least
-    ``score`` (crowd regions and predictions beyond maxDets excluded), from the matching
-    table, so that any slice's counts are three sums."""
+    """TP / FP / FN per image of one model at IoU (or OKS) 0.5 for predictions scoring at least
+    ``score`` (crowd regions and predictions beyond maxDets excluded), so that any slice's
+    counts are three sums: from the matching table for boxes, from the evaluation itself for
+    masks and keypoints. Each argument lists one image id per counted item."""
 
-    def __init__(self, image_ids: np.ndarray, matches: pd.DataFrame, annotations, score: float):
+    def __init__(self, image_ids: np.ndarray, tp_images, fp_images, gt_images):
         self.ids = np.sort(np.asarray(image_ids))
-        confident = matches[matches.score >= score]
-        self.tp = self._per_image(confident.image_id[confident.status == "tp"])
-        self.fp = self._per_image(confident.image_id[confident.status == "fp"])
-        self.gt = self._per_image(annotations.image_id[annotations.iscrowd == 0])
+        self.tp, self.fp, self.gt = (
+            self._per_image(np.asarray(a)) for a in (tp_images, fp_images, gt_images)
+        )
 
-    def _per_image(self, image_ids: pd.Series) -> np.ndarray:
-        where = np.searchsorted(self.ids, image_ids.to_numpy())
+    @classmethod
+    def of_matching(cls, image_ids, matches: pd.DataFrame, annotations, score: float) -> _Counts:
+        confident = matches[matches.score >= score]
+        return cls(
+            image_ids,
+            confident.image_id[confident.status == "tp"],
+            confident.image_id[confident.status == "fp"],
+            annotations.image_id[annotations.iscrowd == 0],
+        )
+
+    @classmethod
+    def of_evaluation(cls, image_ids, ev, score: float) -> _Counts:
+        """From an evaluation's matches at its first threshold (0.5) over all areas."""
+        matched, confident = ev.matches[0], ev.dt.score >= score
+        return cls(
+            image_ids,
+            ev.dt.image[matched.tp[0] & confident],
+            ev.dt.image[matched.fp[0] & confident],
+            ev.gt.image[matched.gt_regular],
+        )
+
+    def _per_image(self, image_ids: np.ndarray) -> np.ndarray:
+        where = np.searchsorted(self.ids, image_ids)
         return np.bincount(where, minlength=len(self.ids))
 
     def positions(self, image_ids: np.ndarray) -> np.ndarray:
@@ -202,9 +223,10 @@ def sliced_evaluation(
     that metric), each named slice (``metric`` = ``slice:<name>``), and size buckets of
     ``object_area`` (COCO's small / medium / large unless ``edges`` names
     ``label/object_area``). TP / FP / FN, precision, recall and F1 count detections with score
-    >= ``score``, from the matching table. One COCO evaluation per model and IoU type: ``bbox``,
-    and ``segm`` for a model whose every prediction has a mask (its rows carry COCO's
-    statistics; the counts are the box matching's, so left empty).
+    >= ``score`` at IoU 0.5: from the matching table for boxes, from the evaluation's own
+    matches for masks and keypoints. One COCO evaluation per model and IoU type: ``bbox``,
+    ``segm`` for a model whose every prediction has a mask, ``keypoints`` when every object and
+    prediction carries COCO's 17 keypoints.
 
     A named object slice is evaluated as COCO evaluates an area range: objects outside it are
     ignored (a detection matched to one is neither true nor false), every other detection
@@ -224,7 +246,7 @@ def sliced_evaluation(
     for model, preds in predictions.groupby("model", sort=True):
         preds = preds.reset_index(drop=True)
         dt = Boxes.detections(preds)
-        counts = _Counts(image_ids, matches[matches.model == model], annotations, score)
+        counts = _Counts.of_matching(image_ids, matches[matches.model == model], annotations, score)
         kinds = [("bbox", gt, dt)]
         if preds.segmentation.notna().all():
             if gt_masks is None:
@@ -237,7 +259,8 @@ def sliced_evaluation(
                 truth, found, image_ids, category_ids, size_edges if custom else None, iou_type
             )
             base = {"model": model, "iou_type": iou_type, "n_images": len(counts.ids)}
-            rows += _model_rows(ev, counts, base, slices, scored=iou_type == "bbox")
+            own = counts if iou_type == "bbox" else _Counts.of_evaluation(image_ids, ev, score)
+            rows += _model_rows(ev, own, base, slices)
             # COCO's own small/medium/large (keypoints: none, its medium and large are in
             # every row) unless edges are configured
             first = (
@@ -291,32 +314,26 @@ def _member_row(ev, labels: dict, level: str, score: float, members: int) -> dic
     bucket of an object or prediction metric (``labels``: model, metric, bucket...), with TP /
     FP / FN at IoU 0.5 for detections scoring at least ``score`` (``members``: objects or
     predictions in it)."""
-    matches = ev.matches[0]  # area "all"; threshold 0 is IoU 0.5
-    confident = ev.dt.score >= score
-    tp = int(np.count_nonzero(matches.tp[0] & confident))
-    fp = int(np.count_nonzero(matches.fp[0] & confident))
-    regular = int(np.count_nonzero(matches.gt_regular))
     row = {**labels, "level": level, **whole(ev), "n_members": members}
-    return with_scores(row, {"tp": tp, "fp": fp, "fn": regular - tp})
+    return with_scores(row, _Counts.of_evaluation(ev.image_ids, ev, score).of())
 
 
-def _model_rows(ev, counts: _Counts, base: dict, slices, scored: bool) -> list[dict]:
-    """The whole version's row and each image slice's, of one evaluation; ``scored``: with
-    the box matching's TP / FP / FN."""
+def _model_rows(ev, counts: _Counts, base: dict, slices) -> list[dict]:
+    """The whole version's row and each image slice's, of one evaluation."""
     whole_row = {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)}
-    rows = [with_scores(whole_row, counts.of()) if scored else whole_row]
+    rows = [with_scores(whole_row, counts.of())]
     for labels, ids in slices:
         row = {**base, **labels}
-        rows.append(_slice_row(ev, counts if scored else None, counts.positions(ids), row))
+        rows.append(_slice_row(ev, counts, counts.positions(ids), row))
     return rows
 
 
-def _slice_row(ev, counts: _Counts | None, positions: np.ndarray, row: dict) -> dict[str, object]:
-    """COCO's statistics (and, with ``counts``, TP / FP / FN) of the images at ``positions``
-    from the model's one evaluation."""
+def _slice_row(ev, counts: _Counts, positions: np.ndarray, row: dict) -> dict[str, object]:
+    """COCO's statistics and TP / FP / FN of the images at ``positions`` from the model's one
+    evaluation."""
     if positions.size:
         found = summary(image_subset(ev, positions), ev.iou_type)
     else:
         found = dict.fromkeys(ROW_STATS, -1.0)
     out = {**row, "level": "image", "n_images": int(positions.size), **found}
-    return with_scores(out, counts.of(positions)) if counts else out
+    return with_scores(out, counts.of(positions))

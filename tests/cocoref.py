@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
+import numpy as np
 from pycocotools.cocoeval import COCOeval
 
 
@@ -23,3 +24,18 @@ def fresh_pycocotools(gt, dt, image_ids=None, area_rng=None, iou_type="bbox") ->
         if area_rng is None:  # summarize looks the ranges up by COCO's labels
             fresh.summarize()
     return fresh
+
+
+def counts_at_50(fresh, score: float = 0.5) -> tuple[int, int, int]:
+    """TP, FP among detections scoring >= ``score`` and FN, at the first threshold (IoU or OKS
+    0.5), all areas, the largest maxDets, from pycocotools' own per-image results."""
+    tp = fp = regular = 0
+    last = fresh.params.maxDets[-1]
+    for e in fresh.evalImgs:
+        if e is None or e["aRng"] != fresh.params.areaRng[0] or e["maxDet"] != last:
+            continue
+        for m, ignored, s in zip(e["dtMatches"][0], e["dtIgnore"][0], e["dtScores"], strict=True):
+            if not ignored and s >= score:
+                tp, fp = tp + int(m > 0), fp + int(m == 0)
+        regular += int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+    return tp, fp, regular - tp

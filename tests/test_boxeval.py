@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from qm_dagster.boxeval import Boxes, BoxEvaluation
-from tests.cocoref import fresh_pycocotools
+from tests.cocoref import counts_at_50, fresh_pycocotools
 
 AREAS = [(0.0, 1e10), (0.0, 32.0**2), (32.0**2, 96.0**2), (96.0**2, 1e10)]
 
@@ -291,3 +291,4 @@ def test_sliced_evaluation_keypoint_rows_equal_pycocotools():
         assert row.n_images == len(subset) > 0
         fresh = fresh_pycocotools(gt, dt, subset, iou_type="keypoints")
         assert [getattr(row, c) for c in columns] == pytest.approx(fresh.stats, abs=1e-12)
+        assert (row.tp, row.fp, row.fn) == counts_at_50(fresh)

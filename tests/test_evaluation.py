@@ -26,7 +26,7 @@ from qm_dagster.evaluation import (
 )
 from qm_dagster.importers.readers import read_txt_dir, read_voc_dir
 from qm_dagster.matching import matching
-from tests.cocoref import fresh_pycocotools
+from tests.cocoref import counts_at_50, fresh_pycocotools
 from tests.conftest import cartucho_spec, coco_fake_spec, shared
 
 
@@ -331,8 +331,13 @@ def test_mask_results_import_and_sliced_segm_rows(tmp_path, coco_segm):
     ]
     fresh = fresh_pycocotools(gt, dt, subset, iou_type="segm").stats
     assert [bucket[k] for k in STATS] == pytest.approx(fresh, abs=1e-12)
-    box_images = frame[(frame.iou_type == "bbox") & (frame.level == "image")]
-    assert np.isnan(bucket.tp) and not np.isnan(box_images.tp).any()
+    assert (bucket.tp, bucket.fp, bucket.fn) == counts_at_50(
+        fresh_pycocotools(gt, dt, subset, iou_type="segm")
+    )
+    whole = fresh_pycocotools(gt, dt, iou_type="segm")
+    assert (overall.tp, overall.fp, overall.fn) == counts_at_50(whole)
+    box = frame[(frame.iou_type == "bbox") & (frame.metric == "all")].iloc[0]
+    assert (box.tp, box.fp) != (overall.tp, overall.fp)  # mask matches, not the boxes'
 
 
 def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, coco):
@@ -365,16 +370,7 @@ def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, co
     assert row.level == "object" and row.n_members == len(people)
     assert [row[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
     assert abs(row.AP - frame[frame.metric == "all"].iloc[0].AP) > 0.01
-    t50 = 0
-    counted = [
-        (m > 0, ig, s)
-        for e in fresh.evalImgs
-        if e is not None and e["aRng"] == fresh.params.areaRng[0] and e["maxDet"] == 100
-        for m, ig, s in zip(e["dtMatches"][t50], e["dtIgnore"][t50], e["dtScores"], strict=True)
-    ]
-    tp = sum(1 for hit, ig, s in counted if hit and not ig and s >= 0.5)
-    fp = sum(1 for hit, ig, s in counted if not hit and not ig and s >= 0.5)
-    assert (row.tp, row.fp) == (tp, fp)
+    assert (row.tp, row.fp, row.fn) == counts_at_50(fresh)
 
     sure = frame[frame.metric == "slice:sure"].iloc[0]
     fresh, kept = _alone(gt, dt, preds.score >= 0.5)
