@@ -39,3 +39,15 @@ def counts_at_50(fresh, score: float = 0.5) -> tuple[int, int, int]:
                 tp, fp = tp + int(m > 0), fp + int(m == 0)
         regular += int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
     return tp, fp, regular - tp
+
+
+def sliced(manifest, annotations, categories, preds, image_table, **options):
+    """Our sliced evaluation of ``preds`` with the matching table made from the same inputs,
+    as the asset runs it."""
+    from qm_dagster.matching import matching
+    from qm_dagster.sliced import sliced_evaluation
+
+    matches = matching(manifest, annotations, categories, preds)
+    return sliced_evaluation(
+        manifest, annotations, categories, preds, matches, image_table, **options
+    )

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from qm_dagster.boxeval import Boxes, BoxEvaluation
-from tests.cocoref import counts_at_50, fresh_pycocotools
+from tests.cocoref import counts_at_50, fresh_pycocotools, sliced
 
 AREAS = [(0.0, 1e10), (0.0, 32.0**2), (32.0**2, 96.0**2), (96.0**2, 1e10)]
 
@@ -255,8 +255,6 @@ def test_sliced_evaluation_keypoint_rows_equal_pycocotools():
 
     from qm_dagster.coco import parse_instances, parse_results
     from qm_dagster.evaluation import KEYPOINT_STATS
-    from qm_dagster.matching import matching
-    from qm_dagster.sliced import sliced_evaluation
 
     gt, dt = _keypoint_dataset(0)
     images = [{**i, "file_name": f"{i['id']}.jpg"} for i in gt.dataset["images"]]
@@ -270,10 +268,7 @@ def test_sliced_evaluation_keypoint_rows_equal_pycocotools():
     manifest = tables.images.assign(width=400, height=400)
     ids = sorted(gt.getImgIds())
     image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
-    matches = matching(manifest, tables.annotations, tables.categories, preds)
-    frame = sliced_evaluation(
-        manifest, tables.annotations, tables.categories, preds, matches, image_table
-    )
+    frame = sliced(manifest, tables.annotations, tables.categories, preds, image_table)
     points = frame[frame.iou_type == "keypoints"]
     assert set(frame.iou_type) == {"bbox", "keypoints"}
     columns = [{"AR": "AR20"}.get(k, k) for k in KEYPOINT_STATS]

@@ -25,8 +25,7 @@ from qm_dagster.evaluation import (
     whole,
 )
 from qm_dagster.importers.readers import read_txt_dir, read_voc_dir
-from qm_dagster.matching import matching
-from tests.cocoref import counts_at_50, fresh_pycocotools
+from tests.cocoref import counts_at_50, fresh_pycocotools, sliced
 from tests.conftest import cartucho_spec, coco_fake_spec, shared
 
 
@@ -169,16 +168,11 @@ def _imported(tmp_path, results: str = "fakebbox"):
 def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
     import pandas as pd
 
-    from qm_dagster.sliced import sliced_evaluation
-
     gt, dt, published = coco[:3]
     manifest, tables, preds = _imported(tmp_path)
     ids = sorted(gt.getImgIds())
     image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
-    matches = matching(manifest, tables.annotations, tables.categories, preds)
-    frame = sliced_evaluation(
-        manifest, tables.annotations, tables.categories, preds, matches, image_table
-    )
+    frame = sliced(manifest, tables.annotations, tables.categories, preds, image_table)
     overall = frame[frame.metric == "all"].iloc[0]
     assert [overall[k] for k in STATS] == pytest.approx(published, abs=1e-12)
     bucket = frame[(frame.metric == "data/x") & (frame.bucket == 1)].iloc[0]
@@ -197,16 +191,13 @@ def test_explicit_edges_and_score_threshold(tmp_path, coco):
     threshold, counted independently from pycocotools' own evalImgs."""
     import pandas as pd
 
-    from qm_dagster.sliced import sliced_evaluation
-
     gt, dt = coco[:2]
     manifest, tables, preds = _imported(tmp_path)
     ids = sorted(gt.getImgIds())
     image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
     edges = {"data/x": [0.0, 10.0, 30.0, 99.0], "label/object_area": [0.0, 1000.0, 1e10]}
-    matches = matching(manifest, tables.annotations, tables.categories, preds)
-    frame = sliced_evaluation(
-        *(manifest, tables.annotations, tables.categories, preds, matches, image_table),
+    frame = sliced(
+        *(manifest, tables.annotations, tables.categories, preds, image_table),
         score=0.3,
         edges=edges,
     )
@@ -305,8 +296,6 @@ def test_mask_results_import_and_sliced_segm_rows(tmp_path, coco_segm):
     import pandas as pd
     from pycocotools import mask as mask_utils
 
-    from qm_dagster.sliced import sliced_evaluation
-
     gt, dt, published = coco_segm
     manifest, tables, preds = _imported(tmp_path, "fakesegm")
     boxes = preds[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy()
@@ -315,10 +304,7 @@ def test_mask_results_import_and_sliced_segm_rows(tmp_path, coco_segm):
 
     ids = sorted(gt.getImgIds())
     image_table = pd.DataFrame({"image_id": ids, "data/x": np.arange(len(ids), dtype=float)})
-    matches = matching(manifest, tables.annotations, tables.categories, preds)
-    frame = sliced_evaluation(
-        manifest, tables.annotations, tables.categories, preds, matches, image_table
-    )
+    frame = sliced(manifest, tables.annotations, tables.categories, preds, image_table)
     segm = frame[frame.iou_type == "segm"]
     assert set(frame.iou_type) == {"bbox", "segm"} and len(segm) == len(frame) / 2
     overall = segm[segm.metric == "all"].iloc[0]
@@ -348,7 +334,7 @@ def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, co
 
     import pandas as pd
 
-    from qm_dagster.sliced import NamedSlices, sliced_evaluation
+    from qm_dagster.sliced import NamedSlices
 
     gt, dt = coco[:2]
     manifest, tables, preds = _imported(tmp_path)
@@ -356,12 +342,11 @@ def test_named_object_and_prediction_slices_equal_fresh_pycocotools(tmp_path, co
     people = ann.annotation_id[ann.category == "person"].to_numpy()
     confident = preds[preds.score >= 0.5][["prediction_id"]].assign(model="fake")
     ids = sorted(gt.getImgIds())
-    frame = sliced_evaluation(
+    frame = sliced(
         manifest,
         ann,
         tables.categories,
         preds,
-        matching(manifest, ann, tables.categories, preds),
         pd.DataFrame({"image_id": ids}),
         named=NamedSlices(objects={"people": people}, predictions={"sure": confident}),
     )
@@ -413,7 +398,7 @@ def test_object_and_prediction_metric_buckets_with_edges_equal_fresh_pycocotools
     predictions inside alone, as a prediction slice."""
     import pandas as pd
 
-    from qm_dagster.sliced import NamedSlices, sliced_evaluation
+    from qm_dagster.sliced import NamedSlices
 
     gt, dt = coco[:2]
     manifest, tables, preds = _imported(tmp_path)
@@ -428,12 +413,11 @@ def test_object_and_prediction_metric_buckets_with_edges_equal_fresh_pycocotools
         edges,
     )
     ids = sorted(gt.getImgIds())
-    frame = sliced_evaluation(
+    frame = sliced(
         manifest,
         ann,
         tables.categories,
         preds,
-        matching(manifest, ann, tables.categories, preds),
         pd.DataFrame({"image_id": ids}),
         named=named,
         edges=edges,
