@@ -208,7 +208,8 @@ def _neighbour_disagreement(ann: pd.DataFrame, agreement: pd.DataFrame) -> pd.Da
     own, other = votes.value.to_numpy(float), votes.other_share.to_numpy(float)
     hit = np.flatnonzero(other > np.nan_to_num(own, nan=np.inf))
     g, v = ann.iloc[hit], votes.iloc[hit]
-    names = dict(zip(ann.category_id, ann.category, strict=False))
+    classes = ann[["category_id", "category"]].drop_duplicates("category_id")
+    names = dict(zip(classes.category_id, classes.category, strict=True))  # one per class
     voted = [names.get(c, str(c)) for c in v.other_class.to_numpy()]
     evidence = [
         f"{o:.0%} of its nearest objects are {c}, {a:.0%} {label}"
