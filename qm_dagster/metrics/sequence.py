@@ -41,22 +41,17 @@ def _crop_mask(objects: Tables, row: int) -> np.ndarray:
 
 def shape_similarities(objects: Tables, prev: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Hu-moment similarity (1 / (1 + matchShapes I1)) of each object ``rows[i]`` of
-    ``objects.annotations`` with the object ``prev[i]`` (NaN where ``prev`` is -1)."""
-    return np.array(
-        [
-            np.nan
-            if p < 0
-            else 1.0
-            / (
-                1.0
-                + cv2.matchShapes(
-                    _crop_mask(objects, p), _crop_mask(objects, r), cv2.CONTOURS_MATCH_I1, 0
-                )
-            )
-            for p, r in zip(prev, rows, strict=True)
-        ],
-        dtype=float,
-    )
+    ``objects.annotations`` with the object ``prev[i]`` (NaN where ``prev`` is -1). In track
+    order an object's predecessor is the previous row, so its mask is kept, not drawn again."""
+    out = np.full(len(rows), np.nan)
+    last_row, last_mask = -1, None
+    for i, (p, r) in enumerate(zip(prev, rows, strict=True)):
+        mask = _crop_mask(objects, r)
+        if p >= 0:
+            before = last_mask if p == last_row else _crop_mask(objects, p)
+            out[i] = 1.0 / (1.0 + cv2.matchShapes(before, mask, cv2.CONTOURS_MATCH_I1, 0))
+        last_row, last_mask = r, mask
+    return out
 
 
 def _by_track(t: Tables, values: pd.Series, tracked: pd.DataFrame) -> np.ndarray:
