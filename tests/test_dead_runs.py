@@ -45,12 +45,14 @@ def test_killed_run_is_marked_failed_and_a_live_one_is_not(tmp_path, monkeypatch
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    workers = {
-        which: subprocess.Popen([sys.executable, "-c", WORKER, str(home), which])
-        for which in ("killed", "alive")
-    }
-    try:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+    # The storage is created here, before the workers start: two processes creating one fresh
+    # SQLite instance at once race on its schema migration (as `qm materialize` avoids by a lock).
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        workers = {
+            which: subprocess.Popen([sys.executable, "-c", WORKER, str(home), which])
+            for which in ("killed", "alive")
+        }
+        try:
             killed, alive = _started(instance, "killed"), _started(instance, "alive")
             assert dead_runs.worker_pid(instance, killed.run_id) == workers["killed"].pid
             os.kill(workers["killed"].pid, signal.SIGKILL)
@@ -66,7 +68,7 @@ def test_killed_run_is_marked_failed_and_a_live_one_is_not(tmp_path, monkeypatch
             assert f"pid {workers['killed'].pid}" in failure[-1].dagster_event.message
             again = sensor(dg.build_sensor_context(instance=instance))
             assert again.skip_message == "no dead runs"
-    finally:
-        for worker in workers.values():
-            worker.kill()
-            worker.wait()
+        finally:
+            for worker in workers.values():
+                worker.kill()
+                worker.wait()
