@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from statsmodels.stats.stattools import medcouple
 
-from qm_dagster import outliers
+from qm_dagster.medcouple import medcouple as fast_medcouple
 from qm_dagster.metrics import load_metrics
 from qm_dagster.outliers import (
     MIN_CLASS_OBJECTS,
@@ -98,8 +98,9 @@ def test_adjusted_fences_stretch_the_long_side_by_the_statsmodels_medcouple():
 
 
 def test_medcouple_equals_statsmodels():
-    """Our in-place estimator against statsmodels' (the reference): skewed both ways, odd and
-    even sizes, many values on the median, few distinct values."""
+    """The compiled selection against statsmodels' full-kernel estimator (the reference), bit
+    for bit: skewed both ways, odd and even sizes, many values on the median, few distinct
+    values, and 400 small random samples (2 to 80 values, half of them heavily tied)."""
     rng = np.random.default_rng(11)
     cases = [
         rng.lognormal(0, 1, 2000),
@@ -108,9 +109,14 @@ def test_medcouple_equals_statsmodels():
         np.round(rng.normal(0, 1, 2001), 1),
         rng.integers(0, 3, 600).astype(float),
         np.array([1.0, 2.0, 2.0, 2.0, 9.0]),
+        np.array([3.0, 1.0]),
     ]
+    for i in range(400):
+        n = int(rng.integers(2, 81))
+        tied = rng.integers(0, 4, n).astype(float)
+        cases.append(tied if i % 2 else rng.exponential(1, n))
     for values in cases:
-        assert outliers.medcouple(values) == float(medcouple(values, use_fast=False))
+        assert fast_medcouple(values) == float(medcouple(values, use_fast=False))
 
 
 def test_log_fences_are_tukey_on_the_logarithm():
