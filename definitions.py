@@ -61,7 +61,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         dataset_manifest,
         dataset_predictions,
         model_matching,
-        build_image_metrics_asset(settings.metric_modules),
+        build_image_metrics_asset(
+            settings.metric_modules, settings.prediction_pixels, settings.score_threshold
+        ),
         build_label_metrics_asset(settings.metric_modules),
         build_model_metrics_asset(settings.metric_modules),
         data_uniqueness,
@@ -81,6 +83,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             },
             drift_tests=settings.drift_tests,
             fence_rules=settings.outlier_rules,
+            on_predictions=bool(settings.prediction_pixels),
         ),
     ]
     interval, window = settings.sensor_interval, settings.scan_window

@@ -42,9 +42,11 @@ CHARTED = ["data/brightness", "data/sharpness", "label/object_area"]  # charts i
 REPORT_SECTIONS = ("outliers", "duplicates", "drift", "sliced_evaluation", "label_errors")
 
 
-def metric_keys(metric_modules: tuple[str, ...]) -> list[str]:
-    """Asset keys of every metric table (built-in and configured custom ones)."""
-    return sorted({s.asset_key for s in metrics(None, metric_modules)} | set(EXTRA_METRIC_ASSETS))
+def metric_keys(metric_modules: tuple[str, ...], on_predictions: bool = False) -> list[str]:
+    """Asset keys of every metric table (built-in and configured custom ones; object pixel
+    metrics of predicted objects when they are configured, ``on_predictions``)."""
+    specs = metrics(None, metric_modules, on_predictions)
+    return sorted({s.asset_key for s in specs} | set(EXTRA_METRIC_ASSETS))
 
 
 TABLES = {
@@ -87,11 +89,13 @@ def build_analysis_assets(
     evaluation: dict | None = None,
     drift_tests: tuple = (),
     fence_rules: tuple = (),
+    on_predictions: bool = False,
 ) -> list[dg.AssetsDefinition]:
     """The analysis assets; ``checks`` (from the checks YAML) become asset checks of the assets
     they target, evaluated per version when the asset materializes; ``drift_tests`` and
-    ``fence_rules`` are qm.yaml's per-metric drift tests and outlier rules."""
-    keys = metric_keys(metric_modules)
+    ``fence_rules`` are qm.yaml's per-metric drift tests and outlier rules; ``on_predictions``:
+    object pixel metrics of predicted objects are configured (``prediction_pixels``)."""
+    keys = metric_keys(metric_modules, on_predictions)
     base = _named(  # the wide tables' own columns only: no URLs, hashes, masks or keypoints
         "manifest",
         "annotations",

@@ -18,6 +18,7 @@ from qm_dagster.passes.image_pass import (
     ENGINE_VERSION,
     OBJECT_EMBEDDINGS,
     THUMB_CODE,
+    Predicted,
     measure_images,
 )
 from qm_dagster.storage import StoredTable
@@ -72,38 +73,55 @@ EMBEDDING_OUTS = {
 }
 
 
-def pixel_specs(metric_modules: tuple[str, ...]) -> dict[str, MetricSpec]:
-    """Metrics computed in the image pass, by output name (``<level>__<name>`` for objects)."""
+def pixel_specs(
+    metric_modules: tuple[str, ...], on_predictions: bool = False
+) -> dict[str, MetricSpec]:
+    """Metrics computed in the image pass, by output name (``<level>__<name>`` for objects and
+    predicted objects); object metrics on predictions only when ``on_predictions``."""
     specs = [
         s
-        for s in metrics(None, metric_modules)
-        if s.level in ("image", "object") and (s.reads_pixels or s.reads == "header")
+        for s in metrics(None, metric_modules, on_predictions)
+        if s.reads_pixels or s.reads == "header"
     ]
-    return {s.name if s.level == "image" else f"object__{s.name}": s for s in specs}
+    prefix = {"image": "", "object": "object__", "prediction": "prediction__"}
+    return {f"{prefix[s.level]}{s.name}": s for s in specs}
 
 
-def build_image_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.AssetsDefinition:
-    """The image-pass multi-asset over the built-in pixel metrics and those of ``metric_modules``."""
-    specs = pixel_specs(metric_modules)
+def build_image_metrics_asset(
+    metric_modules: tuple[str, ...] = (),
+    prediction_pixels: tuple[str, ...] = (),
+    min_score: float = 0.0,
+) -> dg.AssetsDefinition:
+    """The image-pass multi-asset over the built-in pixel metrics and those of ``metric_modules``;
+    with ``prediction_pixels`` (model names, ``*`` = all), the object pixel metrics of those
+    models' predictions scoring at least ``min_score`` too."""
+    specs = pixel_specs(metric_modules, bool(prediction_pixels))
+    ins = {
+        "manifest": dg.AssetIn(key=["dataset", "manifest"], metadata={LAZY: True}),
+        "annotations": dg.AssetIn(key=["dataset", "annotations"], metadata={LAZY: True}),
+    }
+    if prediction_pixels:
+        ins["predictions"] = dg.AssetIn(key=["dataset", "predictions"], metadata={LAZY: True})
+    outs = {**{name: metric_out(spec) for name, spec in specs.items()}, **EMBEDDING_OUTS}
 
     @dg.multi_asset(
         name="image_pass",
         partitions_def=dataset_versions,
         can_subset=True,
-        ins={
-            "manifest": dg.AssetIn(key=["dataset", "manifest"], metadata={LAZY: True}),
-            "annotations": dg.AssetIn(key=["dataset", "annotations"], metadata={LAZY: True}),
-        },
-        outs={**{name: metric_out(spec) for name, spec in specs.items()}, **EMBEDDING_OUTS},
+        ins=ins,
+        outs=outs,
+        internal_asset_deps=_input_deps(outs, specs, ins),
     )
     def image_pass(
         context: dg.AssetExecutionContext,
         qm: QmResource,
         manifest: StoredTable,
         annotations: StoredTable,
+        **predicted: StoredTable,
     ):
         """Decode each measurable image once (only those whose values are not cached yet);
         compute every selected image and object metric and the embeddings on it."""
+        predictions = predicted.get("predictions")
         selected = {"/".join(k.path) for k in context.selected_asset_keys}
         chosen = {n: s for n, s in specs.items() if s.asset_key in selected}
         provider = qm.embedding_provider
@@ -119,6 +137,9 @@ def build_image_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.Assets
             embedder=provider if is_function(provider) else "",
             backend=backend_for(qm.workers, qm.dask_scheduler),
             log=context.log.info,
+            predicted=Predicted(predictions.url, prediction_pixels, min_score)
+            if predictions is not None
+            else None,
         )
         if provider and not is_function(provider) and EMBEDDINGS in selected:
             _replace_vectors(result, provider, manifest, context.partition_key)
@@ -151,6 +172,19 @@ def build_image_metrics_asset(metric_modules: tuple[str, ...] = ()) -> dg.Assets
                 yield dg.Output(stored, output_name=name, metadata=meta)
 
     return image_pass
+
+
+def _input_deps(
+    outs: dict[str, dg.AssetOut], specs: dict[str, MetricSpec], ins: dict[str, dg.AssetIn]
+) -> dict[str, set[dg.AssetKey]]:
+    """Which inputs each output reads: only the metrics of predicted objects read the
+    predictions (new predictions re-run those, not every pixel metric)."""
+    keys = {name: asset_in.key for name, asset_in in ins.items()}
+    labels = {keys["manifest"], keys["annotations"]}
+    predicted = {keys["manifest"], keys["predictions"]} if "predictions" in keys else set()
+    return {
+        name: predicted if name in specs and specs[name].on_predictions else labels for name in outs
+    }
 
 
 def _replace_vectors(result, provider: str, manifest: StoredTable, version: str) -> None:

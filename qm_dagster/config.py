@@ -21,7 +21,10 @@ there, empty = the local process pool), ``annotation_errors`` (``quarantine``: a
 ``data_issues`` row and the rest is measured; ``strict``: it fails the version),
 ``diversity_clusters`` (k-means clusters of ``data/diversity``; 0 = the number of classes,
 else 10), ``diversity_seed`` (0), ``agreement_neighbours`` (nearest objects of
-``label/neighbour_agreement``, 10),
+``label/neighbour_agreement``, 10), ``prediction_pixels`` (models whose predicted objects get
+every object pixel metric as ``model/object_...``, in the image pass: a list, or ``"*"`` for
+every model; empty = off, as these decode images; predictions scoring at least
+``score_threshold``),
 ``executor`` (``multiprocess``: a process per step, Dagster's default; ``in_process`` saves
 the few seconds of process start per step on small versions; the image pass has its own pool
 either way). Each scalar has a ``QM_<NAME>`` variable.
@@ -76,6 +79,7 @@ class Settings:
     diversity_clusters: int = 0  # k-means clusters of data/diversity; 0 = classes, else 10
     diversity_seed: int = 0  # k-means seed of data/diversity
     agreement_neighbours: int = 10  # nearest objects label/neighbour_agreement looks at
+    prediction_pixels: tuple[str, ...] = ()  # models measured by object pixel metrics; * = all
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -107,6 +111,7 @@ class Settings:
             "diversity_clusters": env.get("QM_DIVERSITY_CLUSTERS"),
             "diversity_seed": env.get("QM_DIVERSITY_SEED"),
             "agreement_neighbours": env.get("QM_AGREEMENT_NEIGHBOURS"),
+            "prediction_pixels": env.get("QM_PREDICTION_PIXELS"),
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**_coerce(values, config_path))
@@ -170,7 +175,7 @@ def _coerce(values: dict[str, object], source: str | None) -> dict[str, object]:
                     raise ValueError("must be >= 1")
             elif key == "slices":
                 out[key] = parse_slices(value, source or "configuration")
-            elif key == "metric_modules":
+            elif key in ("metric_modules", "prediction_pixels"):
                 items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[arg-type]
                 out[key] = tuple(m.strip() for m in items if m.strip())
             else:

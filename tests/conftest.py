@@ -101,10 +101,14 @@ DEMO_SLICES = {
 }
 
 
+# The models whose predicted objects get the object pixel metrics (qm.yaml's prediction_pixels)
+DEMO_PIXEL_MODELS = ["demo_detector"]
+
+
 @dataclass(frozen=True)
 class Demo:
     """The demo's train and production versions, materialized once per session with the shipped
-    checks.yaml and DEMO_SLICES; tests read it (and may add versions), never change it."""
+    checks.yaml, DEMO_SLICES and DEMO_PIXEL_MODELS; tests read it (and may add versions), never change it."""
 
     settings: Settings
     config: Path  # the qm.yaml holding DEMO_SLICES
@@ -117,7 +121,7 @@ def demo(tmp_path_factory) -> Demo:
 
     root = tmp_path_factory.mktemp("demo")
     config = root / "qm.yaml"
-    config.write_text(json.dumps({"slices": DEMO_SLICES}))
+    config.write_text(json.dumps({"slices": DEMO_SLICES, "prediction_pixels": DEMO_PIXEL_MODELS}))
     settings = dataclasses.replace(
         Settings.load({"QM_CONFIG": str(config)}),
         datasets=str(root / "datasets"),

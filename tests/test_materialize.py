@@ -107,6 +107,34 @@ def test_demo_versions(demo):
     )
 
 
+def test_object_pixel_metrics_of_predicted_objects(demo):
+    """model/object_brightness of the demo detector's confident predictions (the demo's
+    prediction_pixels) equals the gray mean of each predicted box (clipped to the image) read
+    with OpenCV, and joins
+    the prediction-level quality table."""
+    settings = demo.settings
+    table = load("model/object_brightness", "production", settings)
+    predictions = load("dataset/predictions", "production", settings)
+    confident = predictions[predictions.score >= settings.score_threshold]
+    assert len(table) == len(confident) > 0
+    assert set(table.prediction_id) == set(confident.prediction_id)
+    manifest = load("dataset/manifest", "production", settings).set_index("image_id")
+    boxes = confident.set_index("prediction_id")
+    for row in table.iloc[:: max(1, len(table) // 12)].itertuples():
+        box = boxes.loc[row.prediction_id]
+        bgr = cv2.imread(manifest.url[row.image_id], cv2.IMREAD_COLOR)
+        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        x0, y0 = max(0, int(np.floor(box.bbox_x))), max(0, int(np.floor(box.bbox_y)))
+        x1 = min(gray.shape[1], int(np.ceil(box.bbox_x + box.bbox_w)))
+        y1 = min(gray.shape[0], int(np.ceil(box.bbox_y + box.bbox_h)))
+        assert row.value == pytest.approx(gray[y0:y1, x0:x1].mean() / 255, rel=1e-9)
+    wide = load("analysis/quality_table/prediction", "production", settings)
+    joined = wide.set_index("prediction_id")["model/object_brightness"].dropna()
+    assert (
+        joined.sort_index().tolist() == table.set_index("prediction_id").value.sort_index().tolist()
+    )
+
+
 def test_subset_computes_only_what_is_selected(settings):
     write_demo(settings.datasets)
     materialize_version(

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from qm_dagster.metrics import load_metrics, metrics
 from qm_dagster.metrics.kernels import masked_sums
 from qm_dagster.metrics.view import ImageView
-from qm_dagster.passes.image_pass import measure_images
+from qm_dagster.passes.image_pass import Predicted, measure_images
 from tests.images import content_id, real_photos, write_image
 from tests.test_image_metrics import _numpy_laplacian
 
@@ -57,10 +57,26 @@ POLYGONS = [
 ]
 
 
-def test_object_metrics_match_numpy_on_masks(tmp_path):
-    rgb = real_photos()["astronaut"]  # 512 x 512
+def _one_image(tmp_path) -> tuple[np.ndarray, pd.DataFrame]:
+    rgb = real_photos()["astronaut"]
     path = tmp_path / "a.png"
     write_image(path, rgb)
+    manifest = pd.DataFrame(
+        {
+            "image_id": ["a.png"],
+            "url": [str(path)],
+            "content_hash": [content_id(path)],
+            "bytes": [path.stat().st_size],
+            "ok": [True],
+            "width": [rgb.shape[1]],
+            "height": [rgb.shape[0]],
+        }
+    )
+    return rgb, manifest
+
+
+def test_object_metrics_match_numpy_on_masks(tmp_path):
+    rgb, manifest = _one_image(tmp_path)  # 512 x 512
     h, w = rgb.shape[:2]
     rle_mask = np.zeros((h, w), np.uint8)
     cv2.circle(rle_mask, (300, 200), 60, 1, -1)
@@ -82,17 +98,6 @@ def test_object_metrics_match_numpy_on_masks(tmp_path):
             "annotator": None,
             "keypoints": None,
             "segmentation": [None, json.dumps(rle_json), None, json.dumps(POLYGONS)],
-        }
-    )
-    manifest = pd.DataFrame(
-        {
-            "image_id": ["a.png"],
-            "url": [str(path)],
-            "content_hash": [content_id(path)],
-            "bytes": [path.stat().st_size],
-            "ok": [True],
-            "width": [w],
-            "height": [h],
         }
     )
     specs = [s for s in metrics("object", ()) if s.name in OBJECT_METRICS]
@@ -195,3 +200,84 @@ def test_fused_sums_are_exact_on_a_wide_extreme_object():
 
 def _kernel_planes(view: ImageView) -> tuple[np.ndarray, ...]:
     return (view.gray, view.laplacian, *view.bgr_planes, *view.hsv_planes)
+
+
+def _predictions(rows: list[tuple]) -> pd.DataFrame:
+    """(model, id, box, score, segmentation) rows as the dataset/predictions table."""
+    return pd.DataFrame(
+        {
+            "model": [r[0] for r in rows],
+            "prediction_id": [r[1] for r in rows],
+            "image_id": "a.png",
+            "category_id": 1,
+            "category": "x",
+            "bbox_x": [r[2][0] for r in rows],
+            "bbox_y": [r[2][1] for r in rows],
+            "bbox_w": [r[2][2] for r in rows],
+            "bbox_h": [r[2][3] for r in rows],
+            "score": [r[3] for r in rows],
+            "segmentation": [r[4] for r in rows],
+            "track_id": None,
+        }
+    )
+
+
+def test_object_metrics_on_predicted_objects_of_the_chosen_models(tmp_path):
+    """model/object_* on the predictions of the configured model scoring at least the
+    threshold, equal to numpy on the predicted box / mask; other models and low scores left
+    out; a rerun on the same bytes decodes nothing."""
+    rgb, manifest = _one_image(tmp_path)
+    h, w = rgb.shape[:2]
+    disc = np.zeros((h, w), np.uint8)
+    cv2.circle(disc, (300, 200), 60, 1, -1)
+    rle = mask_utils.encode(np.asfortranarray(disc))
+    rle_json = json.dumps({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+    predictions = _predictions(
+        [
+            ("m1", 1, (20.0, 30.0, 150.0, 90.0), 0.9, None),
+            ("m1", 2, (240.0, 140.0, 121.0, 121.0), 0.6, rle_json),
+            ("m1", 3, (0.0, 0.0, 50.0, 50.0), 0.1, None),  # below the score threshold
+            ("m2", 1, (0.0, 0.0, 60.0, 60.0), 0.9, None),  # a model not configured
+        ]
+    )
+    specs = metrics("prediction", (), on_predictions=True)
+    specs = [s for s in specs if s.name in OBJECT_METRICS]
+    assert {s.asset_key for s in specs} == {f"model/{n}" for n in OBJECT_METRICS}
+    predicted = Predicted(predictions, ("m1",), 0.5)
+    out = str(tmp_path / "out")
+    result = measure_images(manifest, specs, out, "v", predicted=predicted)
+    assert result.decoded == 1
+    tables = {n: result.table(f"model/{n}") for n in OBJECT_METRICS}
+    first = tables["object_brightness"]
+    assert list(first.columns) == ["model", "prediction_id", "image_id", "category", "value"]
+    assert list(zip(first.model, first.prediction_id, strict=True)) == [("m1", 1), ("m1", 2)]
+    got = {n: t.set_index("prediction_id").value for n, t in tables.items()}
+    box = np.zeros((h, w), bool)
+    box[30:120, 20:170] = True
+    assert {n: got[n][1] for n in OBJECT_METRICS} == pytest.approx(reference(rgb, box), rel=1e-9)
+    masked = {n: got[n][2] for n in OBJECT_METRICS}
+    assert masked == pytest.approx(reference(rgb, disc.astype(bool)), rel=1e-9)
+
+    again = measure_images(manifest, specs, out, "v2", predicted=predicted)
+    assert again.decoded == 0
+    assert again.table("model/object_brightness").equals(first)
+
+
+def test_a_predicted_box_equal_to_an_annotated_one_reuses_its_values(tmp_path):
+    """The cache is keyed by content: label/object_brightness of an annotated box serves the
+    same box predicted on the same bytes (no decode)."""
+    _, manifest = _one_image(tmp_path)
+    box = (20.0, 30.0, 150.0, 90.0)
+    annotations = _predictions([("gt", 7, box, 1.0, None)]).drop(columns=["model", "score"])
+    annotations = annotations.rename(columns={"prediction_id": "annotation_id"}).assign(
+        area=None, iscrowd=0, annotator=None, keypoints=None
+    )
+    out = str(tmp_path / "out")
+    label = [s for s in metrics("object", ()) if s.name == "object_brightness"]
+    labelled = measure_images(manifest, label, out, "v", annotations=annotations)
+    model = [s for s in metrics("prediction", (), True) if s.name == "object_brightness"]
+    predicted = Predicted(_predictions([("m", 1, box, 0.9, None)]), ("*",), 0.5)
+    result = measure_images(manifest, model, out, "v", predicted=predicted)
+    assert result.decoded == 0
+    expected = labelled.table("label/object_brightness").value
+    assert result.table("model/object_brightness").value.tolist() == expected.tolist()

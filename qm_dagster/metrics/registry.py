@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qm_dagster.errors import MetricError
 
@@ -21,10 +21,12 @@ LEVELS = ("image", "object", "prediction")
 #   object:     crop (RGB crop, boolean mask, annotation dict) | view (ObjectView, shared planes)
 #               | table (the version's tables, vectorised over annotations)
 #   prediction: row (prediction dict, match dict) | table (vectorised over predictions)
+#               | crop, view: an object pixel metric on the predicted object (see
+#               ``predicted_pixels``), in the image pass
 READS = {
     "image": ("rgb", "view", "header", "table"),
     "object": ("crop", "view", "table"),
-    "prediction": ("row", "table"),
+    "prediction": ("row", "table", "crop", "view"),
 }
 # What one row of the metric's table is; by default the level's own data point.
 INDEXES = ("image", "object", "prediction")
@@ -56,6 +58,17 @@ class MetricSpec:
     def reads_pixels(self) -> bool:
         """Whether the metric runs inside the decode pass."""
         return self.reads in PIXEL_READS
+
+    @property
+    def on_predictions(self) -> bool:
+        """An object pixel metric measured on predicted objects (``model/object_...``)."""
+        return self.level == "prediction" and self.reads_pixels
+
+    @property
+    def label_twin(self) -> str:
+        """The asset key of the object metric whose values this one shares by content: a
+        predicted box equal to an annotated one (same image bytes) has the same pixels."""
+        return f"label/{self.name}" if self.on_predictions else self.asset_key
 
     @property
     def asset_key(self) -> str:
@@ -162,17 +175,34 @@ def load_metrics(modules: tuple[str, ...] | list[str] = ()) -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise MetricError(f"metric module {module!r} cannot be imported: {exc}") from exc
+    _register_predicted_pixels()
+
+
+def _register_predicted_pixels() -> None:
+    """Every object pixel metric, built-in or custom, also as ``model/<name>`` on predicted
+    objects (computed only for the models ``prediction_pixels`` names)."""
+    for spec in list(_REGISTRY.values()):
+        twin = replace(spec, level="prediction", index="prediction")
+        if spec.level == "object" and spec.reads_pixels and twin.asset_key not in _REGISTRY:
+            register(replace(twin, description=f"{spec.description} (predicted object)"))
 
 
 def metrics(
-    level: str | None = None, modules: tuple[str, ...] | list[str] | None = None
+    level: str | None = None,
+    modules: tuple[str, ...] | list[str] | None = None,
+    on_predictions: bool = False,
 ) -> list[MetricSpec]:
     """Registered metrics in a stable order (built-ins first), optionally of one level.
 
     With ``modules``, only built-ins and metrics defined in those modules (or their sub-modules):
-    what a configuration asked for, whatever else this process happened to import.
+    what a configuration asked for, whatever else this process happened to import. Object pixel
+    metrics on predictions (opt-in per model) only with ``on_predictions``.
     """
-    specs = [s for s in _REGISTRY.values() if level is None or s.level == level]
+    specs = [
+        s
+        for s in _REGISTRY.values()
+        if (level is None or s.level == level) and (on_predictions or not s.on_predictions)
+    ]
     if modules is not None:
         specs = [s for s in specs if s.builtin or _defined_in(s, modules)]
     return sorted(specs, key=lambda s: (not s.builtin, s.level, s.name))

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from qm_dagster import embeddings, storage
 from qm_dagster.allocator import arrow_single_threaded, release_memory
 from qm_dagster.coco import ANNOTATION_COLUMNS
-from qm_dagster.metrics.registry import MetricSpec
+from qm_dagster.metrics.registry import MetricSpec, get
 from qm_dagster.metrics.view import Header
 from qm_dagster.passes.backends import Backend, LocalPool
 from qm_dagster.passes.cache import (
@@ -58,6 +58,8 @@ HEAVY_ROWS = 2048
 _OBJECT_FIELDS = [
     c for c in ANNOTATION_COLUMNS if c not in ("segmentation", "keypoints", "created")
 ]
+_PREDICTION_FIELDS = ["model", "prediction_id", "image_id", "category_id", "category", "bbox_x"]
+_PREDICTION_FIELDS += ["bbox_y", "bbox_w", "bbox_h", "score", "segmentation", "track_id"]
 _MANIFEST_COLUMNS = ["image_id", "url", "content_hash", "bytes", "width", "height", "ok"]
 _ASSEMBLY_COLUMNS = ["image_id", "content_hash", "width", "height", "ok"]  # no file to open
 
@@ -87,6 +89,22 @@ class PassResult:
 
 
 @dataclass(frozen=True)
+class Predicted:
+    """The predicted objects the object pixel metrics measure too (``model/object_...``): the
+    predictions of ``models`` (``*``: every model) scoring at least ``min_score``."""
+
+    source: Source
+    models: tuple[str, ...]
+    min_score: float = 0.0
+
+    def select(self, predictions: pd.DataFrame) -> pd.DataFrame:
+        keep = predictions.score.to_numpy(float) >= self.min_score
+        if "*" not in self.models:
+            keep &= predictions.model.isin(self.models).to_numpy()
+        return predictions[keep]
+
+
+@dataclass(frozen=True)
 class Selection:
     """What one pass computes: metric specs and which embeddings, with their fingerprints."""
 
@@ -94,6 +112,7 @@ class Selection:
     embeddings: bool = False
     object_embeddings: bool = False
     embedder: str = ""
+    predicted: Predicted | None = None
 
     @property
     def image_specs(self) -> list[MetricSpec]:
@@ -101,7 +120,22 @@ class Selection:
 
     @property
     def object_specs(self) -> list[MetricSpec]:
+        """The selected label tables of object pixel metrics."""
         return [s for s in self.specs if s.level == "object" and s.reads_pixels]
+
+    @property
+    def prediction_specs(self) -> list[MetricSpec]:
+        """The selected model tables of object pixel metrics on predicted objects."""
+        return [s for s in self.specs if s.on_predictions] if self.predicted else []
+
+    @property
+    def measured_specs(self) -> list[MetricSpec]:
+        """What the workers run on every object (annotated and predicted): the object metrics
+        of both kinds of table, each once."""
+        own = self.object_specs
+        keys = {s.asset_key for s in own}
+        twins = {s.label_twin for s in self.prediction_specs} - keys
+        return own + [get(key) for key in sorted(twins)]
 
     @property
     def header_specs(self) -> list[MetricSpec]:
@@ -109,14 +143,15 @@ class Selection:
 
     @property
     def needs_objects(self) -> bool:
-        return bool(self.object_specs) or self.object_embeddings
+        return bool(self.measured_specs) or self.object_embeddings
 
     @property
     def needs_pixels(self) -> bool:
         return bool(self.image_specs) or self.needs_objects or self.embeddings
 
     def fp(self, spec: MetricSpec) -> str:
-        return fingerprint(spec.asset_key, f"{ENGINE_VERSION}.{spec.code_version}")
+        """Its cache column: shared by an object metric and its twin on predictions."""
+        return fingerprint(spec.label_twin, f"{ENGINE_VERSION}.{spec.code_version}")
 
     @property
     def phash_fp(self) -> str:
@@ -155,6 +190,7 @@ def measure_images(
     backend: Backend | None = None,
     reuse: bool = True,
     log: Callable[[str], None] | None = None,
+    predicted: Predicted | None = None,
 ) -> PassResult:
     """Compute ``specs`` (image and object level) for the measurable (``ok``) rows of
     ``manifest`` and write each one's table to ``<storage_url>/<asset key>/<version>.parquet``.
@@ -162,10 +198,11 @@ def measure_images(
     Header metrics come from the manifest's width/height (no decode). Pixel values are taken
     from the cache when present (``reuse``), else computed with one decode per image on
     ``backend`` (default: a local pool of ``workers`` processes) and cached. ``log`` receives
-    progress lines (done / total, images/s, ETA) every few seconds.
+    progress lines (done / total, images/s, ETA) every few seconds. With ``predicted``, object
+    pixel metrics on predictions (``specs`` of level prediction) are measured in the same pass.
     """
     start = time.perf_counter()
-    selection = Selection(tuple(specs), embeddings, object_embeddings, embedder)
+    selection = Selection(tuple(specs), embeddings, object_embeddings, embedder, predicted)
     result = PassResult({}, {}, pd.DataFrame(columns=FAILURE_COLUMNS))
     with arrow_single_threaded():
         pass_ = _Pass(manifest, annotations, selection, storage_url, reuse)
@@ -230,7 +267,7 @@ class _Pass:
         return fps
 
     def _object_fps(self) -> list[str]:
-        fps = [self.sel.fp(s) for s in self.sel.object_specs]
+        fps = [self.sel.fp(s) for s in self.sel.measured_specs]
         return fps + ([self.sel.object_vector_fp] if self.sel.object_embeddings else [])
 
     def plan(
@@ -255,7 +292,7 @@ class _Pass:
         for bit, (fp, kind) in enumerate(image_fps):
             mask |= (~self.index[kind].locate(keys, fp).found).astype(np.int64) << bit
         if object_fps:
-            objects = self._objects(batch)
+            objects = self._measured(batch)
             okeys = _object_keys(batch, objects)
             pos = pd.Index(batch.image_id).get_indexer(objects.image_id)
             for j, fp in enumerate(object_fps):
@@ -273,7 +310,7 @@ class _Pass:
             if not need.any():
                 continue
             rows, lacking = batch[need].reset_index(drop=True), mask[need]
-            objects = self._objects(rows) if object_fps else None
+            objects = self._measured(rows) if object_fps else None
             local = storage.is_local(storage.filesystem(rows.url.iloc[0])[0])
             for part in _slices(len(rows), HEAVY_ROWS):  # worker items of a slice at a time
                 sub = rows.iloc[part]
@@ -300,7 +337,7 @@ class _Pass:
         n = len(image_fps)
         lacking_obj = {fp for j, fp in enumerate(object_fps) if mask >> (n + j) & 1}
         image = [s for s in self.sel.image_specs if self.sel.fp(s) in lacking]
-        objects = [s for s in self.sel.object_specs if self.sel.fp(s) in lacking_obj]
+        objects = [s for s in self.sel.measured_specs if self.sel.fp(s) in lacking_obj]
         embed = bool(lacking & {self.sel.phash_fp, self.sel.vector_fp, self.sel.thumb_fp} - {""})
         obj_embed = self.sel.object_embeddings and self.sel.object_vector_fp in lacking_obj
         return PassRequest(
@@ -342,6 +379,13 @@ class _Pass:
                 for s in self.sel.object_specs
             }
         )
+        model, prediction = pa.field("model", pa.string()), pa.field("prediction_id", pa.int64())
+        out.update(
+            {
+                s.asset_key: pa.schema([model, prediction, image_id, category, value])
+                for s in self.sel.prediction_specs
+            }
+        )
         if self.sel.embeddings:
             phash, thumb = pa.field("phash", pa.int64()), pa.field("thumb", pa.binary())
             out[EMBEDDINGS] = pa.schema([image_id, phash, vector, thumb])
@@ -361,8 +405,10 @@ class _Pass:
             for batch in self._batches(_ASSEMBLY_COLUMNS):
                 self.images += len(batch)
                 self._assemble_images(batch, sinks, readers, failures)
-                if self.sel.needs_objects:
+                if self.sel.object_specs or self.sel.object_embeddings:
                     self._assemble_objects(batch, sinks, readers["object"], failures)
+                if self.sel.prediction_specs:
+                    self._assemble_predictions(batch, sinks, readers["object"], failures)
         except BaseException as exc:
             sinks.abort(exc)
             raise
@@ -420,16 +466,7 @@ class _Pass:
             "image_id": pa.array(objects.image_id.to_numpy()),
             "category": pa.array(objects.category.to_numpy(object), pa.string()),
         }
-        none = np.zeros(len(objects), dtype=bool)
-        fps = [self.sel.fp(spec) for spec in self.sel.object_specs]
-        gathered = _gather_all(reader, okeys, fps, none)
-        for spec, fp in zip(self.sel.object_specs, fps, strict=True):
-            take, values, errors = gathered[fp]
-            sinks.write(
-                spec.asset_key,
-                {**{k: v.filter(pa.array(take)) for k, v in base.items()}, "value": values},
-            )
-            failures += _metric_errors(errors, objects.image_id[take], spec.name)
+        self._write_objects(self.sel.object_specs, okeys, base, objects, sinks, reader, failures)
         if self.sel.object_embeddings:
             fp = self.sel.object_vector_fp
             located = reader.index.locate(okeys, fp)
@@ -440,6 +477,34 @@ class _Pass:
                 sliced = {k: v[part] for k, v in cols.items()}
                 vectors = _column(reader, located.subset(part), fp)
                 sinks.write(OBJECT_EMBEDDINGS, {**sliced, "vector": vectors})
+
+    def _assemble_predictions(self, batch, sinks: _Sinks, reader: PartReader, failures) -> None:
+        predictions = self._predicted(batch)
+        if predictions.empty:
+            return
+        okeys = _object_keys(batch, _as_objects(predictions))
+        base = {
+            "model": pa.array(predictions.model.to_numpy(object), pa.string()),
+            "prediction_id": pa.array(predictions.prediction_id.to_numpy(np.int64)),
+            "image_id": pa.array(predictions.image_id.to_numpy()),
+            "category": pa.array(predictions.category.to_numpy(object), pa.string()),
+        }
+        specs = self.sel.prediction_specs
+        self._write_objects(specs, okeys, base, predictions, sinks, reader, failures)
+
+    def _write_objects(self, specs, okeys, base, rows, sinks, reader, failures) -> None:
+        """Each of ``specs``' table rows for the objects ``rows`` (keys ``okeys``, row columns
+        ``base``): the values found in the cache, and their failures."""
+        none = np.zeros(len(rows), dtype=bool)
+        fps = [self.sel.fp(spec) for spec in specs]
+        gathered = _gather_all(reader, okeys, fps, none)
+        for spec, fp in zip(specs, fps, strict=True):
+            take, values, errors = gathered[fp]
+            sinks.write(
+                spec.asset_key,
+                {**{k: v.filter(pa.array(take)) for k, v in base.items()}, "value": values},
+            )
+            failures += _metric_errors(errors, rows.image_id[take], spec.name)
 
     # -- reading the inputs in batches ------------------------------------------------------
 
@@ -461,9 +526,33 @@ class _Pass:
             return frame[frame.image_id.isin(batch.image_id)][columns].reset_index(drop=True)
         return self._annotation_groups.read(batch.image_id, columns)
 
+    def _predicted(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """The selected predictions of ``batch``'s images (a filtered scan, as ``_objects``)."""
+        predicted = self.sel.predicted
+        if predicted is None:
+            return pd.DataFrame(columns=_PREDICTION_FIELDS)
+        if isinstance(predicted.source, pd.DataFrame):
+            frame = predicted.source
+            rows = frame[frame.image_id.isin(batch.image_id)][_PREDICTION_FIELDS]
+        else:
+            rows = self._prediction_groups.read(batch.image_id, _PREDICTION_FIELDS)
+        return predicted.select(rows).reset_index(drop=True)
+
+    def _measured(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Every object the workers measure for ``batch``: annotated, then predicted."""
+        objects = self._objects(batch)
+        if not self.sel.prediction_specs:
+            return objects
+        predicted = _as_objects(self._predicted(batch))
+        return pd.concat([objects, predicted], ignore_index=True) if len(objects) else predicted
+
     @cached_property
     def _annotation_groups(self) -> _RowGroups:
         return _RowGroups(self.annotations)
+
+    @cached_property
+    def _prediction_groups(self) -> _RowGroups:
+        return _RowGroups(self.sel.predicted.source)
 
 
 class _RowGroups:
@@ -543,6 +632,13 @@ def _column(reader: PartReader, located: Located, fp: str) -> pa.Array:
 def _object_keys(batch: pd.DataFrame, objects: pd.DataFrame) -> np.ndarray:
     content = batch.set_index("image_id").content_hash.reindex(objects.image_id)
     return object_keys(content.reset_index(drop=True), objects.reset_index(drop=True))
+
+
+def _as_objects(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions as the object rows workers measure (the record a custom object metric
+    receives: its ``annotation_id`` is the prediction's id; no crowd, no area)."""
+    frame = predictions.assign(annotation_id=predictions.prediction_id, area=np.nan, iscrowd=0)
+    return frame.assign(annotator=None)[[*_OBJECT_FIELDS, "segmentation"]]
 
 
 def _object_items(
@@ -629,4 +725,4 @@ class _Sinks:
         return {k: s.rows for k, s in self._sinks.items()}
 
 
-__all__ = ["ENGINE_VERSION", "Located", "PassResult", "Selection", "measure_images"]
+__all__ = ["ENGINE_VERSION", "Located", "PassResult", "Predicted", "Selection", "measure_images"]
