@@ -187,7 +187,8 @@ def build_reference_sensor(interval: int) -> dg.SensorDefinition:
         "lands (or is re-materialized), each version whose version.json names R as its "
         "reference and whose drift, duplicates or report is older than R's tables (or ran "
         "without them) runs reference_dependants_job, so drift is never left empty or stale "
-        "until the daily schedule.",
+        "until the daily schedule. Dependants never materialized are left to the automation "
+        "(a second run of them would race it).",
     )
     def reference_sensor(context: dg.SensorEvaluationContext, qm: QmResource):
         after = int(context.cursor or 0)
@@ -204,10 +205,11 @@ def build_reference_sensor(interval: int) -> dg.SensorDefinition:
         requests = []
         for reference, storage_id in sorted(landed.items()):
             for name in sorted(dependants.get(reference, [])):
+                # never materialized: eager automation runs it, with the reference present
                 stale = [
                     "/".join(k)
                     for k in REFERENCE_DEPENDANTS
-                    if latest_storage_id(context.instance, dg.AssetKey(k), name) < storage_id
+                    if 0 < latest_storage_id(context.instance, dg.AssetKey(k), name) < storage_id
                 ]
                 if stale:
                     requests.append(

@@ -148,6 +148,7 @@ def test_versions_flow_to_metrics_analysis_and_checks(landed):
     for version in ("train", "production"):
         assert len(materializations(stack, ["data", "brightness"], version)) == 1
         assert len(materializations(stack, ["analysis", "drift"], version)) == 1
+        assert len(materializations(stack, ["analysis", "duplicates"], version)) == 1
     # The train version's checks pass; production fails the brightness drift check (ERROR).
     for check in (
         "drift:no_brightness_drift",

@@ -244,11 +244,14 @@ def _everything(defs, instance, version: str) -> None:
 def test_reference_landing_after_its_dependant_reruns_the_dependant(defs, instance, settings):
     """``cur`` (reference ``ref``) is analysed before ``ref`` exists: its drift is empty. When
     ``ref``'s tables land, reference_sensor runs cur's drift, duplicates and report, which then
-    see the reference; it asks nothing more until ``ref`` is materialized again."""
+    see the reference; it asks nothing more until ``ref`` is materialized again. ``fresh`` (also
+    on ``ref``) has never been analysed: its first analysis is the automation's, not a second
+    run racing it."""
     root = Path(settings.datasets)
     tiny_version(root, "ref", kind="train")
     tiny_version(root, "cur", kind="production", reference="ref")
-    instance.add_dynamic_partitions(PARTITIONS, ["ref", "cur"])
+    tiny_version(root, "fresh", kind="production", reference="ref")
+    instance.add_dynamic_partitions(PARTITIONS, ["ref", "cur", "fresh"])
     _everything(defs, instance, "cur")
     drift = dg.AssetKey(["analysis", "drift"])
     assert recorded_metadata(instance, drift, "cur", "reference materialized") is False
