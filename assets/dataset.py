@@ -13,7 +13,7 @@ from qm_dagster.storage import StoredTable
 from qm_dagster.watch import version_signature
 from resources.dataset import QmResource
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: content ids by BLAKE3
 SIGNATURE_LABEL = "version.json signature"  # read back by new_versions_sensor
 
 

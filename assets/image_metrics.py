@@ -59,7 +59,8 @@ EMBEDDING_OUTS = {
         is_required=False,
         code_version=THUMB_CODE,
         description="Per image: a deterministic feature vector (colour histogram, low-frequency "
-        "DCT, gradient orientations, channel statistics; unit norm) and a 64-bit perceptual hash.",
+        "DCT, gradient orientations, channel statistics; unit norm), a 64-bit perceptual hash "
+        "and the 256 hashes of its crops by up to 9% a side (crop-tolerant near duplicates).",
         kinds={"python", "opencv"},
     ),
     "object_embeddings": dg.AssetOut(

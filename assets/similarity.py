@@ -40,7 +40,7 @@ IMAGE_VECTORS = {"embeddings": dg.AssetIn(key=["data", "embeddings"], metadata={
 def data_uniqueness(context: dg.AssetExecutionContext, embeddings: StoredTable):
     """Distance from each image's embedding to its nearest other image in the version
     (0 = exact duplicate; exact search up to 20k images, a faiss index re-ranked exactly above).
-    Reads the vectors only, never the thumbnails."""
+    Reads the vectors only, never the crop hashes."""
     emb = EmbeddingSet.read([(context.partition_key, embeddings.url)])
     frame = pd.DataFrame({"image_id": emb.image_id, "value": uniqueness(emb)})
     return dg.Output(frame, metadata=value_summary(frame))
@@ -71,7 +71,7 @@ def analysis_duplicates(
 ):
     """Groups of exact (same content hash) and near duplicates (perceptual hash or embedding
     distance) within the version and against its reference version (through the reference/*
-    aliases). Vectors and hashes are read whole, thumbnails only for the rows the crop check
+    aliases). Vectors and hashes are read whole, crop hashes only for the rows the crop check
     asks for."""
     version = context.partition_key
     images = [manifest.assign(version=version)]

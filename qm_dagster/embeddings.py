@@ -16,7 +16,7 @@ from qm_dagster.metrics.view import ImageView
 
 DIM = 64 + 63 + 8 + 6
 THUMB = 64
-THUMB_VERSION = "2"  # bump when ``thumbnail`` or what is made from it changes values
+THUMB_VERSION = "3"  # bump when ``thumbnail`` or what is made from it changes values (3: crops)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -68,14 +68,28 @@ def embed(view: ImageView) -> np.ndarray:
     return embed_bgr(view.bgr)
 
 
-def gray_thumbnail(bgr: np.ndarray) -> bytes:
-    """The 64x64 gray thumbnail (4 KB) kept with the embedding for crop-tolerant verification."""
-    return gray_bytes(thumbnail(bgr))
+CROP_WORDS = 256  # crop hashes kept per image: every (top, bottom) x (left, right) margin pair
 
 
-def gray_bytes(thumb: np.ndarray) -> bytes:
-    """``gray_thumbnail`` from the image's ``thumbnail``."""
-    return cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY).tobytes()
+def gray_thumb(thumb: np.ndarray) -> np.ndarray:
+    """The gray plane of an image's ``thumbnail``: what its crop hashes are made from."""
+    return cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY)
+
+
+def crop_words(grays: np.ndarray, threads: int = 0) -> list[bytes]:
+    """Each gray thumbnail's ``CROP_WORDS`` crop hashes (``neighbours.crop_hash_words``: the
+    first uncropped) as 2 KB, little-endian: kept with the embedding, so that duplicates
+    compares them without recomputing them (``threads``: 0 = a thread per core)."""
+    from qm_dagster.neighbours import crop_hash_words
+
+    words = crop_hash_words(grays, threads=threads).astype("<u8")
+    return [row.tobytes() for row in words]
+
+
+def words_array(values: list[bytes]) -> np.ndarray:
+    """``crop_words`` values back as one ``n x CROP_WORDS`` uint64 array."""
+    raw = np.frombuffer(b"".join(values), "<u8")
+    return raw.reshape(len(values), CROP_WORDS).astype(np.uint64)
 
 
 def _hash_bits(gray: np.ndarray) -> np.ndarray:

@@ -69,7 +69,7 @@ def inspect_bytes(data: bytes, max_pixels: int, tail: bytes | None = None) -> Fi
     if not data:
         facts.problem = "empty file (0 bytes)"
         return facts
-    facts.content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+    facts.content_hash = storage.content_digest(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

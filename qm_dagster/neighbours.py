@@ -5,7 +5,8 @@ computed for all pairs at once.
 
 None of these compares all pairs: the embedding index probes a few cells per query, the hash
 index looks up exact matches of hash slices (two hashes within four bits agree exactly on one
-of five slices), and crop hashes are matrix products over thumbnails.
+of five slices), and crop hashes are matrix products over thumbnails, made once per image
+content in the image pass and stored with its embedding.
 """
 
 from __future__ import annotations
@@ -173,14 +174,13 @@ def _area_matrix(src: int, dst: int) -> np.ndarray:
     return np.clip(overlap, 0, None) / scale
 
 
-def crop_hash_words(thumbs: np.ndarray, crops: bool = True) -> np.ndarray:
+def crop_hash_words(thumbs: np.ndarray, threads: int = 0) -> np.ndarray:
     """Per thumbnail (``n x 64 x 64`` uint8): the 64-bit hash of the image cropped by every
-    combination of CROP_MARGINS per side (``n x 256`` uint64; column 0 uncropped; only that
-    column without ``crops``), each the signs of its 8x8 low DCT against their median (DC
+    combination of CROP_MARGINS per side (``n x 256`` uint64; column 0 uncropped), each the signs of its 8x8 low DCT against their median (DC
     excluded from the median). In float32, as OpenCV's DCT: 2.6x faster than float64 (4,096
-    thumbnails 1.1 s instead of 2.9 s); a coefficient at the median may fall either side."""
-    ops, _ = _crop_operators()
-    ops = (ops if crops else ops[:1]).astype(np.float32)
+    thumbnails 1.1 s instead of 2.9 s); a coefficient at the median may fall either side.
+    ``threads``: row crops at once (0 = a thread per core; the pass's workers use 1)."""
+    ops = _crop_operators()[0].astype(np.float32)
     p, n = len(ops), len(thumbs)
     flat = ops.reshape(p * 8, THUMB)  # every row operator stacked, so each stage is one GEMM
     # transposed as bytes, then widened: 20 ms for 4,096 thumbnails, 290 ms the other way round
@@ -199,17 +199,20 @@ def crop_hash_words(thumbs: np.ndarray, crops: bool = True) -> np.ndarray:
     # The row crops in one thread per core, BLAS single-threaded in each: most of a row crop's
     # time is copies, partition and bit packing, which numpy runs without the GIL (4,096
     # thumbnails: 0.37 s instead of 0.54 s with threaded BLAS one row crop at a time, 2 cores)
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    workers = threads or os.cpu_count() or 1
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         list(pool.map(row_crop, range(p)))
     return out.reshape(n, p * p)
 
 
 def crop_distances(
-    pairs: np.ndarray, thumbs: Callable[[np.ndarray], np.ndarray], n: int
+    pairs: np.ndarray, words: Callable[[np.ndarray], np.ndarray], n: int
 ) -> np.ndarray:
     """Crop-tolerant hash distance of each pair ``(i, j)`` of rows ``< n``: the fewest
     differing bits between one image's hash and the other's cropped by up to 9% per side, both
-    ways. ``thumbs(rows)`` returns those rows' ``len(rows) x 64 x 64`` thumbnails."""
+    ways. ``words(rows)`` returns those rows' ``len(rows) x 256`` crop hashes (column 0
+    uncropped: ``crop_hash_words``), read a block of rows at a time, twice: the uncropped
+    hashes of every row first (8 bytes a row), then each block's crops against them."""
     best = np.full(len(pairs), 64, np.int64)
     if not len(pairs):
         return best
@@ -217,15 +220,15 @@ def crop_distances(
     where = np.full(n, -1, np.int64)
     where[rows] = np.arange(len(rows))
     blocks = [rows[s : s + BLOCK] for s in range(0, len(rows), BLOCK)]
-    uncropped = np.concatenate([crop_hash_words(thumbs(b), crops=False)[:, 0] for b in blocks])
+    uncropped = np.concatenate([words(b)[:, 0] for b in blocks])
     start = 0
     for block in blocks:
-        words = crop_hash_words(thumbs(block))
+        cropped = words(block)
         for side in (0, 1):  # this side's crops against the other side's uncropped hash
             pos = where[pairs[:, side]] - start
             inside = (pos >= 0) & (pos < len(block))
             other = uncropped[where[pairs[inside, 1 - side]]]
-            dist = _popcount(words[pos[inside]] ^ other[:, None]).min(axis=1)
+            dist = _popcount(cropped[pos[inside]] ^ other[:, None]).min(axis=1)
             best[inside] = np.minimum(best[inside], dist)
         start += len(block)
     return best

@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from qm_dagster import storage
-from qm_dagster.embeddings import THUMB
+from qm_dagster.embeddings import CROP_WORDS, words_array
 from qm_dagster.neighbours import crop_distances, hash_pairs, knn, unique_pairs
 
 # Thresholds measured on the 249 distinct real photos of ../shared/data and planted copies of
@@ -33,7 +33,7 @@ GROUP_COLUMNS = ["group", "kind", "version", "image_id", "file_name", "content_h
 @dataclass
 class EmbeddingSet:
     """The embeddings of one or more versions, as neighbour search needs them: ids, vectors and
-    hashes in memory (~600 bytes an image); the thumbnails (4 KB an image, 4 GB at a million)
+    hashes in memory (~600 bytes an image); the crop hashes (2 KB an image, 2 GB at a million)
     stay in their Parquet files and are read a block of rows at a time, only for the rows the
     crop check asks for."""
 
@@ -42,11 +42,11 @@ class EmbeddingSet:
     vectors: np.ndarray
     phash: np.ndarray
     _files: list[tuple[str, int, np.ndarray]] = field(default_factory=list)  # url, start, groups
-    _thumbs: np.ndarray | None = None  # in memory instead (from_frame)
+    _crops: np.ndarray | None = None  # in memory instead (from_frame)
 
     @classmethod
     def read(cls, sources: Sequence[tuple[str, str]]) -> EmbeddingSet:
-        """``(version, url)`` of each data/embeddings file, read without the thumbnails."""
+        """``(version, url)`` of each data/embeddings file, read without the crop hashes."""
         import pyarrow.parquet as pq
 
         parts, files, start = [], [], 0
@@ -63,34 +63,35 @@ class EmbeddingSet:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> EmbeddingSet:
-        """From an in-memory table with ``version, image_id, phash, vector`` (and ``thumb``)."""
+        """From an in-memory table with ``version, image_id, phash, vector`` (and ``crops``)."""
         x = np.stack(frame.vector.to_numpy()).astype(np.float32) if len(frame) else None
-        thumbs = _thumbs(frame.thumb) if "thumb" in frame and len(frame) else None
+        crops = _words(frame.crops) if "crops" in frame and len(frame) else None
         return cls(
             frame.version.to_numpy(object),
             frame.image_id.to_numpy(),
             x if x is not None else np.zeros((0, 0), np.float32),
             frame.phash.to_numpy().astype(np.int64),
-            _thumbs=thumbs,
+            _crops=crops,
         )
 
     def __len__(self) -> int:
         return len(self.image_id)
 
     @property
-    def has_thumbs(self) -> bool:
-        return self._thumbs is not None or bool(self._files)
+    def has_crops(self) -> bool:
+        return self._crops is not None or bool(self._files)
 
-    def thumbs(self, rows: np.ndarray) -> np.ndarray:
-        """The ``len(rows) x 64 x 64`` thumbnails of ``rows``, reading only their row groups."""
-        if self._thumbs is not None:
-            return self._thumbs[rows]
-        out = np.empty((len(rows), THUMB, THUMB), np.uint8)
+    def crops(self, rows: np.ndarray) -> np.ndarray:
+        """The ``len(rows) x CROP_WORDS`` crop hashes of ``rows``, reading only their row
+        groups."""
+        if self._crops is not None:
+            return self._crops[rows]
+        out = np.empty((len(rows), CROP_WORDS), np.uint64)
         for url, start, groups in self._files:
             local = rows - start
             inside = np.flatnonzero((local >= 0) & (local < groups[-1]))
             if inside.size:
-                out[inside] = _read_thumbs(url, groups, local[inside])
+                out[inside] = _read_crops(url, groups, local[inside])
         return out
 
 
@@ -118,20 +119,20 @@ def list_vectors(column: pa.ChunkedArray) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(n, -1)
 
 
-def _read_thumbs(url: str, groups: np.ndarray, local: np.ndarray) -> np.ndarray:
-    """Thumbnails of rows ``local`` of one file whose row groups start at ``groups``."""
+def _read_crops(url: str, groups: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Crop hashes of rows ``local`` of one file whose row groups start at ``groups``."""
     import pyarrow.parquet as pq
 
-    out = np.empty((len(local), THUMB, THUMB), np.uint8)
+    out = np.empty((len(local), CROP_WORDS), np.uint64)
     group_of = np.searchsorted(groups, local, side="right") - 1
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as fh:
         pf = pq.ParquetFile(fh)
         for g in np.unique(group_of):
             mine = np.flatnonzero(group_of == g)
-            column = pf.read_row_group(int(g), columns=["thumb"]).column("thumb")
+            column = pf.read_row_group(int(g), columns=["crops"]).column("crops")
             picked = column.take(pa.array(local[mine] - groups[g]))
-            out[mine] = _thumbs(pd.Series(picked.to_pylist()))
+            out[mine] = words_array(picked.to_pylist())
     return out
 
 
@@ -153,7 +154,7 @@ def uniqueness(embeddings: pd.DataFrame | EmbeddingSet) -> np.ndarray:
 def _near_pairs(
     x: np.ndarray,
     hashes: np.ndarray,
-    thumbs,
+    crops,
     radius: float,
     bits: int,
     crop_bits: int,
@@ -168,11 +169,11 @@ def _near_pairs(
     candidates = np.stack([rows, neighbours.ravel()], axis=1)
     close = distances.ravel() <= radius
     found = unique_pairs([candidates[close], hash_pairs(hashes, bits)])
-    if thumbs is None:
+    if crops is None:
         return found
     rest = unique_pairs([candidates[~close & (neighbours.ravel() >= 0)]])
     rest = rest[~_member(rest, found)]
-    cropped = crop_distances(rest, thumbs, len(x)) <= crop_bits
+    cropped = crop_distances(rest, crops, len(x)) <= crop_bits
     return unique_pairs([found, rest[cropped]])
 
 
@@ -182,12 +183,9 @@ def _member(pairs: np.ndarray, of: np.ndarray) -> np.ndarray:
     return np.isin(key(pairs), key(of))
 
 
-def _thumbs(column: pd.Series) -> np.ndarray | None:
-    """The gray thumbnails as one ``n x 64 x 64`` array (None when any is missing)."""
-    if column.isna().any():
-        return None
-    raw = b"".join(column.tolist())
-    return np.frombuffer(raw, np.uint8).reshape(len(column), THUMB, THUMB)
+def _words(column: pd.Series) -> np.ndarray | None:
+    """The crop hashes as one ``n x CROP_WORDS`` array (None when any is missing)."""
+    return None if column.isna().any() else words_array(column.tolist())
 
 
 def _same_content_pairs(content: pd.Series) -> np.ndarray:
@@ -209,7 +207,7 @@ def duplicate_groups(
 
     ``images`` has ``version, image_id, file_name, content_hash`` (rows of several versions may
     be mixed, e.g. a version and its reference); ``embeddings`` is an ``EmbeddingSet`` (or a
-    table with ``version, image_id, phash, vector, thumb``). Near copies: embedding distance <= ``radius``, perceptual hashes within
+    table with ``version, image_id, phash, vector, crops``). Near copies: embedding distance <= ``radius``, perceptual hashes within
     ``bits``, or, among each image's nearest neighbours, a crop-tolerant hash distance within
     ``crop_bits``. A group is ``exact`` when all its members share one content hash, else
     ``near``.
@@ -227,8 +225,8 @@ def duplicate_groups(
     has_vec = np.flatnonzero(table.row.notna().to_numpy())
     if len(has_vec):
         at = table.row.to_numpy()[has_vec].astype(np.int64)
-        thumbs = (lambda r: emb.thumbs(at[r])) if emb.has_thumbs else None
-        near = _near_pairs(emb.vectors[at], emb.phash[at], thumbs, radius, bits, crop_bits)
+        crops = (lambda r: emb.crops(at[r])) if emb.has_crops else None
+        near = _near_pairs(emb.vectors[at], emb.phash[at], crops, radius, bits, crop_bits)
         pairs.append(has_vec[near])
     pairs = unique_pairs(pairs)
     if not len(pairs):

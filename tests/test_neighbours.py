@@ -113,5 +113,38 @@ def test_crop_distance_is_small_for_a_cropped_copy_only():
         [cv2.resize(im, (THUMB, THUMB), interpolation=cv2.INTER_AREA) for im in [*images, cropped]]
     )
     pairs = np.array([[0, 3], [1, 3], [1, 2]])
-    dist = crop_distances(pairs, lambda rows: thumbs[rows], len(thumbs))
+    words = crop_hash_words(thumbs)
+    dist = crop_distances(pairs, lambda rows: words[rows], len(thumbs))
     assert dist[0] <= 4 and dist[1] > 10 and dist[2] > 10
+
+
+def test_the_pass_stores_each_images_crop_hashes(tmp_path):
+    """data/embeddings' ``crops`` column: per image, the crop hashes of its gray thumbnail, as
+    ``crop_hash_words`` makes them for all images at once (the pass makes them a chunk at a
+    time; a coefficient at the median may fall either side in float32)."""
+    import pandas as pd
+
+    from qm_dagster.embeddings import gray_thumb, thumbnail, words_array
+    from qm_dagster.passes.image_pass import EMBEDDINGS, measure_images
+    from tests.images import content_id
+    from tests.test_cache import photos
+
+    files = photos(7)
+    manifest = pd.DataFrame(
+        {
+            "image_id": range(len(files)),
+            "url": [str(p) for p in files],
+            "content_hash": [content_id(p) for p in files],
+            "bytes": [p.stat().st_size for p in files],
+            "ok": True,
+            "width": 640,
+            "height": 480,
+        }
+    )
+    result = measure_images(manifest, [], str(tmp_path), "v", chunk_size=3, embeddings=True)
+    table = result.table(EMBEDDINGS).sort_values("image_id")
+    stored = words_array(table.crops.tolist())
+    grays = [gray_thumb(thumbnail(cv2.imread(str(p)))) for p in files]
+    expected = crop_hash_words(np.stack(grays))
+    differing = np.bitwise_count(stored ^ expected)
+    assert differing.max() <= 2 and np.mean(differing == 0) > 0.99

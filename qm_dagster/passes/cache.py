@@ -11,7 +11,7 @@ Layout, one folder per kind of row::
 
     _cache/v1/image/<part>.parquet    key, status, errors, one column per fingerprint
     _cache/v1/object/<part>.parquet   key, errors, one column per fingerprint
-    _cache/v1/thumb/<part>.parquet    key, thumb (64x64 gray; kept apart from the vectors)
+    _cache/v1/crops/<part>.parquet    key, crop hashes (2 KB; kept apart from the vectors)
 
 Every part is written once, by the worker that computed it, under a fresh random name, and never
 rewritten: two passes sharing images may run at once, a killed pass leaves only whole parts, and
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from qm_dagster import storage
 
 CACHE_DIR = "_cache/v1"
-KINDS = ("image", "object", "thumb")
+KINDS = ("image", "object", "crops")
 KEY, STATUS, ERRORS = "key", "status", "errors"
 RESERVED = (KEY, STATUS, ERRORS)
 

@@ -7,7 +7,6 @@ Kept free of dagster; pool workers fork from a server that has imported this mod
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from qm_dagster import storage
 from qm_dagster.allocator import tune_for_images
 from qm_dagster.embedding_providers import load_function
 from qm_dagster.embeddings import (
+    crop_words,
     embed_bgr,
     embed_thumbnail,
-    gray_bytes,
+    gray_thumb,
     phash_thumbnail,
     thumbnail,
 )
@@ -54,7 +54,7 @@ class ImageItem:
     objects: tuple[ObjectItem, ...] = ()
     key: bytes = b""  # the image's content id: its cache key
     size: int | None = None  # bytes the manifest saw
-    digest: bool = False  # the key is the blake2b digest of the bytes (else an ETag's)
+    digest: bool = False  # the key is the digest of the bytes (else an ETag's)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class PassRequest:
 
     ``image_keys``/``object_keys`` are the asset keys of the pixel metrics to run and
     ``image_fps``/``object_fps`` the cache columns they are written under (same order).
-    Embeddings and thumbnails are written when their fingerprints are set. ``storage`` is the
+    Embeddings and crop hashes are written when their fingerprints are set. ``storage`` is the
     base URL whose cache receives the parts; empty keeps results in memory (``keep``).
     """
 
@@ -73,7 +73,7 @@ class PassRequest:
     object_fps: tuple[str, ...] = ()
     phash_fp: str = ""
     vector_fp: str = ""
-    thumb_fp: str = ""
+    crops_fp: str = ""
     object_vector_fp: str = ""
     embedder: str = ""  # "module:function" of the user's own embedding, else the built-in
     storage: str = ""
@@ -189,7 +189,7 @@ def measure_chunk(items: Sequence[ImageItem], request: PassRequest) -> ChunkResu
     images = _Rows(KEY, STATUS, ERRORS, *request.image_fps)
     if request.embeddings:
         images.columns.update({request.phash_fp: [], request.vector_fp: []})
-    thumbs = _Rows(KEY, request.thumb_fp) if request.thumb_fp else None
+    crops = _Rows(KEY, request.crops_fp) if request.crops_fp else None
     objects = _Rows(KEY, ERRORS, *request.object_fps)
     if request.object_embeddings:
         objects.columns[request.object_vector_fp] = []
@@ -214,7 +214,7 @@ def measure_chunk(items: Sequence[ImageItem], request: PassRequest) -> ChunkResu
         errors: list[str] = []
         images.extend_values(request.image_fps, _values(image_specs, apply_metric, (view,), errors))
         images.append(**{KEY: item.key, STATUS: "", ERRORS: "\n".join(errors) or None})
-        thumb = thumbnail(bgr) if request.embeddings or thumbs is not None else None
+        thumb = thumbnail(bgr) if request.embeddings or crops is not None else None
         if request.embeddings:
             vector = (
                 np.asarray(load_function(request.embedder)(view.rgb), dtype=np.float32)
@@ -222,13 +222,15 @@ def measure_chunk(items: Sequence[ImageItem], request: PassRequest) -> ChunkResu
                 else embed_thumbnail(thumb)
             )
             images.append(**{request.phash_fp: phash_thumbnail(thumb), request.vector_fp: vector})
-        if thumbs is not None:
-            thumbs.append(**{KEY: item.key, request.thumb_fp: gray_bytes(thumb)})
+        if crops is not None:  # the gray thumbnail now, its crop hashes for the chunk at once
+            crops.append(**{KEY: item.key, request.crops_fp: gray_thumb(thumb)})
         if request.needs_objects:
             _measure_objects(item, view, object_specs, request, objects)
     _emit(out, request, "image", images, _image_types(request))
-    if thumbs is not None:
-        _emit(out, request, "thumb", thumbs, {request.thumb_fp: pa.binary()})
+    if crops is not None and len(crops):
+        grays = crops.columns[request.crops_fp]
+        crops.columns[request.crops_fp] = crop_words(np.stack(grays), threads=1)
+        _emit(out, request, "crops", crops, {request.crops_fp: pa.binary()})
     if request.needs_objects:
         types = {fp: pa.float64() for fp in request.object_fps}
         if request.object_embeddings:
@@ -247,7 +249,7 @@ def _same_content(item: ImageItem, data: bytes) -> bool:
     if item.size is not None and len(data) != item.size:
         return False
     if item.digest:
-        return hashlib.blake2b(data, digest_size=16).hexdigest().encode() == item.key
+        return storage.content_digest(data).encode() == item.key
     return True
 
 

@@ -46,12 +46,12 @@ from qm_dagster.passes.progress import Progress
 
 # Part of every fingerprint: bump when the decode or the shared pixel code changes values.
 ENGINE_VERSION = "2"
-# Of the quantities made from the shared thumbnail (built-in embeddings, hashes, thumbnails)
+# Of the quantities made from the shared thumbnail (built-in embeddings, hashes, crop hashes)
 THUMB_CODE = f"{ENGINE_VERSION}.{embeddings.THUMB_VERSION}"
 EMBEDDINGS, OBJECT_EMBEDDINGS = "data/embeddings", "label/embeddings"
 FAILURE_COLUMNS = ["image_id", "stage", "reason"]
 BATCH_ROWS = 4096  # manifest rows per sweep batch: the driver's memory is a few batches
-# Rows per slice where rows are big (worker items with their objects, thumbnails, vectors): the
+# Rows per slice where rows are big (worker items with their objects, crop hashes, vectors): the
 # driver's peak is then the same for any version larger than a slice
 HEAVY_ROWS = 2048
 # What the workers need of an annotation (its record goes to custom object metrics)
@@ -166,8 +166,8 @@ class Selection:
         return fingerprint(f"{EMBEDDINGS}/vector", THUMB_CODE, "builtin")
 
     @property
-    def thumb_fp(self) -> str:
-        return fingerprint(f"{EMBEDDINGS}/thumb", THUMB_CODE) if self.embeddings else ""
+    def crops_fp(self) -> str:
+        return fingerprint(f"{EMBEDDINGS}/crops", THUMB_CODE) if self.embeddings else ""
 
     @property
     def object_vector_fp(self) -> str:
@@ -246,7 +246,7 @@ class _Pass:
             kind: CacheIndex.load(storage_url, kind)
             if reuse
             else CacheIndex.empty(storage_url, kind)
-            for kind in ("image", "object", "thumb")
+            for kind in ("image", "object", "crops")
         }
         self.decoded = 0
         self.images = 0
@@ -263,7 +263,7 @@ class _Pass:
         fps = [(self.sel.fp(s), "image") for s in self.sel.image_specs]
         if self.sel.embeddings:
             fps += [(self.sel.phash_fp, "image"), (self.sel.vector_fp, "image")]
-            fps.append((self.sel.thumb_fp, "thumb"))
+            fps.append((self.sel.crops_fp, "crops"))
         return fps
 
     def _object_fps(self) -> list[str]:
@@ -332,13 +332,13 @@ class _Pass:
 
     def _request(self, mask: int, image_fps, object_fps) -> PassRequest:
         """What to compute for images lacking ``mask``: each quantity computed at most with the
-        others of its group (embeddings and thumbnails travel together)."""
+        others of its group (embeddings and crop hashes travel together)."""
         lacking = {fp for bit, (fp, _) in enumerate(image_fps) if mask >> bit & 1}
         n = len(image_fps)
         lacking_obj = {fp for j, fp in enumerate(object_fps) if mask >> (n + j) & 1}
         image = [s for s in self.sel.image_specs if self.sel.fp(s) in lacking]
         objects = [s for s in self.sel.measured_specs if self.sel.fp(s) in lacking_obj]
-        embed = bool(lacking & {self.sel.phash_fp, self.sel.vector_fp, self.sel.thumb_fp} - {""})
+        embed = bool(lacking & {self.sel.phash_fp, self.sel.vector_fp, self.sel.crops_fp} - {""})
         obj_embed = self.sel.object_embeddings and self.sel.object_vector_fp in lacking_obj
         return PassRequest(
             image_keys=tuple(s.asset_key for s in image),
@@ -347,7 +347,7 @@ class _Pass:
             object_fps=tuple(self.sel.fp(s) for s in objects),
             phash_fp=self.sel.phash_fp if embed else "",
             vector_fp=self.sel.vector_fp if embed else "",
-            thumb_fp=self.sel.thumb_fp if embed else "",
+            crops_fp=self.sel.crops_fp if embed else "",
             object_vector_fp=self.sel.object_vector_fp if obj_embed else "",
             embedder=self.sel.embedder,
             storage=self.storage,
@@ -387,8 +387,8 @@ class _Pass:
             }
         )
         if self.sel.embeddings:
-            phash, thumb = pa.field("phash", pa.int64()), pa.field("thumb", pa.binary())
-            out[EMBEDDINGS] = pa.schema([image_id, phash, vector, thumb])
+            phash, crops = pa.field("phash", pa.int64()), pa.field("crops", pa.binary())
+            out[EMBEDDINGS] = pa.schema([image_id, phash, vector, crops])
         if self.sel.object_embeddings:
             out[OBJECT_EMBEDDINGS] = pa.schema([annotation, image_id, vector])
         return out
@@ -443,16 +443,16 @@ class _Pass:
         image, sel = self.index["image"], self.sel
         phash = image.locate(keys, sel.phash_fp)
         vector = image.locate(keys, sel.vector_fp)
-        thumb = self.index["thumb"].locate(keys, sel.thumb_fp)
-        take = phash.found & vector.found & thumb.found & ~failed
+        crops = self.index["crops"].locate(keys, sel.crops_fp)
+        take = phash.found & vector.found & crops.found & ~failed
         ids = ids.filter(pa.array(take))
-        phash, vector, thumb = phash.subset(take), vector.subset(take), thumb.subset(take)
-        for part in _slices(len(ids), HEAVY_ROWS):  # thumbnails are 4 KB a row
+        phash, vector, crops = phash.subset(take), vector.subset(take), crops.subset(take)
+        for part in _slices(len(ids), HEAVY_ROWS):  # crop hashes are 2 KB a row
             columns = {
                 "image_id": ids[part],
                 "phash": _column(readers["image"], phash.subset(part), sel.phash_fp),
                 "vector": _column(readers["image"], vector.subset(part), sel.vector_fp),
-                "thumb": _column(readers["thumb"], thumb.subset(part), sel.thumb_fp),
+                "crops": _column(readers["crops"], crops.subset(part), sel.crops_fp),
             }
             sinks.write(EMBEDDINGS, columns)
 
@@ -689,7 +689,7 @@ def _id_type(source: Source) -> pa.DataType:
 
 
 # Rows per row group: a writer holds one row group per asset (~45 at once), so they are kept
-# small: 16k scalar rows, fewer where rows are big (vectors, 4 KB thumbnails).
+# small: 16k scalar rows, fewer where rows are big (vectors, 2 KB crop hashes).
 _ROW_GROUPS = {EMBEDDINGS: 4096, OBJECT_EMBEDDINGS: 8192}
 SCALAR_ROW_GROUP = 16_384
 
