@@ -143,9 +143,7 @@ def materialize_version(
         print(f"also materializing {len(added)} upstream assets not stored for {version}: {names}")
     keys = sorted({*keys, *added})
     home = dagster_home(project)
-    with _locked(home / "locks" / "instance.lock"), dg.DagsterInstance.get():
-        pass  # the instance's storage is created by one process at a time (fresh SQLite)
-    with version_lock(home, version), dg.DagsterInstance.get() as instance:
+    with version_lock(home, version), _opened(home) as instance:
         wait_for_runs(instance, version)
         if not instance.has_dynamic_partition(PARTITIONS, version):
             instance.add_dynamic_partitions(PARTITIONS, [version])
@@ -180,6 +178,16 @@ def materialize_version(
         flush=True,
     )
     return result.success
+
+
+@contextmanager
+def _opened(home: Path) -> Iterator[dg.DagsterInstance]:
+    """The instance, opened once (each open checks every storage's schema revision, ~0.4 s);
+    its storage is created by one process at a time (a fresh SQLite's migration races)."""
+    with _locked(home / "locks" / "instance.lock"):
+        instance = dg.DagsterInstance.get()
+    with instance:
+        yield instance
 
 
 def _innermost(error) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from qm_dagster import storage
 from qm_dagster.allocator import tune_for_images
@@ -124,9 +125,10 @@ def decode(data: bytes) -> np.ndarray | None:
 
 
 def init_worker(metric_modules: Sequence[str]) -> None:
-    """Pool initializer: one OpenCV thread per process, buffers reused across images, and the
-    metric modules imported."""
+    """Pool initializer: one OpenCV and one BLAS thread per process (a process per core; idle
+    BLAS threads spin), buffers reused across images, and the metric modules imported."""
     cv2.setNumThreads(1)
+    threadpool_limits(1)
     tune_for_images()
     load_metrics(tuple(metric_modules))
 
