@@ -73,7 +73,7 @@ def dataset_manifest(context: dg.AssetExecutionContext, qm: QmResource):
         threads=4 * max(1, qm.workers),
         table=coco.images if coco is not None else None,
         workers=qm.workers,
-        quarantined=coco.quarantined if coco is not None else (),
+        quarantined=[*(coco.quarantined if coco is not None else ()), *version.import_issues()],
     )
     seconds = time.perf_counter() - start
     selected = {key.path[-1] for key in context.selected_asset_keys}

@@ -39,18 +39,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser(
-        "import", parents=[common], help="convert VOC / YOLO / txt / COCO files into a version"
+        "import",
+        parents=[common],
+        help="convert VOC / YOLO / Ultralytics / txt / COCO files into a version",
     )
-    p.add_argument("version", help="name of the new version")
-    p.add_argument("--images", required=True, help="folder of image files")
+    p.add_argument(
+        "version", help="name of the new version (ultralytics: prefix, one version a split)"
+    )
+    p.add_argument("--images", help="folder of image files (all formats but ultralytics)")
     p.add_argument(
         "--format",
         default="none",
-        choices=["voc", "yolo", "txt-xyxy", "txt-xywh", "coco", "none"],
+        choices=[
+            "voc",
+            "yolo",
+            "ultralytics",
+            "cvat",
+            "labelstudio",
+            "txt-xyxy",
+            "txt-xywh",
+            "coco",
+            "none",
+        ],
         help="ground-truth format",
     )
-    p.add_argument("--labels", help="labels folder (voc/yolo/txt) or instances JSON (coco)")
-    p.add_argument("--names", help="class names file, line i = class id i (yolo / numeric txt)")
+    p.add_argument(
+        "--labels",
+        help="labels folder (voc/yolo/txt), instances JSON (coco), dataset YAML (ultralytics), "
+        "annotations XML (cvat: CVAT for images 1.1) or JSON export (labelstudio)",
+    )
+    p.add_argument(
+        "--names",
+        help="class names: a file with one a line (line i = class id i) or a YAML with names",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first unreadable line or file instead of leaving it out and reporting",
+    )
     p.add_argument("--predictions", help="detections folder (txt/yolo) or results JSON (coco)")
     p.add_argument("--pred-format", choices=["txt-xyxy", "txt-xywh", "yolo", "coco"])
     p.add_argument("--pred-names", help="class names file of the detections (default --names)")
@@ -136,23 +162,45 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from qm_dagster.importers import ImportSpec, import_version
+    from qm_dagster.importers import ImportSpec, import_ultralytics, import_version
 
-    spec = ImportSpec(
-        images=args.images,
-        format=args.format,
-        labels=args.labels,
-        names=args.names,
-        predictions=args.predictions,
-        pred_format=args.pred_format,
-        pred_names=args.pred_names,
-        model=args.model,
-    )
-    version = import_version(
-        spec, args.to or settings.datasets, args.version, **_version_meta(args)
-    )
-    print(f"imported {version.url}")
+    root = args.to or settings.datasets
+    if args.format == "ultralytics":
+        if not args.labels:
+            raise QmError("--format ultralytics needs --labels pointing at the dataset YAML")
+        versions = import_ultralytics(args.labels, root, args.version, args.strict, args.overwrite)
+    else:
+        if not args.images:
+            raise QmError(f"--format {args.format} needs --images")
+        spec = ImportSpec(
+            images=args.images,
+            format=args.format,
+            labels=args.labels,
+            names=args.names,
+            predictions=args.predictions,
+            pred_format=args.pred_format,
+            pred_names=args.pred_names,
+            model=args.model,
+            strict=args.strict,
+        )
+        versions = [import_version(spec, root, args.version, **_version_meta(args))]
+    for version in versions:
+        print(f"imported {version.url}")
+        _print_import_issues(version)
     return 0
+
+
+def _print_import_issues(version) -> None:
+    """The import summary: what was left out of the source, by reason, with a few examples."""
+    issues = version.import_issues()
+    if not issues:
+        return
+    print(f"  {len(issues)} issues (dataset/data_issues rows once materialized):")
+    for issue in issues[:10]:
+        where = f" {issue.where}" if issue.where else ""
+        print(f"    {issue.severity}: {issue.file}{where}: {issue.reason}")
+    if len(issues) > 10:
+        print(f"    ... {len(issues) - 10} more in {version.import_issues_url}")
 
 
 def cmd_register(args: argparse.Namespace, settings: Settings) -> int:

@@ -78,6 +78,8 @@ class Quarantined:
     record_id: object  # its id where it has a readable one
     reason: str
     image_id: int | None = None  # the image it belongs to, where readable
+    stage: str = "annotations"  # or "import": what qm import left out of the source
+    severity: str = "error"
 
 
 class _Records:

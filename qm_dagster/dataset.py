@@ -11,7 +11,14 @@ from typing import Any
 import pandas as pd
 
 from qm_dagster import storage
-from qm_dagster.coco import CocoTables, load_json, parse_categories, parse_instances, parse_results
+from qm_dagster.coco import (
+    CocoTables,
+    Quarantined,
+    load_json,
+    parse_categories,
+    parse_instances,
+    parse_results,
+)
 from qm_dagster.errors import DatasetError, VersionNameError
 
 VERSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -83,6 +90,23 @@ class Version:
     @property
     def annotations_url(self) -> str:
         return storage.join(self.url, "annotations.json")
+
+    @property
+    def import_issues_url(self) -> str:
+        return storage.join(self.url, "import_issues.json")
+
+    def import_issues(self) -> list[Quarantined]:
+        """What ``qm import`` left out of (or noted about) its source, as data issues."""
+        url = self.import_issues_url
+        if not storage.exists(url):
+            return []
+        records = load_json(storage.read_bytes(url), url)
+        return [
+            Quarantined(
+                r["file"], r["where"], None, r["reason"], stage="import", severity=r["severity"]
+            )
+            for r in records
+        ]
 
     @property
     def predictions_url(self) -> str:

@@ -27,6 +27,10 @@ class VersionWriter:
     def write_annotations(self, coco: dict[str, Any]) -> None:
         storage.write_bytes_atomic(self.version.annotations_url, _dump(coco))
 
+    def write_import_issues(self, issues: list[dict[str, str]]) -> None:
+        """What the import left out of its source (``Version.import_issues`` reads it back)."""
+        storage.write_bytes_atomic(self.version.import_issues_url, _dump(issues))
+
     def write_predictions(self, model: str, results: list[dict[str, Any]]) -> None:
         if not model or "/" in model or model.startswith("."):
             raise QmError(f"model name {model!r} must be a plain file stem")

@@ -330,17 +330,19 @@ def write_manifest(
 
 
 def quarantine_issues(quarantined: Sequence[Quarantined]) -> pd.DataFrame:
-    """Issue rows (stage ``annotations``, severity error) of the records left out (the
-    ``file_name`` column names the JSON file, the reason starts with the record's JSON path)."""
+    """Issue rows (each record's stage and severity: ``annotations`` / error for the records
+    of annotations.json left out, ``import`` for what ``qm import`` left out of the source; the
+    ``file_name`` column names the file, the reason starts with where in it)."""
     rows = [
         (
             q.image_id,
             q.file,
-            "annotations",
-            "error",
-            f"{q.where}"
+            q.stage,
+            q.severity,
+            (f"{q.where}" if q.where else "")
             + ("" if q.record_id is None else f" (id {q.record_id})")
-            + f": {q.reason}",
+            + (": " if q.where or q.record_id is not None else "")
+            + q.reason,
         )
         for q in quarantined
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 
@@ -127,16 +128,20 @@ def test_coco_keeps_every_record(tmp_path):
 
 
 def test_odm_txt_xywh_without_pixels_is_refused_clearly(tmp_path):
+    """Label files whose images are missing: strict refuses the import naming the file; by
+    default the images import and every orphan label file is reported."""
     src = shared("rafael-odm-7-noimages")
+    spec = ImportSpec(
+        images=str(src / "aux_images"), format="txt-xywh", labels=str(src / "groundtruths")
+    )
     with pytest.raises(DatasetError, match="has no image"):
-        import_version(
-            ImportSpec(
-                images=str(src / "aux_images"), format="txt-xywh", labels=str(src / "groundtruths")
-            ),
-            str(tmp_path),
-            "v1",
-        )
-    assert DatasetRoot(str(tmp_path)).listing().complete == []
+        import_version(dataclasses.replace(spec, strict=True), str(tmp_path / "a"), "v1")
+    assert DatasetRoot(str(tmp_path / "a")).listing().complete == []
+    version = import_version(spec, str(tmp_path / "b"), "v1")
+    orphans = {p.stem for p in (src / "groundtruths").glob("*.txt")}
+    issues = version.import_issues()
+    assert {i.file for i in issues} == orphans
+    assert all("has no image" in i.reason and i.severity == "error" for i in issues)
 
 
 def test_bad_label_line_names_file_and_line(tmp_path):
@@ -144,11 +149,13 @@ def test_bad_label_line_names_file_and_line(tmp_path):
     (tmp_path / "lbl").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(b"")
     (tmp_path / "lbl" / "a.txt").write_text("cat 1 2 3 4\ndog 1 two 3 4\n")
+    spec = ImportSpec(
+        images=str(tmp_path / "img"), format="txt-xyxy", labels=str(tmp_path / "lbl"), strict=True
+    )
     with pytest.raises(DatasetError, match=r"a.txt at line 2: expected numbers"):
-        import_version(
-            ImportSpec(
-                images=str(tmp_path / "img"), format="txt-xyxy", labels=str(tmp_path / "lbl")
-            ),
-            str(tmp_path / "root"),
-            "v1",
-        )
+        import_version(spec, str(tmp_path / "root"), "v1")
+    version = import_version(dataclasses.replace(spec, strict=False), str(tmp_path / "root"), "v1")
+    assert list(version.instances().annotations.category) == ["cat"]
+    (issue,) = version.import_issues()
+    assert (issue.where, issue.severity) == ("line 2", "error")
+    assert issue.file.endswith("a.txt") and "expected numbers" in issue.reason

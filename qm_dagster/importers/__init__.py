@@ -1,5 +1,7 @@
-"""Convert the formats users hold (Pascal VOC xml, YOLO txt, per-image txt, COCO) into a version."""
+"""Convert the formats users hold (Pascal VOC xml, YOLO txt and Ultralytics datasets, per-image
+txt, COCO) into versions."""
 
 from qm_dagster.importers.convert import ImportSpec, import_version
+from qm_dagster.importers.ultralytics import import_ultralytics
 
-__all__ = ["ImportSpec", "import_version"]
+__all__ = ["ImportSpec", "import_ultralytics", "import_version"]

@@ -1,4 +1,9 @@
-"""Build a version (COCO annotations + predictions + images) from VOC, YOLO, txt or COCO input."""
+"""Build a version (COCO annotations + predictions + images) from VOC, YOLO, txt or COCO input.
+
+Tolerant by default: a label file without an image, a line that cannot be read, a class id
+outside the names, relative coordinates outside [0, 1] are left out and reported (the import's
+summary, and ``import_issues.json``, which become ``dataset/data_issues`` rows of the version);
+``strict`` fails on the first instead."""
 
 from __future__ import annotations
 
@@ -8,14 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
 
 from qm_dagster.coco import parse_instances, parse_results
 from qm_dagster.dataset import IMAGE_EXTENSIONS, Version
-from qm_dagster.errors import DatasetError, QmError
-from qm_dagster.importers.readers import Box, read_names, read_txt_dir, read_voc_dir
+from qm_dagster.errors import QmError
+from qm_dagster.importers.readers import (
+    Box,
+    Issue,
+    Issues,
+    read_names,
+    read_txt_dir,
+    read_voc_dir,
+)
+from qm_dagster.importers.tools import read_cvat, read_label_studio
 from qm_dagster.layout import VersionWriter
 
-LABEL_FORMATS = ("voc", "yolo", "txt-xyxy", "txt-xywh", "coco", "none")
+LABEL_FORMATS = ("voc", "yolo", "txt-xyxy", "txt-xywh", "cvat", "labelstudio", "coco", "none")
 PREDICTION_FORMATS = ("txt-xyxy", "txt-xywh", "yolo", "coco")
 
 
@@ -31,6 +45,7 @@ class ImportSpec:
     pred_format: str | None = None
     pred_names: str | None = None
     model: str = "model"
+    strict: bool = False  # fail on the first problem instead of leaving it out and reporting it
 
 
 def _image_files(folder: str) -> list[str]:
@@ -52,11 +67,38 @@ def _size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _read_boxes(kind: str, source: str, with_score: bool, names, sizes) -> dict[str, list[Box]]:
+def _read_boxes(
+    kind: str, source: str, with_score: bool, names, sizes, issues: Issues
+) -> tuple[dict[str, list[Box]], list[str] | None]:
+    """The boxes by image stem, and the class names of an annotation tool's export (in its
+    order; None for the formats without them)."""
     if kind == "voc":
-        return read_voc_dir(source)
+        return read_voc_dir(source), None
+    if kind == "cvat":
+        return read_cvat(source, issues)
+    if kind == "labelstudio":
+        return read_label_studio(source, sizes, issues)
     layout = {"txt-xyxy": "xyxy", "txt-xywh": "xywh", "yolo": "yolo"}[kind]
-    return read_txt_dir(source, layout, with_score, names, sizes)
+    return read_txt_dir(source, layout, with_score, names, sizes, issues), None
+
+
+def _without_orphans(
+    boxes: dict[str, list[Box]] | None, stems: dict[str, int], issues: Issues
+) -> dict[str, list[Box]] | None:
+    """``boxes`` of the stems that have an image; the others reported (or raised: strict)."""
+    if boxes is None:
+        return None
+    for stem in sorted(set(boxes) - set(stems)):
+        issues.add(Issue(stem, "", f"label file {stem}.* has no image named {stem}.*"))
+    return {stem: b for stem, b in boxes.items() if stem in stems}
+
+
+def _polygon_area(polygon: list[float], size: tuple[int, int] | None) -> float:
+    """COCO's area of a polygon: its mask's pixel count (pycocotools), at the image size."""
+    if size is None:
+        return 0.0
+    w, h = size
+    return float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects([polygon], h, w))))
 
 
 def _coco_from_boxes(
@@ -65,14 +107,13 @@ def _coco_from_boxes(
     gt: dict[str, list[Box]] | None,
     dets: dict[str, list[Box]] | None,
     names: list[str] | None,
+    issues: Issues | None = None,
 ):
     stems = {
         Path(f).with_suffix("").as_posix().rsplit("/", 1)[-1]: i + 1 for i, f in enumerate(files)
     }
-    for source in (gt or {}), (dets or {}):
-        for stem in source:
-            if stem not in stems:
-                raise DatasetError(stem, "", f"label file {stem}.* has no image named {stem}.*")
+    issues = issues if issues is not None else Issues(strict=True)
+    gt, dets = _without_orphans(gt, stems, issues), _without_orphans(dets, stems, issues)
     classes = list(names or [])
     for source in (gt or {}), (dets or {}):
         for boxes in source.values():
@@ -96,6 +137,9 @@ def _coco_from_boxes(
                 "area": b.w * b.h,
                 "iscrowd": 0,
             }
+            if b.polygon is not None:
+                ann["segmentation"] = [b.polygon]
+                ann["area"] = _polygon_area(b.polygon, sizes.get(stem))
             if b.difficult:
                 ann["difficult"] = 1
             annotations.append(ann)
@@ -140,6 +184,7 @@ def import_version(
     files = _image_files(spec.images)
     sizes = {Path(f).stem: s for f in files if (s := _size(base / f)) is not None}
     names = read_names(spec.names)
+    issues = Issues(spec.strict)
     if spec.format == "coco":
         if not spec.labels:
             raise QmError("--format coco needs --labels pointing at the instances JSON")
@@ -150,16 +195,17 @@ def import_version(
             parse_results(results, spec.predictions, tables.images.image_id, tables.categories)
         files = [f for f in tables.images.file_name if (base / f).is_file()]
     else:
-        gt = (
-            None
-            if spec.format == "none"
-            else _read_boxes(spec.format, spec.labels, False, names, sizes)
-        )
+        gt = None
+        if spec.format != "none":
+            gt, listed = _read_boxes(spec.format, spec.labels, False, names, sizes, issues)
+            names = names or listed
         dets = None
         if spec.predictions:
             pred_names = read_names(spec.pred_names) if spec.pred_names else names
-            dets = _read_boxes(spec.pred_format, spec.predictions, True, pred_names, sizes)
-        coco, results = _coco_from_boxes(files, sizes, gt, dets, names)
+            dets, _ = _read_boxes(
+                spec.pred_format, spec.predictions, True, pred_names, sizes, issues
+            )
+        coco, results = _coco_from_boxes(files, sizes, gt, dets, names, issues)
         if spec.format == "none":
             coco = None
     for f in files:
@@ -168,4 +214,6 @@ def import_version(
         writer.write_annotations(coco)
     if spec.predictions and results is not None:
         writer.write_predictions(spec.model, results)
+    if issues.items:
+        writer.write_import_issues([vars(issue) for issue in issues.items])
     return writer.commit(kind=kind, reference=reference, description=description)
