@@ -4,6 +4,7 @@ version per split, YOLO-seg polygons, and the dataset quirks reported instead of
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -54,14 +55,16 @@ def test_each_split_is_a_version_with_boxes_and_polygons(tmp_path, names):
     coco = train.instances()
     assert list(coco.categories.category) == ["cat", "dog"]
     ann = coco.annotations.merge(coco.images[["image_id", "file_name"]], on="image_id")
+    a = "images/train/a.jpg"  # names relative to the dataset's path, as it ships
     assert sorted(zip(ann.file_name, ann.category, strict=True)) == [
-        ("a.jpg", "cat"),
-        ("a.jpg", "dog"),
-        ("c.jpg", "dog"),
+        (a, "cat"),
+        (a, "dog"),
+        ("images/train/c.jpg", "dog"),
     ]
-    box = ann[(ann.file_name == "a.jpg") & (ann.category == "cat")].iloc[0]
+    assert sorted(coco.images.file_name) == [f"images/train/{s}.jpg" for s in "abc"]
+    box = ann[(ann.file_name == a) & (ann.category == "cat")].iloc[0]
     assert [box.bbox_x, box.bbox_y, box.bbox_w, box.bbox_h] == pytest.approx([80, 30, 40, 40])
-    polygon = ann[(ann.file_name == "a.jpg") & (ann.category == "dog")].iloc[0]
+    polygon = ann[(ann.file_name == a) & (ann.category == "dog")].iloc[0]
     absolute = [v * (W if i % 2 == 0 else H) for i, v in enumerate(POLYGON)]
     assert json.loads(polygon.segmentation) == [pytest.approx(absolute)]
     xs, ys = absolute[0::2], absolute[1::2]
@@ -95,7 +98,7 @@ def test_strict_fails_on_the_first_error_and_writes_nothing(tmp_path):
     root = tmp_path / "r"
     with pytest.raises(DatasetError, match=r"c.txt at line 1: class '7' is not an index"):
         import_ultralytics(dataset(tmp_path, ["cat", "dog"]), str(root), "ds", strict=True)
-    assert not (root / "ds-train" / "version.json").exists()
+    assert not (root / "ds-train").exists()
 
 
 def test_cli_import_summary_and_data_issues_rows(tmp_path, settings, capsys):
@@ -111,3 +114,26 @@ def test_cli_import_summary_and_data_issues_rows(tmp_path, settings, capsys):
     assert len(imported) == 4
     assert set(imported.severity) == {"error", "info"}
     assert imported.reason.str.contains("line 2: coordinates outside").any()
+
+
+def test_splits_as_image_lists_and_lists_of_folders(tmp_path):
+    """COCO's layout: ``train: train.txt`` (one image path a line, relative to the list; a
+    listed image that is missing is reported) and ``val: [folder, folder]``."""
+    yaml_path = dataset(tmp_path, ["cat", "dog"])
+    root = tmp_path / "ds"
+    (root / "train.txt").write_text("./images/train/a.jpg\n./images/train/gone.jpg\n")
+    write_image(root / "images" / "extra" / "e.jpg", checkerboard(H, W))
+    (root / "labels" / "extra").mkdir()
+    (root / "labels" / "extra" / "e.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    data = json.loads(Path(yaml_path).read_text())
+    data.update(train="train.txt", val=["images/val", "images/extra"])
+    Path(yaml_path).write_text(json.dumps(data))
+    train, val = import_ultralytics(yaml_path, str(tmp_path / "r"), "ds")
+    assert list(train.instances().images.file_name) == ["images/train/a.jpg"]
+    assert len(train.instances().annotations) == 2
+    (missing,) = train.import_issues()  # no orphans told beside a list's images
+    assert (missing.where, missing.severity) == ("line 2", "error")
+    assert "gone.jpg not found" in missing.reason
+    coco = val.instances()
+    assert sorted(coco.images.file_name) == ["images/extra/e.jpg", "images/val/d.jpg"]
+    assert sorted(coco.annotations.category) == ["cat", "dog"]

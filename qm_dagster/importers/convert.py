@@ -59,7 +59,7 @@ def _image_files(folder: str) -> list[str]:
     )
 
 
-def _size(path: Path) -> tuple[int, int] | None:
+def image_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
             return int(img.width), int(img.height)
@@ -101,6 +101,26 @@ def _polygon_area(polygon: list[float], size: tuple[int, int] | None) -> float:
     return float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects([polygon], h, w))))
 
 
+def annotation_record(
+    box: Box, ann_id: int, image_id: int, cat_id: dict[str, int], size: tuple[int, int] | None
+) -> dict[str, Any]:
+    """The COCO annotation of one box (a polygon's: its segmentation and pycocotools area)."""
+    ann = {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cat_id[box.category],
+        "bbox": [box.x, box.y, box.w, box.h],
+        "area": box.w * box.h,
+        "iscrowd": 0,
+    }
+    if box.polygon is not None:
+        ann["segmentation"] = [box.polygon]
+        ann["area"] = _polygon_area(box.polygon, size)
+    if box.difficult:
+        ann["difficult"] = 1
+    return ann
+
+
 def _coco_from_boxes(
     files: list[str],
     sizes,
@@ -129,19 +149,7 @@ def _coco_from_boxes(
     annotations = []
     for stem, boxes in sorted((gt or {}).items()):
         for b in boxes:
-            ann = {
-                "id": len(annotations) + 1,
-                "image_id": stems[stem],
-                "category_id": cat_id[b.category],
-                "bbox": [b.x, b.y, b.w, b.h],
-                "area": b.w * b.h,
-                "iscrowd": 0,
-            }
-            if b.polygon is not None:
-                ann["segmentation"] = [b.polygon]
-                ann["area"] = _polygon_area(b.polygon, sizes.get(stem))
-            if b.difficult:
-                ann["difficult"] = 1
+            ann = annotation_record(b, len(annotations) + 1, stems[stem], cat_id, sizes.get(stem))
             annotations.append(ann)
     results = [
         {
@@ -182,7 +190,7 @@ def import_version(
     writer = VersionWriter(root, name, overwrite=overwrite)
     base = Path(spec.images)
     files = _image_files(spec.images)
-    sizes = {Path(f).stem: s for f in files if (s := _size(base / f)) is not None}
+    sizes = {Path(f).stem: s for f in files if (s := image_size(base / f)) is not None}
     names = read_names(spec.names)
     issues = Issues(spec.strict)
     if spec.format == "coco":
