@@ -107,8 +107,16 @@ def test_cli_import_summary_and_data_issues_rows(tmp_path, settings, capsys):
     assert main([*args, "--to", settings.datasets]) == 0
     out = capsys.readouterr().out
     assert "ds-train" in out and "ds-val" in out and "4 issues" in out
-    keys = [dg.AssetKey(["dataset", "manifest"]), dg.AssetKey(["dataset", "data_issues"])]
-    assert materialize_version(settings, "ds-train", keys).success
+    paths = [["dataset", n] for n in ("manifest", "data_issues", "annotations")]
+    paths.append(["label", "object_area"])
+    assert materialize_version(settings, "ds-train", [dg.AssetKey(p) for p in paths]).success
+    # the polygon's label/object_area: its mask's area by pycocotools, at the image's size
+    areas = load("label/object_area", "ds-train", settings)
+    objects = load("dataset/annotations", "ds-train", settings)
+    polygon = objects[objects.segmentation.notna()].annotation_id.item()
+    absolute = [v * (W if i % 2 == 0 else H) for i, v in enumerate(POLYGON)]
+    expected = mask_utils.area(mask_utils.merge(mask_utils.frPyObjects([absolute], H, W)))
+    assert areas.set_index("annotation_id").value[polygon] == float(expected)
     issues = load("dataset/data_issues", "ds-train", settings)
     imported = issues[issues.stage == "import"]
     assert len(imported) == 4
