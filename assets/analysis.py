@@ -12,14 +12,14 @@ from qm_dagster.annotators import annotator_table
 from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
 from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
-from qm_dagster.drift import version_drift
+from qm_dagster.drift import drift_shares, version_drift
 from qm_dagster.errors import QmError
 from qm_dagster.evaluation import STATS
 from qm_dagster.importance import metric_importance
 from qm_dagster.label_errors import COLUMNS as LABEL_ERROR_COLUMNS
 from qm_dagster.label_errors import label_errors
 from qm_dagster.metrics.registry import metrics
-from qm_dagster.outliers import all_outliers, multivariate_scores
+from qm_dagster.outliers import all_outliers, multivariate_scores, outlier_shares
 from qm_dagster.outliers import rules as outlier_rules
 from qm_dagster.quality_table import (
     IMAGE_BASE,
@@ -179,6 +179,7 @@ def build_analysis_assets(
             metadata={
                 "dagster/row_count": len(frame),
                 "severe": int((frame.severity == "severe").sum()),
+                **outlier_shares(frame, {"image": image_table, "object": object_table}),
                 "per metric": table_preview(counts.reset_index(), limit=60),
             },
         )
@@ -240,6 +241,7 @@ def build_analysis_assets(
             metadata={
                 "reference": reference,
                 "drifted": len(drifted),
+                **drift_shares(frame),
                 "drifted metrics": dg.MetadataValue.md(", ".join(drifted) or "_none_"),
                 "PSI per metric": drift_chart(frame),
                 "table": table_preview(

@@ -31,14 +31,38 @@ def value_summary(frame: pd.DataFrame, column: str = "value") -> dict[str, dg.Me
 
 
 def table_preview(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
-    """The first ``limit`` rows as a markdown table."""
-    if frame.empty:
-        return dg.MetadataValue.md("_none_")
-    shown = frame.head(limit).astype(str).replace({r"\|": r"\\|"}, regex=True)
-    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    body = "\n".join("| " + " | ".join(row) + " |" for row in shown.itertuples(index=False))
-    more = f"\n\n_{len(frame) - limit} more rows_" if len(frame) > limit else ""
-    return dg.MetadataValue.md(header + body + more)
+    """The first ``limit`` rows as a Dagster table with its schema (column types from the
+    frame: int, float, bool, else string); missing values are empty cells."""
+    shown = frame.head(limit)
+    columns = [dg.TableColumn(str(c), _column_type(shown[c])) for c in shown.columns]
+    records = [
+        dg.TableRecord({str(c): _cell(v) for c, v in zip(shown.columns, row, strict=True)})
+        for row in shown.itertuples(index=False)
+    ]
+    return dg.MetadataValue.table(records, dg.TableSchema(columns))
+
+
+def _column_type(column: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(column):
+        return "bool"
+    if pd.api.types.is_integer_dtype(column):
+        return "int"
+    if pd.api.types.is_float_dtype(column):
+        return "float"
+    return "string"
+
+
+def _cell(value: object) -> str | int | float | bool | None:
+    """A table cell as Dagster stores it: numbers as numbers, missing as None, else text."""
+    if value is None or (isinstance(value, float | np.floating) and not np.isfinite(value)):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    return None if value is pd.NA or value is pd.NaT else str(value)
 
 
 def chart(png: bytes, title: str) -> dg.MetadataValue:

@@ -249,3 +249,13 @@ def multivariate_scores(
     return pd.DataFrame(
         {"score": score, "severity": severity, "flagged": severity != ""}, index=table.index
     )
+
+
+def outlier_shares(frame: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """Per level, the share of its rows with an outlier of any metric (numeric metadata: the
+    Plots tab draws it across versions)."""
+    out = {}
+    for level, table in tables.items():
+        rows = frame[frame.level == level]
+        out[f"outlier share {level}"] = rows.key.nunique() / len(table) if len(table) else 0.0
+    return out

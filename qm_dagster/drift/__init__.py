@@ -241,3 +241,11 @@ def version_drift(
             )
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True)[COLUMNS] if parts else pd.DataFrame(columns=COLUMNS)
+
+
+def drift_shares(frame: pd.DataFrame) -> dict[str, float]:
+    """Per level, the share of its tested metrics that drifted (numeric metadata)."""
+    return {
+        f"drift share {level}": float((rows.verdict == "drift").mean())
+        for level, rows in frame.groupby("level")
+    }
