@@ -105,10 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
-        "export", parents=[common], help="write a named slice of a version as a new version"
+        "export",
+        parents=[common],
+        help="write a version or a named slice of it: as a new version, COCO or YOLO",
     )
     p.add_argument("version")
-    p.add_argument("--slice", required=True, help="a slice named in the configuration")
+    p.add_argument("--slice", help="a slice named in the configuration (default: everything)")
+    p.add_argument(
+        "--format",
+        default="version",
+        choices=["version", "coco", "yolo"],
+        help="version: a new version of the dataset root; coco: annotations.json with every "
+        "metric value, results, images; yolo: the Ultralytics layout (data.yaml)",
+    )
+    p.add_argument("--out", help="folder or URL to write coco / yolo into")
+    p.add_argument("--split", help="yolo: the split's name (default train for a train version)")
     p.add_argument("--to", help="dataset root of the new version (default: QM_DATASETS)")
     p.add_argument("--name", help="name of the new version (default VERSION-SLICE)")
     p.add_argument("--overwrite", action="store_true")
@@ -252,22 +263,49 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from qm_dagster.api import load
     from qm_dagster.dataset import DatasetRoot
-    from qm_dagster.export import export_slice
+    from qm_dagster.export import export_coco, export_slice, export_yolo, select
     from qm_dagster.slices import apply, find
 
-    chosen = find(settings.slices, args.slice)
-    rows = apply(chosen, load(chosen.table, args.version, settings))
     version = DatasetRoot(settings.datasets).version(args.version)
-    new = export_slice(
-        version,
-        rows,
-        chosen,
-        args.to or settings.datasets,
-        args.name or f"{args.version}-{chosen.name}",
-        overwrite=args.overwrite,
-    )
-    print(f"exported {len(rows)} {chosen.level} rows of {args.version} to {new.url}")
+    chosen = find(settings.slices, args.slice) if args.slice else None
+    rows = apply(chosen, load(chosen.table, args.version, settings)) if chosen else None
+    what = f"{len(rows)} {chosen.level} rows" if chosen else "all"
+    if args.format == "version":
+        if chosen is None:
+            raise QmError("--format version needs --slice (qm register copies a whole folder)")
+        new = export_slice(
+            version,
+            rows,
+            chosen,
+            args.to or settings.datasets,
+            args.name or f"{args.version}-{chosen.name}",
+            overwrite=args.overwrite,
+        )
+        print(f"exported {what} of {args.version} to {new.url}")
+        return 0
+    if not args.out:
+        raise QmError(f"--format {args.format} needs --out")
+    selected = select(version, rows, chosen.level if chosen else "image")
+    if args.format == "coco":
+        tables = [
+            _stored(load, f"analysis/quality_table/{lv}", args.version, settings)
+            for lv in ("image", "object")
+        ]
+        written = export_coco(selected, args.out, *tables)
+    else:
+        split = args.split or ("train" if version.meta().kind == "train" else "val")
+        written = export_yolo(selected, args.out, split)
+    print(f"exported {what} of {args.version} as {args.format}: {written}")
     return 0
+
+
+def _stored(load, asset: str, version: str, settings: Settings):
+    """A materialized table, or None (then exported without its values) with a note."""
+    try:
+        return load(asset, version, settings)
+    except QmError as exc:
+        print(f"note: {asset} not included ({exc})")
+        return None
 
 
 def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
