@@ -122,6 +122,90 @@ def _img(src: str, title: str) -> str:
     )
 
 
+SUMMARY_ROWS = 5  # drifted metrics, worst slices per model, label errors named in the summary
+
+
+def _drift_summary(drift: pd.DataFrame | None) -> str:
+    if drift is None or drift.empty:
+        return "<li>Drift: <em>no reference version, or not tested</em></li>"
+    shown = ["level", "psi", "reference_mean", "current_mean"]
+    drift = drift.reindex(columns=[*drift.columns, *(c for c in shown if c not in drift)])
+    drifted = drift[drift.verdict == "drift"].sort_values(
+        "psi", ascending=False, na_position="last"
+    )
+    head = f"<a href='#drift'>Drift</a>: {len(drifted)} of {len(drift)} tested metrics drifted"
+    items = "".join(
+        f"<li>{html.escape(f'{r.metric} ({r.level})')}: PSI {_fmt(r.psi)}, "
+        f"mean {_fmt(r.reference_mean)} &rarr; {_fmt(r.current_mean)}</li>"
+        for r in drifted.head(SUMMARY_ROWS).itertuples()
+    )
+    return f"<li>{head}{f'<ul>{items}</ul>' if items else ''}</li>"
+
+
+def _slices_summary(sliced: pd.DataFrame | None) -> str:
+    """Per model, the bbox buckets with the lowest AP50 against the model's overall AP50."""
+    if sliced is None or sliced.empty or "AP50" not in sliced:
+        return "<li>Evaluation: <em>no model</em></li>"
+    rows = sliced[(sliced.iou_type == "bbox") if "iou_type" in sliced else slice(None)]
+    out = []
+    for model, group in rows.groupby("model"):
+        overall = group[group.metric == "all"].AP50
+        buckets = group[(group.metric != "all") & group.AP50.notna()].nsmallest(
+            SUMMARY_ROWS, "AP50"
+        )
+        worst = ", ".join(
+            html.escape(f"{r.metric} bucket {r.bucket}") + f" {_fmt(r.AP50)}"
+            for r in buckets.itertuples()
+        )
+        whole = _fmt(overall.iloc[0]) if len(overall) else "?"
+        out.append(
+            f"<li><a href='#sliced_evaluation'>{html.escape(str(model))}</a>: AP50 {whole}; "
+            f"worst slices: {worst or '<em>none</em>'}</li>"
+        )
+    return "".join(out)
+
+
+def _counts_summary(sections: dict[str, pd.DataFrame], images: int) -> str:
+    outliers = sections.get("outliers")
+    duplicates = sections.get("duplicates")
+    errors = sections.get("label_errors")
+    parts = []
+    if outliers is not None:
+        flagged = outliers[outliers.level == "image"].key.nunique() if len(outliers) else 0
+        severe = int((outliers.severity == "severe").sum()) if len(outliers) else 0
+        parts.append(
+            f"<li><a href='#outliers'>Outliers</a>: {flagged} of {images} images flagged, "
+            f"{severe} severe values</li>"
+        )
+    if duplicates is not None:
+        groups = duplicates.group.nunique() if len(duplicates) else 0
+        parts.append(
+            f"<li><a href='#duplicates'>Duplicates</a>: {groups} groups, "
+            f"{len(duplicates)} images in them</li>"
+        )
+    if errors is not None:
+        top = "".join(
+            f"<li>{html.escape(str(r.kind))} {r.score:.2f}: {html.escape(str(r.evidence))}</li>"
+            for r in errors.head(SUMMARY_ROWS).itertuples()
+        )
+        parts.append(
+            f"<li><a href='#label_errors'>Label errors</a>: {len(errors)} suspected"
+            f"{f'<ul>{top}</ul>' if top else ''}</li>"
+        )
+    return "".join(parts)
+
+
+def summary(sections: dict[str, pd.DataFrame], images: int) -> str:
+    """What changed, where each model fails, what to look at first: the report's first section."""
+    return (
+        "<h2 id='summary'>Summary</h2><ul>"
+        + _drift_summary(sections.get("drift"))
+        + _slices_summary(sections.get("sliced_evaluation"))
+        + _counts_summary(sections, images)
+        + "</ul>"
+    )
+
+
 def build_report(
     version: str,
     meta: dict[str, str],
@@ -142,6 +226,7 @@ def build_report(
         "<p>"
         + ", ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in meta.items())
         + f", images: {len(manifest)}, objects: {len(annotations)}</p>",
+        summary(sections, len(image_table)),
         "<h2 id='metrics'>Image metrics</h2>",
         "<p>Blue bars: this version"
         + (

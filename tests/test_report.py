@@ -66,6 +66,7 @@ def _hostile_report(tmp_path) -> str:
 def test_report_sections_galleries_and_escaping(tmp_path):
     page = _hostile_report(tmp_path)
     for section in (
+        "summary",
         "metrics",
         "drift",
         "sliced_evaluation",
@@ -109,3 +110,25 @@ def test_report_renders_in_chromium(tmp_path):
         assert page.locator("img[alt='AP50 by data/brightness']").count() == 1
         page.screenshot(path=str(artifact("report.png")), full_page=True)
         assert dialogs == []
+
+
+def test_summary_names_what_drifted_and_where_the_model_fails(demo):
+    """The demo production report's first section: the drifted metrics (the stored drift
+    table's, largest PSI first), each model's AP50 and its worst slices, the counts."""
+    from qm_dagster import load
+
+    settings = demo.settings
+    page = storage.read_bytes(storage.report_url(settings.storage, "production")).decode()
+    assert page.index("id='summary'") < page.index("id='metrics'")
+    summary = page[page.index("id='summary'") : page.index("id='metrics'")]
+    drift = load("analysis/drift", "production", settings)
+    drifted = drift[drift.verdict == "drift"].sort_values("psi", ascending=False)
+    assert f"{len(drifted)} of {len(drift)} tested metrics drifted" in summary
+    assert len(drifted) > 0
+    for row in drifted.head(5).itertuples():
+        assert f"{row.metric} ({row.level})" in summary
+    sliced = load("analysis/sliced_evaluation", "production", settings)
+    overall = sliced[(sliced.metric == "all") & (sliced.iou_type == "bbox")].AP50.item()
+    assert f"demo_detector</a>: AP50 {overall:.4g}" in summary
+    errors = load("analysis/label_errors", "production", settings)
+    assert f"{len(errors)} suspected" in summary
