@@ -146,7 +146,7 @@ def _slices_summary(sliced: pd.DataFrame | None) -> str:
     """Per model, the bbox buckets with the lowest AP50 against the model's overall AP50."""
     if sliced is None or sliced.empty or "AP50" not in sliced:
         return "<li>Evaluation: <em>no model</em></li>"
-    rows = sliced[(sliced.iou_type == "bbox") if "iou_type" in sliced else slice(None)]
+    rows = sliced[sliced.iou_type == "bbox"] if "iou_type" in sliced else sliced
     out = []
     for model, group in rows.groupby("model"):
         overall = group[group.metric == "all"].AP50
