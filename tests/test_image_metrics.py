@@ -185,3 +185,19 @@ def test_view_caches_planes_once():
     view = ImageView.from_rgb(checkerboard())
     assert view.gray is view.gray
     assert view.hsv is view.hsv
+
+
+def test_laplacian_sums_equal_opencv_at_every_border_case():
+    """The fused kernel's sums equal ``cv2.Laplacian``'s (reflect-101 borders) exactly, on
+    every shape up to 6x6 (1-pixel sides included) and on a large random image."""
+    from qm_dagster.metrics.kernels import laplacian_sums
+
+    rng = np.random.default_rng(3)
+    shapes = [(h, w) for h in range(1, 7) for w in range(1, 7)] + [(701, 2403)]
+    for shape in shapes:
+        gray = rng.integers(0, 256, shape, dtype=np.uint8)
+        lap = cv2.Laplacian(gray, cv2.CV_64F).astype(np.int64)
+        assert laplacian_sums(gray) == (lap.sum(), (lap * lap).sum()), shape
+    checker = (np.indices((64, 65)).sum(0) % 2 * 255).astype(np.uint8)  # |value| 1020
+    lap = cv2.Laplacian(checker, cv2.CV_64F).astype(np.int64)
+    assert laplacian_sums(checker) == (lap.sum(), (lap * lap).sum())

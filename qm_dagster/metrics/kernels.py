@@ -10,6 +10,10 @@ accumulators):
 - ``hue_sums``: red/green/blue hue counts and the saturation sum of an image from its H, S, V
   planes in one vectorised pass: 48 us instead of 220 us per image as 9 OpenCV passes
   (S and V floors, band masks, counts) on ../shared/data's photos.
+- ``laplacian_sums``: the sum and sum of squares of an image's 4-neighbour Laplacian, straight
+  from the gray plane: 0.13 ms per 640x480 photo instead of 0.20 ms for ``cv2.Laplacian`` into
+  a 16-bit plane plus ``sumElems`` and ``norm`` over it (images without objects never need
+  the plane itself).
 - ``area_shrink``: the area-averaged thumbnail every image's embedding, hash and stored
   thumbnail come from. OpenCV's INTER_AREA takes a generic weighted path whenever the scale is
   not an integer (480 -> 64 rows is 7.5): 0.80 ms per 640x480 photo; this separable pass takes
@@ -122,6 +126,53 @@ def masked_sums(gray, lap, b, g, r, hue, sat, val, mask, y0, x0):  # pragma: no 
             green += lit * _in_bands(hx, GREEN_HUES)
             blue += lit * _in_bands(hx, BLUE_HUES)
     return (n, s_gray, q_gray, s_lap, q_lap, s_b, s_g, s_r, d_rg, d_rb, d_gb, red, green, blue)
+
+
+@njit(inline="always")
+def _reflect(i, n):  # pragma: no cover - compiled
+    """OpenCV's BORDER_REFLECT_101 index for ``-1 <= i <= n`` (a 1-pixel side reflects to 0)."""
+    if n == 1:
+        return 0
+    if i < 0:
+        return 1
+    if i >= n:
+        return n - 2
+    return i
+
+
+@njit(f"UniTuple(int64, 2)({PLANE})", cache=True, nogil=True)
+def laplacian_sums(gray):  # pragma: no cover - compiled
+    """(sum, sum of squares) of ``cv2.Laplacian(gray, ksize=1)``: up + down + left + right -
+    4 * centre, borders reflected as OpenCV's default (BORDER_REFLECT_101). Exact: a value
+    fits int32 (|value| <= 1020) and the sums are int64."""
+    h, w = gray.shape
+    total = squares = 0
+    for y in range(h):
+        up, row, down = gray[_reflect(y - 1, h)], gray[y], gray[_reflect(y + 1, h)]
+        for x in range(0, w, max(1, w - 1)):  # the two border columns (one if w == 1)
+            v = (
+                np.int64(up[x])
+                + np.int64(down[x])
+                + np.int64(row[_reflect(x - 1, w)])
+                + np.int64(row[_reflect(x + 1, w)])
+                - 4 * np.int64(row[x])
+            )
+            total += v
+            squares += v * v
+        row_total = row_squares = np.int64(0)
+        for x in range(1, w - 1):  # contiguous and branch-free: vectorised
+            v = (
+                np.int32(up[x])
+                + np.int32(down[x])
+                + np.int32(row[x - 1])
+                + np.int32(row[x + 1])
+                - 4 * np.int32(row[x])
+            )
+            row_total += v
+            row_squares += np.int64(v * v)
+        total += row_total
+        squares += row_squares
+    return total, squares
 
 
 @njit("Tuple((int64[::1], float64[::1], float64[::1]))(int64, int64)", cache=True, nogil=True)

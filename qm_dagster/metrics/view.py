@@ -117,11 +117,11 @@ class ImageView:
 
     @cached_property
     def laplacian_variance(self) -> float:
-        """Variance of ``cv2.Laplacian(gray, CV_64F)``, from exact integer sums."""
-        lap = self.laplacian
-        return variance(
-            self.pixels, _int(cv2.sumElems(lap)[0]), _int(cv2.norm(lap, cv2.NORM_L2SQR))
-        )
+        """Variance of ``cv2.Laplacian(gray, CV_64F)``, from exact integer sums made without
+        the Laplacian plane (``kernels.laplacian_sums``)."""
+        from qm_dagster.metrics.kernels import laplacian_sums
+
+        return variance(self.pixels, *laplacian_sums(self.gray))
 
     @cached_property
     def bgr_planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
