@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.alerts import build_alert_sensors
 from assets.analysis import build_analysis_assets
+from assets.classification import classification_inputs, classification_tables
 from assets.dataset import dataset_manifest
 from assets.dead_runs import build_dead_runs_sensor
 from assets.image_metrics import build_image_metrics_asset
@@ -61,6 +62,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         dataset_manifest,
         dataset_predictions,
         model_matching,
+        classification_inputs,
+        classification_tables,
         build_image_metrics_asset(
             settings.metric_modules, settings.prediction_pixels, settings.score_threshold
         ),

@@ -7,6 +7,7 @@ import pandas as pd
 from assets.metadata import drift_chart, sliced_charts, table_preview
 from assets.partitions import dataset_versions
 from assets.reference import reference_key
+from qm_dagster import classification as cls
 from qm_dagster import storage
 from qm_dagster.annotators import annotator_table
 from qm_dagster.checks import Check
@@ -31,7 +32,7 @@ from qm_dagster.quality_table import (
     prediction_table,
 )
 from qm_dagster.report import build_report
-from qm_dagster.sliced import NamedSlices, sliced_evaluation
+from qm_dagster.sliced import NamedSlices, image_slices, sliced_evaluation
 from qm_dagster.slices import Slice
 from resources.dataset import QmResource
 from resources.io_manager import COLUMNS
@@ -39,14 +40,22 @@ from resources.io_manager import COLUMNS
 # metric tables made from the embeddings as a whole (assets/similarity.py), not the registry
 EXTRA_METRIC_ASSETS = ("data/uniqueness", "data/diversity", "label/neighbour_agreement")
 CHARTED = ["data/brightness", "data/sharpness", "label/object_area"]  # charts in the UI panel
-REPORT_SECTIONS = ("outliers", "duplicates", "drift", "sliced_evaluation", "label_errors")
+REPORT_SECTIONS = (
+    "outliers",
+    "duplicates",
+    "drift",
+    "sliced_evaluation",
+    "label_errors",
+    "class_evaluation",
+    "class_label_issues",
+)
 
 
 def metric_keys(metric_modules: tuple[str, ...], on_predictions: bool = False) -> list[str]:
     """Asset keys of every metric table (built-in and configured custom ones; object pixel
     metrics of predicted objects when they are configured, ``on_predictions``)."""
     specs = metrics(None, metric_modules, on_predictions)
-    return sorted({s.asset_key for s in specs} | set(EXTRA_METRIC_ASSETS))
+    return sorted({s.asset_key for s in specs} | set(EXTRA_METRIC_ASSETS) | set(cls.METRICS))
 
 
 TABLES = {
@@ -55,6 +64,8 @@ TABLES = {
     "categories": ["dataset", "categories"],
     "predictions": ["dataset", "predictions"],
     "matches": ["model", "matching"],
+    "class_labels": ["dataset", "classifications"],
+    "class_predictions": ["dataset", "class_predictions"],
     "image_table": ["analysis", "quality_table", "image"],
     "object_table": ["analysis", "quality_table", "object"],
     "prediction_table": ["analysis", "quality_table", "prediction"],
@@ -127,7 +138,15 @@ def build_analysis_assets(
         name="quality_tables",
         partitions_def=dataset_versions,
         group_name="analysis",
-        ins={**base, **_ins(keys)},
+        ins={
+            **base,
+            **_named(
+                "class_labels",
+                "class_predictions",
+                columns={"class_predictions": ["model", "image_id", "predicted"]},
+            ),
+            **_ins(keys),
+        },
         outs={
             level: dg.AssetOut(
                 key=["analysis", "quality_table", level],
@@ -138,12 +157,16 @@ def build_analysis_assets(
             for level in ("image", "object", "prediction")
         },
     )
-    def quality_tables(manifest, annotations, predictions, **tables):
+    def quality_tables(
+        manifest, annotations, predictions, class_labels, class_predictions, **tables
+    ):
         """Join every metric of every level into one table per level (images, objects,
-        predictions), the table users slice from Python and `qm show`."""
+        predictions), the table users slice from Python and `qm show`; a classification
+        version's images carry their ``class`` and each model's ``predicted@<model>``."""
         frames = _by_key(tables, keys)
+        classes = cls.image_columns(class_labels, class_predictions)
         out = {
-            "image": image_table(manifest, frames),
+            "image": image_table(manifest, frames, classes),
             "object": object_table(annotations, frames),
             "prediction": prediction_table(predictions, frames),
         }
@@ -346,6 +369,73 @@ def build_analysis_assets(
         )
 
     @analysis_asset(
+        "class_evaluation",
+        ins=_named(
+            "image_table",
+            "class_labels",
+            "class_predictions",
+            columns={"class_predictions": ["model", "image_id", "predicted"]},
+        ),
+        code_version="1",
+        kinds={"python", "numpy"},
+    )
+    def analysis_class_evaluation(image_table, class_labels, class_predictions):
+        """Classification versions, per model: accuracy, macro F1 and per-class recall on the
+        whole version, on each bucket of each image metric (the buckets sliced evaluation
+        uses) and on each named image slice. Empty for detection versions."""
+        named = NamedSlices.of([s for s in slices if s.level == "image"], {"image": image_table})
+        classes = sorted(set(class_labels.label) | set(class_predictions.predicted))
+        rows = image_slices(
+            image_table, named.images, options.get("edges", {}), options.get("buckets", 5)
+        )
+        frame = cls.class_evaluation(rows, class_labels, class_predictions, classes)
+        overall = frame[frame.metric == "all"]
+        yield from _checked(checks, "analysis/class_evaluation", frame)
+        yield dg.Output(
+            frame,
+            metadata={
+                "dagster/row_count": len(frame),
+                **{
+                    f"{stat} {row.model}": float(getattr(row, stat))
+                    for row in overall.itertuples()
+                    for stat in ("accuracy", "macro_f1")
+                },
+                "overall": table_preview(overall),
+                "worst slices": table_preview(
+                    frame[frame.n_images > 0].sort_values("accuracy").head(10)
+                ),
+            },
+        )
+
+    @analysis_asset(
+        "class_label_issues",
+        ins=_named("class_labels", "class_predictions"),
+        code_version="1",
+        kinds={"python", "pandas"},
+    )
+    def analysis_class_label_issues(
+        context: dg.AssetExecutionContext, qm: QmResource, class_labels, class_predictions
+    ):
+        """Classification versions, per model: the images cleanlab finds mislabelled
+        (confident learning), worst label quality first, with the class the model suggests.
+        Empty for detection versions."""
+        version = qm.version(context.partition_key)
+        classes = cls.version_classes(version) if cls.is_classification(version) else []
+        frame = cls.label_issues(class_labels, class_predictions, classes)
+        yield from _checked(checks, "analysis/class_label_issues", frame)
+        yield dg.Output(
+            frame,
+            metadata={
+                "dagster/row_count": len(frame),
+                **{
+                    f"label issues {model}": int((frame.model == model).sum())
+                    for model in sorted(set(class_predictions.model))
+                },
+                "top": table_preview(frame, limit=15),
+            },
+        )
+
+    @analysis_asset(
         "label_errors",
         ins={
             **_named("annotations", "predictions", "matches"),
@@ -479,6 +569,8 @@ def build_analysis_assets(
         analysis_drift,
         analysis_sliced_evaluation,
         analysis_label_errors,
+        analysis_class_evaluation,
+        analysis_class_label_issues,
         analysis_annotators,
         analysis_metric_importance,
         analysis_report,

@@ -59,14 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
             "txt-xyxy",
             "txt-xywh",
             "coco",
+            "classification",
             "none",
         ],
-        help="ground-truth format",
+        help="ground-truth format (classification: one sub-folder per class, or --labels)",
     )
     p.add_argument(
         "--labels",
         help="labels folder (voc/yolo/txt), instances JSON (coco), dataset YAML (ultralytics), "
-        "annotations XML (cvat: CVAT for images 1.1) or JSON export (labelstudio)",
+        "annotations XML (cvat: CVAT for images 1.1), JSON export (labelstudio) or a CSV/JSON "
+        "of file_name,label (classification)",
     )
     p.add_argument(
         "--names",
@@ -77,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail on the first unreadable line or file instead of leaving it out and reporting",
     )
-    p.add_argument("--predictions", help="detections folder (txt/yolo) or results JSON (coco)")
+    p.add_argument(
+        "--predictions",
+        help="detections folder (txt/yolo), results JSON (coco) or class probabilities "
+        "(classification: CSV/Parquet of file_name and a column per class, or JSON)",
+    )
     p.add_argument("--pred-format", choices=["txt-xyxy", "txt-xywh", "yolo", "coco"])
     p.add_argument("--pred-names", help="class names file of the detections (default --names)")
     p.add_argument("--model", default="model", help="model name of the predictions")
@@ -173,13 +179,33 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from qm_dagster.importers import ImportSpec, import_ultralytics, import_version
+    from qm_dagster.importers import (
+        ImportSpec,
+        import_classification,
+        import_ultralytics,
+        import_version,
+    )
 
     root = args.to or settings.datasets
     if args.format == "ultralytics":
         if not args.labels:
             raise QmError("--format ultralytics needs --labels pointing at the dataset YAML")
         versions = import_ultralytics(args.labels, root, args.version, args.strict, args.overwrite)
+    elif args.format == "classification":
+        if not args.images:
+            raise QmError("--format classification needs --images")
+        version = import_classification(
+            args.images,
+            root,
+            args.version,
+            labels=args.labels,
+            names=args.names,
+            predictions=args.predictions,
+            model=args.model,
+            strict=args.strict,
+            **_version_meta(args),
+        )
+        versions = [version]
     else:
         if not args.images:
             raise QmError(f"--format {args.format} needs --images")

@@ -26,6 +26,7 @@ VERSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # frame). Other files under images/ are reported as skipped (data_issues, severity info).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VERSION_KINDS = ("train", "validation", "production")
+CLASSIFICATION = "classification"  # version.json "task" of a classification version
 
 
 def check_version_name(name: str) -> str:
@@ -131,6 +132,12 @@ class Version:
             return root
         return storage.join(self.url, root)
 
+    def task(self) -> str:
+        """``detection`` (COCO annotations and detections) or ``classification``."""
+        if not self.is_complete():
+            return "detection"
+        return str(self.meta().extra.get("task") or "detection")
+
     def has_annotations(self) -> bool:
         return storage.exists(self.annotations_url)
 
@@ -173,8 +180,11 @@ class Version:
             yield listed_images(names)
 
     def prediction_files(self) -> dict[str, str]:
-        """``{model: url}`` for every ``predictions/<model>.json``."""
+        """``{model: url}`` for every ``predictions/<model>.json`` (detections; a
+        classification version's class probabilities are ``classification``'s)."""
         out = {}
+        if self.task() == CLASSIFICATION:
+            return out
         for rel in storage.walk_files(self.predictions_url):
             if "/" not in rel and rel.endswith(".json"):
                 out[rel[: -len(".json")]] = storage.join(self.predictions_url, rel)

@@ -14,6 +14,9 @@ import pandas as pd
 IMAGE_BASE = ["image_id", "file_name", "width", "height", "ok", "video_id", "frame_index"]
 OBJECT_BASE = ["annotation_id", "image_id", "category", "iscrowd"]
 PREDICTION_BASE = ["model", "prediction_id", "image_id", "category", "score"]
+# A classification version's image columns: its label, and each model's top class (``@model``)
+CLASS_COLUMN = "class"
+PREDICTED = "predicted"
 
 
 def _values(frame: pd.DataFrame, keys: list[str], name: str) -> pd.Series:
@@ -28,10 +31,16 @@ def _joined(table: pd.DataFrame, columns: list[pd.Series | pd.DataFrame]) -> pd.
     return pd.concat([table, *aligned], axis=1) if aligned else table
 
 
-def image_table(manifest: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per image: base columns, image metrics, object and prediction aggregates."""
+def image_table(
+    manifest: pd.DataFrame,
+    metrics: dict[str, pd.DataFrame],
+    extra: list[pd.Series] | None = None,
+) -> pd.DataFrame:
+    """One row per image: base columns, ``extra`` columns indexed by image id (a
+    classification version's ``class`` and ``predicted@<model>``), image metrics, per-image
+    label metrics, object and prediction aggregates."""
     table = manifest[[c for c in IMAGE_BASE if c in manifest.columns]].set_index("image_id")
-    columns: list[pd.Series | pd.DataFrame] = []
+    columns: list[pd.Series | pd.DataFrame] = list(extra or [])
     for key, frame in sorted(metrics.items()):
         if frame.empty:
             continue
@@ -40,6 +49,8 @@ def image_table(manifest: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.
         elif key.startswith("label/") and "annotation_id" in frame:
             stats = frame.groupby("image_id").value.agg(["mean", "min", "max"])
             columns.append(stats.add_prefix(f"{key}:"))
+        elif key.startswith("label/") and "model" not in frame:  # one value per image
+            columns.append(_values(frame, ["image_id"], key))
         elif key.startswith("model/"):
             for model, rows in frame.groupby("model"):
                 if "prediction_id" in rows:

@@ -165,6 +165,58 @@ def _slices_summary(sliced: pd.DataFrame | None) -> str:
     return "".join(out)
 
 
+def _classification_summary(sections: dict[str, pd.DataFrame]) -> str:
+    """Per model of a classification version: accuracy and macro F1, the buckets with the
+    lowest accuracy, and how many labels cleanlab doubts."""
+    frame, issues = sections.get("class_evaluation"), sections.get("class_label_issues")
+    if frame is None or frame.empty:
+        return ""
+    out = []
+    for model, group in frame.groupby("model"):
+        whole = group[group.metric == "all"].iloc[0]
+        buckets = group[(group.metric != "all") & (group.n_images > 0)]
+        worst = ", ".join(
+            html.escape(f"{r.metric} bucket {r.bucket}") + f" {_fmt(r.accuracy)}"
+            for r in buckets.nsmallest(SUMMARY_ROWS, "accuracy").itertuples()
+        )
+        doubted = 0 if issues is None else int((issues.model == model).sum())
+        out.append(
+            f"<li><a href='#class_evaluation'>{html.escape(str(model))}</a>: accuracy "
+            f"{_fmt(whole.accuracy)}, macro F1 {_fmt(whole.macro_f1)}; worst slices: "
+            f"{worst or '<em>none</em>'}; <a href='#class_label_issues'>{doubted} labels "
+            "doubted</a> (cleanlab)</li>"
+        )
+    return "".join(out)
+
+
+def _classification_section(
+    sections: dict[str, pd.DataFrame], urls: pd.Series, names: pd.Series
+) -> str:
+    """Accuracy by slice and the label issues as pictures, label and suggested class."""
+    frame, issues = sections.get("class_evaluation"), sections.get("class_label_issues")
+    if frame is None or frame.empty:
+        return ""
+    parts = [
+        "<h2 id='class_evaluation'>Classification: accuracy by slice</h2>",
+        _table(frame[frame.n_images > 0].sort_values(["model", "accuracy"]), limit=30),
+        "<h2 id='class_label_issues'>Classification: label issues (cleanlab)</h2>",
+    ]
+    if issues is None or issues.empty:
+        return "".join(parts) + "<p><em>none</em></p>"
+    shown = issues.head(20)
+    thumbs = _thumbs({urls[i] for i in shown.image_id if i in urls.index})
+    for row in shown.itertuples():
+        src = thumbs.get(urls.get(row.image_id, ""), "")
+        caption = f"{names.get(row.image_id, row.image_id)}: {row.label} -> {row.suggested}"
+        parts.append(
+            f"<div class='metric'>{_img(src, caption)}<br><b>{html.escape(str(row.label))}"
+            f"</b> labelled, {html.escape(str(row.model))} says "
+            f"<b>{html.escape(str(row.suggested))}</b> ({row.suggested_probability:.2f}); "
+            f"label quality {row.label_quality:.3f}</div>"
+        )
+    return "".join(parts)
+
+
 def _counts_summary(sections: dict[str, pd.DataFrame], images: int) -> str:
     outliers = sections.get("outliers")
     duplicates = sections.get("duplicates")
@@ -201,6 +253,7 @@ def summary(sections: dict[str, pd.DataFrame], images: int) -> str:
         "<h2 id='summary'>Summary</h2><ul>"
         + _drift_summary(sections.get("drift"))
         + _slices_summary(sections.get("sliced_evaluation"))
+        + _classification_summary(sections)
         + _counts_summary(sections, images)
         + "</ul>"
     )
@@ -258,6 +311,7 @@ def build_report(
         )
     parts.append(f"<h2 id='drift'>Drift against the reference</h2>{_table(sections.get('drift'))}")
     parts.append(_sliced_section(sections.get("sliced_evaluation")))
+    parts.append(_classification_section(sections, urls, names))
     for key, title in (("outliers", "Outliers"), ("duplicates", "Duplicates")):
         parts.append(f"<h2 id='{key}'>{title}</h2>{_table(sections.get(key))}")
     parts.append("<h2 id='label_errors'>Label-error queue</h2>")

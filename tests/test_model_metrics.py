@@ -23,7 +23,7 @@ from qm_dagster.importers import ImportSpec, import_version
 from qm_dagster.manifest import build_manifest
 from qm_dagster.matching import matching
 from qm_dagster.metrics import load_metrics, metrics
-from qm_dagster.metrics.model import _entropy, _margin, _variance, probabilities
+from qm_dagster.metrics.model import _variance, distribution_entropy, probabilities, top_margin
 from qm_dagster.table_pass import model_metrics
 from tests.conftest import cartucho_spec, coco_fake_spec, materialize_version, shared
 
@@ -203,9 +203,9 @@ def test_probability_vectors_of_mixed_lengths_equal_numpy_per_prediction():
         assert lengths[i] == len(v)
         assert p[i, : len(v)].tolist() == v.tolist() and not p[i, len(v) :].any()
         q = v[v > 0]
-        assert _entropy(p)[i] == pytest.approx(-(q * np.log2(q)).sum(), abs=1e-15)
+        assert distribution_entropy(p)[i] == pytest.approx(-(q * np.log2(q)).sum(), abs=1e-15)
         top = np.sort(v)[::-1]
-        assert _margin(p)[i] == pytest.approx(top[0] - (top[1] if len(v) > 1 else 0.0))
+        assert top_margin(p)[i] == pytest.approx(top[0] - (top[1] if len(v) > 1 else 0.0))
         assert _variance(p, lengths)[i] == pytest.approx(np.var(v), abs=1e-15)
 
 

@@ -24,6 +24,7 @@ from qm_dagster.drift.resampling import RESAMPLES, Null, Units, units
 from qm_dagster.drift.stattests import AUTO, LARGE, NONE, Comparison
 from qm_dagster.errors import MetricError
 from qm_dagster.metrics.registry import get as metric_spec
+from qm_dagster.quality_table import CLASS_COLUMN, PREDICTED
 
 __all__ = [
     "COLUMNS",
@@ -136,11 +137,14 @@ def metric_row(
     }
 
 
-def class_row(comparison: Comparison, images: int, choice: Choice) -> dict[str, object]:
-    """Class shares of the objects: the chosen categorical test and the JS distance."""
+def class_row(
+    comparison: Comparison, images: int, choice: Choice, name: str = CLASS_SHARES
+) -> dict[str, object]:
+    """Class shares (of the objects, or of a classification version's labels or predicted
+    classes): the chosen categorical test and the JS distance."""
     ref, cur = comparison.reference, comparison.current
     row: dict[str, object] = {
-        "metric": CLASS_SHARES,
+        "metric": name,
         "n_reference": len(ref),
         "n_current": len(cur),
     }
@@ -161,10 +165,11 @@ def level_drift(
     suffix: str = "",
     resamples: int = RESAMPLES,
     seed: int = 0,
+    class_metric: str = CLASS_SHARES,
 ) -> pd.DataFrame:
     """One row per numeric column present in both tables (``choices`` by column; ``none``
-    skips one), plus class shares of the ``classes`` column; the image (``image_id``) is the
-    sampling unit. ``suffix`` is appended to metric names (``@model``)."""
+    skips one), plus class shares of the ``classes`` column (row ``class_metric``); the image
+    (``image_id``) is the sampling unit. ``suffix`` is appended to metric names (``@model``)."""
     choices = choices or {}
     pooled = units(reference.image_id.to_numpy(), current.image_id.to_numpy(), seed=seed)
     null = Null(pooled.n_reference, pooled.n, resamples=resamples, seed=seed)
@@ -188,12 +193,19 @@ def level_drift(
                 null,
                 lambda v: np.ones(len(v), dtype=bool),
             )
-            rows.append(class_row(comparison, images, choice))
+            rows.append(class_row(comparison, images, choice, class_metric))
     frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "level"])
     frame.insert(0, "level", level)
     frame["images_reference"] = pooled.images_reference
     frame["images_current"] = pooled.images_current
     return frame[COLUMNS]
+
+
+def _class_columns(current: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
+    """A classification version's label column and each model's predicted class, where both
+    versions have them."""
+    names = [c for c in current.columns if c == CLASS_COLUMN or c.startswith(f"{PREDICTED}@")]
+    return [c for c in names if c in reference.columns]
 
 
 def _metric_columns(table: pd.DataFrame, prefix: str) -> list[str]:
@@ -217,6 +229,17 @@ def version_drift(
     parts.append(level_drift("image", ref_images, images, image_cols, picked, seed=seed))
     classifier = domain_classifier(ref_images, images, image_cols, seed=seed)
     parts.append(pd.DataFrame([{"level": "image", **classifier}]))
+    for column in _class_columns(images, ref_images):
+        name = (
+            CLASS_SHARES
+            if column == CLASS_COLUMN
+            else f"predicted_{CLASS_SHARES}@" + (column.split("@", 1)[1])
+        )
+        parts.append(
+            level_drift(
+                "image", ref_images, images, [], picked, column, seed=seed, class_metric=name
+            )
+        )
     objects, ref_objects = current["object"], reference["object"]
     object_cols = _metric_columns(objects, "label/")
     picked = choices(object_cols, configured)

@@ -155,14 +155,14 @@ def _per_image(t: Tables, per_prediction: np.ndarray) -> np.ndarray:
     return t.images.image_id.map(means).to_numpy(dtype=float)
 
 
-def _entropy(p: np.ndarray) -> np.ndarray:
+def distribution_entropy(p: np.ndarray) -> np.ndarray:
     """Shannon entropy (bits) of each row; zero entries (and the padding) add nothing."""
     terms = np.zeros_like(p)
     np.multiply(p, np.log2(p, where=p > 0, out=np.ones_like(p)), out=terms, where=p > 0)
     return -terms.sum(axis=1)
 
 
-def _margin(p: np.ndarray) -> np.ndarray:
+def top_margin(p: np.ndarray) -> np.ndarray:
     """Top probability minus the second (0 for a one-class vector: the padding)."""
     top = np.sort(p, axis=1)
     return top[:, -1] - top[:, -2]
@@ -184,7 +184,7 @@ def _variance(p: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     unit="bits",
 )
 def entropy(t: Tables) -> np.ndarray:
-    return _per_image(t, _entropy(probabilities(t.predictions)[0]))
+    return _per_image(t, distribution_entropy(probabilities(t.predictions)[0]))
 
 
 @metric(
@@ -206,7 +206,7 @@ def least_confidence(t: Tables) -> np.ndarray:
     value_range=(0, 1),
 )
 def margin(t: Tables) -> np.ndarray:
-    return _per_image(t, _margin(probabilities(t.predictions)[0]))
+    return _per_image(t, top_margin(probabilities(t.predictions)[0]))
 
 
 @metric(
