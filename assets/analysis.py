@@ -38,7 +38,12 @@ from resources.dataset import QmResource
 from resources.io_manager import COLUMNS
 
 # metric tables made from the embeddings as a whole (assets/similarity.py), not the registry
-EXTRA_METRIC_ASSETS = ("data/uniqueness", "data/diversity", "label/neighbour_agreement")
+EXTRA_METRIC_ASSETS = (
+    "data/uniqueness",
+    "data/diversity",
+    "label/neighbour_agreement",
+    "label/class_neighbour_agreement",
+)
 CHARTED = ["data/brightness", "data/sharpness", "label/object_area"]  # charts in the UI panel
 REPORT_SECTIONS = (
     "outliers",

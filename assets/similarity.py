@@ -2,6 +2,7 @@
 groups, from the embeddings and content hashes."""
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from assets.metadata import table_preview, value_summary
@@ -154,4 +155,42 @@ def build_embedding_metric_assets(
         meta = {**value_summary(frame), "neighbours": neighbours}
         return dg.Output(frame, metadata=meta)
 
-    return [data_diversity, label_neighbour_agreement]
+    @_embedding_metric(
+        "label/class_neighbour_agreement",
+        "image",
+        {
+            **IMAGE_VECTORS,
+            "labels": dg.AssetIn(key=["dataset", "classifications"]),
+        },
+        "faiss",
+    )
+    def label_class_neighbour_agreement(
+        context: dg.AssetExecutionContext, embeddings: StoredTable, labels: pd.DataFrame
+    ):
+        """A classification version's neighbour agreement: the share of a labelled image's
+        nearest labelled images (image embeddings) that carry its label, and the most common
+        other label among them; low = suspected label error. Empty for detection versions."""
+        if labels.empty:
+            return dg.Output(
+                pd.DataFrame({"image_id": [], "value": [], "other_class": [], "other_share": []}),
+                metadata={"dagster/row_count": 0},
+            )
+        emb = EmbeddingSet.read([(context.partition_key, embeddings.url)])
+        label = labels.set_index("image_id").label.reindex(emb.image_id)
+        kept = label.notna().to_numpy()
+        names = np.array(sorted(set(labels.label)), dtype=object)
+        codes = np.searchsorted(names, label[kept].to_numpy())
+        votes = neighbour_agreement(emb.vectors[kept], codes, neighbours)
+        other = np.where(votes.other_class >= 0, names[np.maximum(votes.other_class, 0)], None)
+        frame = pd.DataFrame(
+            {
+                "image_id": np.asarray(emb.image_id)[kept],
+                "value": votes.value.to_numpy(),
+                "other_class": other,
+                "other_share": votes.other_share.to_numpy(),
+            }
+        )
+        meta = {**value_summary(frame), "neighbours": neighbours}
+        return dg.Output(frame, metadata=meta)
+
+    return [data_diversity, label_neighbour_agreement, label_class_neighbour_agreement]

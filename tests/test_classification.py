@@ -237,3 +237,26 @@ def test_cli_imports_class_folders_with_probabilities(tmp_path, crops, capsys):
     assert labels.set_index("image_id").label.to_dict() == crops.given and orphans == []
     assert main([*argv, "--to", str(root)]) == 2  # exists: a message, not a traceback
     assert "already exists" in capsys.readouterr().err
+
+
+def test_class_neighbour_agreement_equals_sklearn_neighbours(crops, graph):
+    """Each labelled image's share of its nearest images (by the stored image embeddings,
+    scikit-learn's exact search) that carry its label."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from qm_dagster.embedding_metrics import AGREEMENT_NEIGHBOURS
+
+    stored = _stored(graph, "data/embeddings")
+    vectors = np.stack(stored.vector.to_numpy()).astype(np.float32)
+    labels = stored.image_id.map(crops.given).to_numpy()
+    k = AGREEMENT_NEIGHBOURS
+    _, found = NearestNeighbors(n_neighbors=k + 1).fit(vectors).kneighbors(vectors)
+    found = np.array([[j for j in row if j != i][:k] for i, row in enumerate(found)])
+    expected = (labels[found] == labels[:, None]).mean(axis=1)
+    got = _stored(graph, "label/class_neighbour_agreement").set_index("image_id").value
+    np.testing.assert_allclose(got.loc[stored.image_id].to_numpy(), expected, atol=1e-12)
+    table = _stored(graph, "analysis/quality_table/image").set_index("image_id")
+    assert table["label/class_neighbour_agreement"].notna().all()
+    # a flipped label disagrees with its neighbours more often than a kept one
+    flipped = got.index.isin(list(crops.flipped))
+    assert got[flipped].mean() < got[~flipped].mean()
