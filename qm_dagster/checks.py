@@ -1,4 +1,5 @@
-"""Test cases as data: a YAML file of checks on drift, outliers and sliced evaluation.
+"""Test cases as data: a YAML file of checks on drift, outliers, sliced evaluation, annotators
+and a classification version's accuracy by slice.
 
 ```yaml
 checks:
@@ -26,6 +27,14 @@ checks:
     annotator: ""                      # one annotator, or empty: every annotator
     op: ">="
     value: 0.5
+  - name: accurate_on_small_crops     # a classification version
+    target: class_evaluation
+    model: my_classifier
+    metric: data/area
+    bucket: 0
+    stat: accuracy                     # or macro_f1
+    op: ">="
+    value: 0.8
   - name: few_dark_or_bright_outliers
     target: outliers
     metric: data/brightness            # only this metric's severe outliers
@@ -51,6 +60,7 @@ TARGETS = {
     "drift": "analysis/drift",
     "outliers": "analysis/outliers",
     "annotators": "analysis/annotators",
+    "class_evaluation": "analysis/class_evaluation",  # stat: accuracy, macro_f1, n_images
 }
 IOU_TYPES = ("bbox", "segm", "keypoints")  # the evaluations sliced_evaluation makes
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}

@@ -4,6 +4,7 @@ and macro F1 against scikit-learn, cleanlab's label issues on planted flips, cla
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,26 @@ def test_class_neighbour_agreement_equals_sklearn_neighbours(crops, graph):
     # a flipped label disagrees with its neighbours more often than a kept one
     flipped = got.index.isin(list(crops.flipped))
     assert got[flipped].mean() < got[~flipped].mean()
+
+
+def test_checks_on_class_evaluation(graph, tmp_path):
+    """A checks.yaml test case on accuracy by slice: evaluated when analysis/class_evaluation
+    materializes, its measured value the table's."""
+    import dagster as dg
+
+    checks = tmp_path / "checks.yaml"
+    whole = _stored(graph, "analysis/class_evaluation").query("metric == 'all'").iloc[0]
+    checks.write_text(
+        "checks:\n"
+        "  - {name: fair_accuracy, target: class_evaluation, model: sim, stat: accuracy,"
+        f" op: '>=', value: {whole.accuracy - 0.01}}}\n"
+        "  - {name: perfect_small_crops, target: class_evaluation, model: sim,"
+        " metric: data/area, bucket: 0, stat: macro_f1, op: '>=', value: 0.99}\n"
+    )
+    settings = replace(graph, checks=str(checks))
+    key = dg.AssetKey(["analysis", "class_evaluation"])
+    result = materialize_version(settings, VERSION, selection=[key])
+    outcomes = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert outcomes["fair_accuracy"].passed
+    assert outcomes["fair_accuracy"].metadata["value"].value == pytest.approx(whole.accuracy)
+    assert not outcomes["perfect_small_crops"].passed
