@@ -15,10 +15,10 @@ version_metrics_job = dg.define_asset_job(
 
 model_metrics_job = dg.define_asset_job(
     "model_metrics_job",
-    selection=dg.AssetSelection.assets(["dataset", "predictions"])
+    selection=dg.AssetSelection.assets(["dataset", "predictions"], ["dataset", "class_predictions"])
     | dg.AssetSelection.groups("model"),
-    description="Only the predictions table and the model metrics of one version (no pixels "
-    "read): what new or changed predictions need. Analysis follows by automation.",
+    description="Only the predictions tables (detections, class probabilities) and the model "
+    "metrics of one version (no pixels read): what new or changed predictions need. Analysis follows by automation.",
 )
 
 analysis_job = dg.define_asset_job(

@@ -25,14 +25,13 @@ import numpy as np
 import pandas as pd
 
 from qm_dagster import storage
-from qm_dagster.dataset import CLASSIFICATION, Version
+from qm_dagster.dataset import CLASSIFICATION, PREDICTION_SUFFIXES, Version
 from qm_dagster.errors import DatasetError
 from qm_dagster.metrics.model import distribution_entropy, top_margin
 from qm_dagster.quality_table import CLASS_COLUMN, PREDICTED
 
 TASK = CLASSIFICATION
 LABELS_FILE = "classifications.csv"
-PREDICTION_SUFFIXES = (".csv", ".parquet", ".json")
 LABEL_COLUMNS = ["image_id", "label"]
 PREDICTION_COLUMNS = ["model", "image_id", "predicted", "score", "probs"]
 ISSUE_COLUMNS = [

@@ -27,6 +27,9 @@ VERSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VERSION_KINDS = ("train", "validation", "production")
 CLASSIFICATION = "classification"  # version.json "task" of a classification version
+# predictions/<model>.<suffix>: detections are .json; a classification version's probabilities
+# .csv, .parquet or .json
+PREDICTION_SUFFIXES = (".json", ".csv", ".parquet")
 
 
 def check_version_name(name: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qm_dagster import storage
-from qm_dagster.dataset import DatasetRoot, Version
+from qm_dagster.dataset import PREDICTION_SUFFIXES, DatasetRoot, Version
 from qm_dagster.errors import VersionNameError
 
 DEFAULT_WINDOW = 50
@@ -113,12 +113,14 @@ def version_signature(version: Version) -> str | None:
 
 
 def prediction_signatures(version: Version) -> dict[str, str]:
-    """``{model: signature}`` of the ``predictions/<model>.json`` files of one version."""
+    """``{model: signature}`` of the prediction files of one version: detections'
+    ``predictions/<model>.json``, a classification version's ``.csv`` / ``.parquet`` too."""
     out = {}
     for entry in _listed(version.predictions_url):
         name = _basename(entry)
-        if entry.get("type") == "file" and name.endswith(".json"):
-            out[name[: -len(".json")]] = file_signature(entry)
+        stem, dot, suffix = name.rpartition(".")
+        if entry.get("type") == "file" and dot and f".{suffix}" in PREDICTION_SUFFIXES:
+            out[stem] = file_signature(entry)
     return out
 
 

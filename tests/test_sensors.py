@@ -226,11 +226,39 @@ def test_new_unchanged_and_changed_predictions(defs, instance, settings):
     assert requested(tick(defs, instance, settings, "new_predictions_sensor", None)) == []
 
 
+def test_new_class_probabilities_of_a_classification_version(defs, instance, settings, tmp_path):
+    """A classification version's probability CSV is a model's predictions file: a new one
+    asks for the model metrics run."""
+    import cv2
+    import numpy as np
+
+    from qm_dagster.importers import import_classification
+
+    for i, label in enumerate(["cat", "dog", "dog"]):
+        (tmp_path / "src" / label).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(
+            str(tmp_path / "src" / label / f"{i}.png"), np.full((8, 8, 3), 40 * i, np.uint8)
+        )
+    import_classification(str(tmp_path / "src"), settings.datasets, "c1")
+    instance.add_dynamic_partitions(PARTITIONS, ["c1"])
+    materialize(defs, instance, "c1", [["dataset", "manifest"], ["dataset", "categories"]])
+    materialize(defs, instance, "c1", [["dataset", "predictions"]])
+    first = tick(defs, instance, settings, "new_predictions_sensor")
+    assert requested(first) == []
+    probs = "file_name,cat,dog\ncat/0.png,0.9,0.1\ndog/1.png,0.2,0.8\n"
+    (Path(settings.datasets) / "c1" / "predictions").mkdir()
+    (Path(settings.datasets) / "c1" / "predictions" / "clf.csv").write_text(probs)
+    new = tick(defs, instance, settings, "new_predictions_sensor", first.cursor)
+    assert requested(new) == ["c1"] and new.run_requests[0].tags["qm/models"] == "clf"
+
+
 def test_predictions_sensor_targets_only_model_assets(defs):
     job = defs.resolve_job_def("model_metrics_job")
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert "dataset/predictions" in keys and "model/match" in keys
-    assert all(k == "dataset/predictions" or k.startswith("model/") for k in keys)
+    assert "dataset/class_predictions" in keys and "model/class_confidence" in keys
+    tables = ("dataset/predictions", "dataset/class_predictions")
+    assert all(k in tables or k.startswith("model/") for k in keys)
     assert defs.resolve_sensor_def("new_predictions_sensor").job_name == "model_metrics_job"
     assert defs.resolve_sensor_def("new_versions_sensor").job_name == "version_metrics_job"
 
