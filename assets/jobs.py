@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.reference import REFERENCED, reference_key
+from qm_dagster.classification import METRICS as CLASS_METRICS
 
 METRIC_GROUPS = ("dataset", "data", "label", "model")
 
@@ -13,12 +14,23 @@ version_metrics_job = dg.define_asset_job(
     "and object pixel metrics, label, sequence and model metrics, embeddings, uniqueness.",
 )
 
+CLASS_MODEL_KEYS = [key.split("/") for key in CLASS_METRICS if key.startswith("model/")]
+
 model_metrics_job = dg.define_asset_job(
     "model_metrics_job",
-    selection=dg.AssetSelection.assets(["dataset", "predictions"], ["dataset", "class_predictions"])
-    | dg.AssetSelection.groups("model"),
-    description="Only the predictions tables (detections, class probabilities) and the model "
-    "metrics of one version (no pixels read): what new or changed predictions need. Analysis follows by automation.",
+    selection=dg.AssetSelection.assets(["dataset", "predictions"])
+    | dg.AssetSelection.groups("model") - dg.AssetSelection.assets(*CLASS_MODEL_KEYS),
+    description="Only the predictions table and the model metrics of one version (no pixels "
+    "read): what new or changed predictions need. Analysis follows by automation.",
+)
+
+class_metrics_job = dg.define_asset_job(
+    "class_metrics_job",
+    selection=dg.AssetSelection.assets(
+        ["dataset", "predictions"], ["dataset", "class_predictions"], *CLASS_MODEL_KEYS
+    ),
+    description="A classification version's class probabilities and the model metrics made "
+    "from them: what new or changed probability files need. Analysis follows by automation.",
 )
 
 analysis_job = dg.define_asset_job(
@@ -54,6 +66,7 @@ reference_dependants_job = dg.define_asset_job(
 JOBS = (
     version_metrics_job,
     model_metrics_job,
+    class_metrics_job,
     analysis_job,
     production_drift_job,
     reference_dependants_job,

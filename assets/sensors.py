@@ -14,6 +14,7 @@ import dagster as dg
 from assets.dataset import SIGNATURE_LABEL
 from assets.jobs import (
     REFERENCE_DEPENDANTS,
+    class_metrics_job,
     model_metrics_job,
     reference_dependants_job,
     version_metrics_job,
@@ -21,6 +22,7 @@ from assets.jobs import (
 from assets.partitions import dataset_versions
 from assets.reference import latest_storage_id
 from assets.table_metrics import PREDICTION_FILES_LABEL
+from qm_dagster.dataset import CLASSIFICATION
 from qm_dagster.watch import (
     prediction_signatures,
     rotating_window,
@@ -113,13 +115,14 @@ def build_new_predictions_sensor(interval: int, window: int) -> dg.SensorDefinit
 
     @dg.sensor(
         name="new_predictions_sensor",
-        job=model_metrics_job,
+        jobs=[model_metrics_job, class_metrics_job],
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Watches predictions/<model>.json of every known version (etag, or mtime "
-        "and size). A new, changed or removed file runs model_metrics_job (dataset/predictions "
-        "and model/*) for that version only: no image is decoded; analysis follows by "
-        "automation.",
+        description="Watches predictions/<model>.json (a classification version's .csv / "
+        ".parquet too) of every known version (etag, or mtime and size). A new, changed or "
+        "removed file runs model_metrics_job (dataset/predictions and model/*; "
+        "class_metrics_job for a classification version) for that version only: no image is "
+        "decoded; analysis follows by automation.",
     )
     def new_predictions_sensor(context: dg.SensorEvaluationContext, qm: QmResource):
         state = _state(context.cursor)
@@ -128,7 +131,8 @@ def build_new_predictions_sensor(interval: int, window: int) -> dg.SensorDefinit
         chosen, position = rotating_window(partitions, state["position"], window)
         requests = []
         for name in chosen:
-            current = prediction_signatures(qm.version(name))
+            version = qm.version(name)
+            current = prediction_signatures(version)
             before = seen.get(name)
             if before is None:
                 before = recorded_metadata(
@@ -141,6 +145,9 @@ def build_new_predictions_sensor(interval: int, window: int) -> dg.SensorDefinit
                 requests.append(
                     dg.RunRequest(
                         partition_key=name,
+                        job_name=class_metrics_job.name
+                        if version.task() == CLASSIFICATION
+                        else model_metrics_job.name,
                         run_key=f"predictions:{name}:{signatures_digest(current)}",
                         tags={"qm/trigger": "predictions", "qm/models": _models(changed)},
                     )

@@ -250,16 +250,28 @@ def test_new_class_probabilities_of_a_classification_version(defs, instance, set
     (Path(settings.datasets) / "c1" / "predictions" / "clf.csv").write_text(probs)
     new = tick(defs, instance, settings, "new_predictions_sensor", first.cursor)
     assert requested(new) == ["c1"] and new.run_requests[0].tags["qm/models"] == "clf"
+    assert new.run_requests[0].job_name == "class_metrics_job"
 
 
 def test_predictions_sensor_targets_only_model_assets(defs):
     job = defs.resolve_job_def("model_metrics_job")
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert "dataset/predictions" in keys and "model/match" in keys
-    assert "dataset/class_predictions" in keys and "model/class_confidence" in keys
-    tables = ("dataset/predictions", "dataset/class_predictions")
-    assert all(k in tables or k.startswith("model/") for k in keys)
-    assert defs.resolve_sensor_def("new_predictions_sensor").job_name == "model_metrics_job"
+    assert all(k == "dataset/predictions" or k.startswith("model/") for k in keys)
+    assert not keys & {"dataset/class_predictions", "model/class_confidence"}
+    job = defs.resolve_job_def("class_metrics_job")
+    keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert keys == {
+        "dataset/predictions",
+        "dataset/class_predictions",
+        "model/class_confidence",
+        "model/class_margin",
+        "model/class_entropy",
+        "model/class_correct",
+        "model/label_quality",
+    }
+    sensor = defs.resolve_sensor_def("new_predictions_sensor")
+    assert {t.job_name for t in sensor.targets} == {"model_metrics_job", "class_metrics_job"}
     assert defs.resolve_sensor_def("new_versions_sensor").job_name == "version_metrics_job"
 
 
