@@ -44,14 +44,12 @@ def classification_inputs(context: dg.AssetExecutionContext, qm: QmResource, man
     rows naming a file that is not one of its images are left out and counted."""
     version = qm.version(context.partition_key)
     selected = {key.path[-1] for key in context.selected_asset_keys}
-    if cls.is_classification(version):
-        labels, orphans = cls.read_labels(version, manifest.image_id)
-        predictions, stray = cls.read_predictions(version, manifest.image_id)
-        classes = cls.version_classes(version)
-    else:
-        labels, orphans, classes = cls.empty_labels(), [], []
-        predictions, stray = cls.empty_predictions(), {}
+    task = cls.is_classification(version)
+    classes = cls.version_classes(version) if task else []
     if "classifications" in selected:
+        labels, orphans = (
+            cls.read_labels(version, manifest.image_id) if task else (cls.empty_labels(), [])
+        )
         yield dg.Output(
             labels,
             output_name="classifications",
@@ -62,7 +60,12 @@ def classification_inputs(context: dg.AssetExecutionContext, qm: QmResource, man
                 "first of them": ", ".join(orphans[:5]),
             },
         )
-    if "class_predictions" in selected:
+    if "class_predictions" in selected:  # alone when new probability files land
+        predictions, stray = (
+            cls.read_predictions(version, manifest.image_id)
+            if task
+            else (cls.empty_predictions(), {})
+        )
         yield dg.Output(
             predictions,
             output_name="class_predictions",

@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from qm_dagster import classification, storage
@@ -57,17 +58,20 @@ def _prediction_classes(path: str) -> list[str]:
 def _checked_labels(
     labels: pd.DataFrame, files: set[str], classes: list[str], issues: Issues, source: str
 ) -> pd.DataFrame:
-    """Labels of existing images with a known class; the others are reported and left out."""
-    keep = []
-    for i, (name, label) in enumerate(zip(labels.file_name, labels.label, strict=True)):
+    """Labels of existing images with a known class; the others are reported and left out
+    (found with two vectorised lookups: a Python step only for the rows reported)."""
+    missing = ~labels.file_name.isin(files).to_numpy()
+    unknown = ~labels.label.isin(classes).to_numpy() & ~missing
+    for i in np.flatnonzero(missing | unknown):
         where = f"line {i + 2}" if source.endswith(".csv") else f"[{i}]"
-        if name not in files:
-            issues.add(Issue(source, where, f"label of {name}: no such image"))
-        elif label not in classes:
-            issues.add(Issue(source, where, f"label {label!r} of {name} is not a class"))
-        else:
-            keep.append(i)
-    return labels.iloc[keep]
+        name, label = labels.file_name.iloc[i], labels.label.iloc[i]
+        reason = (
+            f"label of {name}: no such image"
+            if missing[i]
+            else (f"label {label!r} of {name} is not a class")
+        )
+        issues.add(Issue(source, where, reason))
+    return labels[~(missing | unknown)]
 
 
 def import_classification(
