@@ -142,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    p = sub.add_parser(
+        "explore",
+        parents=[common],
+        help="serve a page on 127.0.0.1 to sort, filter and open images by any metric",
+    )
+    p.add_argument("version", nargs="?", help="version to open (default: the latest materialized)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
+
     p = sub.add_parser("report", parents=[common], help="print a link to a version's HTML report")
     p.add_argument("version")
     p.add_argument(
@@ -348,6 +357,27 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def cmd_explore(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the explorer until Ctrl-C."""
+    from qm_dagster.explore.server import make_server
+
+    try:
+        server = make_server(settings, args.version, args.host, args.port)
+    except OSError as exc:
+        raise QmError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    host, port = server.server_address[:2]
+    print(
+        f"exploring {server.RequestHandlerClass.explorer.default} on http://{host}:{port}/ (Ctrl-C stops)"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """The report's link: a local file, or a pre-signed URL made now (never stored)."""
     url = storage.report_url(settings.storage, args.version)
@@ -366,6 +396,7 @@ COMMANDS = {
     "export": cmd_export,
     "show": cmd_show,
     "report": cmd_report,
+    "explore": cmd_explore,
 }
 
 if __name__ == "__main__":
