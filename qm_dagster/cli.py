@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             "ultralytics",
             "cvat",
             "labelstudio",
+            "fiftyone",
             "txt-xyxy",
             "txt-xywh",
             "coco",
@@ -67,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels",
         help="labels folder (voc/yolo/txt), instances JSON (coco), dataset YAML (ultralytics), "
-        "annotations XML (cvat: CVAT for images 1.1), JSON export (labelstudio) or a CSV/JSON "
-        "of file_name,label (classification)",
+        "annotations XML (cvat: CVAT for images 1.1), JSON export (labelstudio), labels.json "
+        "(fiftyone: FiftyOneImageDetectionDataset) or a CSV/JSON of file_name,label "
+        "(classification)",
     )
     p.add_argument(
         "--names",
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="detections folder (txt/yolo), results JSON (coco) or class probabilities "
         "(classification: CSV/Parquet of file_name and a column per class, or JSON)",
     )
-    p.add_argument("--pred-format", choices=["txt-xyxy", "txt-xywh", "yolo", "coco"])
+    p.add_argument("--pred-format", choices=["txt-xyxy", "txt-xywh", "yolo", "fiftyone", "coco"])
     p.add_argument("--pred-names", help="class names file of the detections (default --names)")
     p.add_argument("--model", default="model", help="model name of the predictions")
     p.add_argument("--to", help="dataset root (default: QM_DATASETS)")
@@ -113,16 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         parents=[common],
-        help="write a version or a named slice of it: as a new version, COCO or YOLO",
+        help="write a version or a named slice of it: as a new version, COCO, YOLO or FiftyOne",
     )
     p.add_argument("version")
     p.add_argument("--slice", help="a slice named in the configuration (default: everything)")
     p.add_argument(
         "--format",
         default="version",
-        choices=["version", "coco", "yolo"],
+        choices=["version", "coco", "yolo", "fiftyone"],
         help="version: a new version of the dataset root; coco: annotations.json with every "
-        "metric value, results, images; yolo: the Ultralytics layout (data.yaml)",
+        "metric value, results, images; yolo: the Ultralytics layout (data.yaml); fiftyone: "
+        "FiftyOne's image detection dataset (data/, labels.json, one labels file per model, "
+        "object metrics as attributes, image metrics in metrics.json)",
     )
     p.add_argument("--out", help="folder or URL to write coco / yolo into")
     p.add_argument("--split", help="yolo: the split's name (default train for a train version)")
@@ -298,7 +302,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from qm_dagster.api import load
     from qm_dagster.dataset import DatasetRoot
-    from qm_dagster.export import export_coco, export_slice, export_yolo, select
+    from qm_dagster.export import export_coco, export_fiftyone, export_slice, export_yolo, select
     from qm_dagster.slices import apply, find
 
     version = DatasetRoot(settings.datasets).version(args.version)
@@ -321,12 +325,13 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     if not args.out:
         raise QmError(f"--format {args.format} needs --out")
     selected = select(version, rows, chosen.level if chosen else "image")
-    if args.format == "coco":
+    if args.format in ("coco", "fiftyone"):
         tables = [
             _stored(load, f"analysis/quality_table/{lv}", args.version, settings)
             for lv in ("image", "object")
         ]
-        written = export_coco(selected, args.out, *tables)
+        exporter = export_coco if args.format == "coco" else export_fiftyone
+        written = exporter(selected, args.out, *tables)
     else:
         split = args.split or ("train" if version.meta().kind == "train" else "val")
         written = export_yolo(selected, args.out, split)

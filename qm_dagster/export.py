@@ -1,8 +1,8 @@
 """Write a slice (or the whole) of a version for the next step of the work: as a new version in
 our layout (e.g. the images an acquisition function ranks highest: "what should I label
 next"), as COCO (annotations.json with every metric value on its image and object, results
-per model) or in the Ultralytics YOLO layout (data.yaml, images/, labels/) that those tools and
-``qm import`` open."""
+per model), in the Ultralytics YOLO layout (data.yaml, images/, labels/) or as FiftyOne's image
+detection dataset (data/, labels.json) that those tools and ``qm import`` open."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from qm_dagster.errors import QmError
 from qm_dagster.layout import VersionWriter
 from qm_dagster.slices import Slice
 
-FORMATS = ("version", "coco", "yolo")
+FORMATS = ("version", "coco", "yolo", "fiftyone")
 METRICS_FIELD = "qm_metrics"  # extra COCO field: {metric asset key: value}
 
 
@@ -168,6 +168,76 @@ def export_yolo(selected: Selected, out: str, split: str = "train") -> str:
     data = {"path": ".", split: f"images/{split}", "names": names}
     url = _write(out, "data.yaml", yaml.safe_dump(data, sort_keys=False).encode())
     return f"{url} ({left_out} crowd or unsized objects left out)"
+
+
+def export_fiftyone(
+    selected: Selected,
+    out: str,
+    images: pd.DataFrame | None = None,
+    objects: pd.DataFrame | None = None,
+) -> str:
+    """FiftyOne's ``FiftyOneImageDetectionDataset``: ``out/data/<file>``, ``out/labels.json``
+    (``classes``; per image, keyed by its path without extension, the ground truth with
+    ``bounding_box`` relative to the image and the object's metric values as ``attributes``),
+    ``out/predictions/<model>.json`` (the same with ``confidence``), and ``out/metrics.json``
+    (image metric values by the same key: the format has no image fields, FiftyOne sets them
+    with ``set_values``). Crowd regions are marked by an ``iscrowd`` attribute."""
+    if selected.coco is None:
+        raise QmError(f"{selected.version.name} has no annotations.json: nothing to label")
+    categories = sorted(selected.coco.get("categories", []), key=lambda c: c["id"])
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    keys = _fiftyone_keys(selected.coco["images"])
+    sizes = {i["id"]: _size(selected.version, i) for i in selected.coco["images"]}
+    object_values = _values(objects, "annotation_id", "label/")
+
+    def detections(rows: list[dict], scored: bool) -> dict[str, list[dict]]:
+        out_rows: dict[str, list[dict]] = {key: [] for key in keys.values()}
+        for r in rows:
+            size = sizes.get(r["image_id"])
+            if size is None:
+                continue
+            det = {"label": index[r["category_id"]], "bounding_box": _relative(r["bbox"], size)}
+            if scored:
+                det["confidence"] = r.get("score")
+            else:
+                values = {k.split("/", 1)[1]: v for k, v in object_values.get(r["id"], {}).items()}
+                det["attributes"] = {"iscrowd": int(r.get("iscrowd", 0)), **values}
+            out_rows[keys[r["image_id"]]].append(det)
+        return out_rows
+
+    classes = [c["name"] for c in categories]
+    document = {"classes": classes, "labels": detections(selected.coco["annotations"], False)}
+    for model, results in selected.results.items():
+        _write(
+            out,
+            f"predictions/{model}.json",
+            _json({"classes": classes, "labels": detections(results, True)}),
+        )
+    image_values = _values(images, "image_id", "data/")
+    metrics = {keys[i]: image_values.get(i, {}) for i in keys}
+    _write(out, "metrics.json", _json(metrics))
+    _copy_images(selected, lambda name, data: _write(out, f"data/{name}", data))
+    return _write(out, "labels.json", _json(document))
+
+
+def _fiftyone_keys(images: list[dict]) -> dict[object, str]:
+    """FiftyOne's key of each image: its path under data/ without the extension."""
+    keys = {i["id"]: PurePosixPath(i["file_name"]).with_suffix("").as_posix() for i in images}
+    seen: dict[str, object] = {}
+    for image_id, key in keys.items():
+        if key in seen:
+            raise QmError(
+                f"images {seen[key]} and {image_id} share the name {key!r} but for the extension: "
+                "FiftyOne's layout keys images without it"
+            )
+        seen[key] = image_id
+    return keys
+
+
+def _relative(bbox: list[float], size: tuple[int, int]) -> list[float]:
+    w, h = size
+    x, y, bw, bh = (float(v) for v in bbox)
+    return [x / w, y / h, bw / w, bh / h]
 
 
 def _yolo_line(ann: dict, cls: int, size: tuple[int, int] | None) -> str | None:

@@ -157,3 +157,32 @@ def test_strict_names_the_shape(tmp_path):
     with pytest.raises(DatasetError, match=r"image\[0\] \(a.jpg\) polyline\[2\]: polyline shapes"):
         _imported(tmp_path, "cvat", CVAT, strict=True)
     assert not (tmp_path / "root" / "cvat" / "version.json").exists()
+
+
+def test_fiftyone_labels_boxes_and_issues(tmp_path):
+    """FiftyOne's labels.json: relative boxes scaled by the image file's size, classes by index
+    or name; a bad index, a missing image and a malformed box are reported, the rest kept."""
+    labels = {
+        "classes": ["car", "person"],
+        "labels": {
+            "a": [
+                {"label": 0, "bounding_box": [10 / W, 20 / H, 50 / W, 50 / H]},
+                {"label": 7, "bounding_box": [0, 0, 0.1, 0.1]},
+                {"label": "person", "bounding_box": [0.1, 0.2]},
+            ],
+            "b": [{"label": "person", "bounding_box": [0, 0, 200 / W, 100 / H]}],
+            "nowhere/d": [{"label": 1, "bounding_box": [0, 0, 0.5, 0.5]}],
+        },
+    }
+    version = _imported(tmp_path, "fiftyone", labels)
+    got = _objects(version)
+    assert [g[:2] for g in got] == [("a.jpg", "car"), ("b.jpg", "person")]
+    assert got[0][2] == pytest.approx((10.0, 20.0, 50.0, 50.0))
+    assert got[1][2] == pytest.approx((0.0, 0.0, 200.0, 100.0))
+    reasons = sorted((i.where, i.reason.split(":")[0]) for i in version.import_issues())
+    assert reasons == [
+        ("", "label file d.* has no image named d.*"),
+        ("labels['a'][1]", "class index 7 outside classes"),
+        ("labels['a'][2]", "bounding_box must be [x, y, w, h], got [0.1, 0.2]"),
+        ("labels['nowhere/d']", "no readable image of that name"),
+    ]

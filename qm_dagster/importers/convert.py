@@ -26,11 +26,21 @@ from qm_dagster.importers.readers import (
     read_txt_dir,
     read_voc_dir,
 )
-from qm_dagster.importers.tools import read_cvat, read_label_studio
+from qm_dagster.importers.tools import read_cvat, read_fiftyone, read_label_studio
 from qm_dagster.layout import VersionWriter
 
-LABEL_FORMATS = ("voc", "yolo", "txt-xyxy", "txt-xywh", "cvat", "labelstudio", "coco", "none")
-PREDICTION_FORMATS = ("txt-xyxy", "txt-xywh", "yolo", "coco")
+LABEL_FORMATS = (
+    "voc",
+    "yolo",
+    "txt-xyxy",
+    "txt-xywh",
+    "cvat",
+    "labelstudio",
+    "fiftyone",
+    "coco",
+    "none",
+)
+PREDICTION_FORMATS = ("txt-xyxy", "txt-xywh", "yolo", "fiftyone", "coco")
 
 
 @dataclass
@@ -78,6 +88,8 @@ def _read_boxes(
         return read_cvat(source, issues)
     if kind == "labelstudio":
         return read_label_studio(source, sizes, issues)
+    if kind == "fiftyone":
+        return read_fiftyone(source, sizes, issues)
     layout = {"txt-xyxy": "xyxy", "txt-xywh": "xywh", "yolo": "yolo"}[kind]
     return read_txt_dir(source, layout, with_score, names, sizes, issues), None
 

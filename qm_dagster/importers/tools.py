@@ -149,3 +149,55 @@ def _ls_result(result: dict, size, file: str, where: str) -> Box | None:
         _number(v, file, where) * (sx if k == 0 else sy) for p in points for k, v in enumerate(p)
     ]
     return polygon_box(labels[0], polygon)
+
+
+def read_fiftyone(
+    path: str, sizes: dict[str, tuple[int, int]], issues: Issues
+) -> tuple[dict[str, list[Box]], list[str]]:
+    """FiftyOne's image detection dataset (``labels.json``: ``classes`` and ``labels`` by image
+    path without its extension, each detection a ``label`` (index into ``classes``, or a name),
+    a ``bounding_box`` ``[x, y, w, h]`` relative to the image and an optional ``confidence``),
+    in absolute pixels of the image file's size (``sizes``)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(path, "", f"not a readable JSON file: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
+        raise DatasetError(path, "", "expected an object with a 'labels' mapping (labels.json)")
+    names = [str(c) for c in data.get("classes") or []]
+    out: dict[str, list[Box]] = {}
+    for uuid, detections in data["labels"].items():
+        stem = _stem(uuid)
+        boxes = out.setdefault(stem, [])
+        size = sizes.get(stem)
+        if size is None and detections:
+            reason = f"no readable image of that name: its {len(detections)} detections skipped"
+            issues.add(Issue(path, f"labels[{uuid!r}]", reason))
+            continue
+        for j, det in enumerate(detections or []):
+            where = f"labels[{uuid!r}][{j}]"
+            try:
+                boxes.append(_fiftyone_box(det, names, size, path, where))
+            except DatasetError as exc:
+                issues.add(Issue(path, where, f"{exc.problem}: detection skipped"))
+    return out, names
+
+
+def _fiftyone_box(det, names: list[str], size, file: str, where: str) -> Box:
+    if not isinstance(det, dict) or "label" not in det or "bounding_box" not in det:
+        raise DatasetError(file, where, "expected {'label', 'bounding_box', ...}")
+    label = det["label"]
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(names):
+            raise DatasetError(file, where, f"class index {label} outside classes")
+        label = names[label]
+    bbox = det["bounding_box"]
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise DatasetError(file, where, f"bounding_box must be [x, y, w, h], got {bbox!r}")
+    x, y, w, h = (_number(v, file, where) for v in bbox)
+    if w < 0 or h < 0:  # a box reaching past the border is kept, as COCO keeps it
+        raise DatasetError(file, where, f"bounding_box {bbox} has a negative width or height")
+    score = det.get("confidence")
+    score = None if score is None else _number(score, file, where)
+    width, height = size
+    return Box(str(label), x * width, y * height, w * width, h * height, score=score)
