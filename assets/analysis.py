@@ -74,6 +74,7 @@ TABLES = {
     "image_table": ["analysis", "quality_table", "image"],
     "object_table": ["analysis", "quality_table", "object"],
     "prediction_table": ["analysis", "quality_table", "prediction"],
+    "ref_manifest": reference_key(("dataset", "manifest")),
     "ref_images": reference_key(("analysis", "quality_table", "image")),
     "ref_objects": reference_key(("analysis", "quality_table", "object")),
     "ref_predictions": reference_key(("analysis", "quality_table", "prediction")),
@@ -525,10 +526,17 @@ def build_analysis_assets(
     @analysis_asset(
         "report",
         ins={
-            **_named("manifest", "annotations", "image_table", "ref_images"),
+            **_named(
+                "manifest",
+                "annotations",
+                "image_table",
+                "ref_images",
+                "ref_manifest",
+                columns={"ref_manifest": ["image_id", "url"]},
+            ),
             **{name: dg.AssetIn(key=["analysis", name]) for name in REPORT_SECTIONS},
         },
-        code_version="2",
+        code_version="3",
         kinds={"python", "html"},
     )
     def analysis_report(
@@ -538,6 +546,7 @@ def build_analysis_assets(
         annotations,
         image_table,
         ref_images,
+        ref_manifest,
         **sections,
     ):
         """One self-contained HTML report of the version (histograms with the reference
@@ -553,6 +562,7 @@ def build_analysis_assets(
             ref_images,
             annotations,
             sections,
+            reference_urls=None if ref_manifest is None else ref_manifest.set_index("image_id").url,
         )
         url = storage.report_url(qm.storage, version)
         storage.write_bytes_atomic(url, page.encode("utf-8"), "text/html; charset=utf-8")

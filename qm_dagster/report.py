@@ -12,15 +12,23 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import pandas as pd
 
+from qm_dagster import report_charts as charts
 from qm_dagster import storage
-from qm_dagster.charts import data_url, histogram_png, sliced_chart
 from qm_dagster.passes.decode import decode
 
 THUMB = 112
 GALLERY = 6
-STYLE = """body{font-family:sans-serif;margin:24px;color:#222}h2{border-bottom:1px solid #ccc}
+STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1500px}
+h2{border-bottom:1px solid #ccc;margin-top:32px}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px}
-.gallery img{margin:2px;border:1px solid #bbb}.metric{display:inline-block;margin:8px;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.metric{display:inline-block;margin:8px;vertical-align:top;max-width:460px}
+.gallery{display:flex;flex-wrap:wrap;gap:4px;align-items:flex-end}
+.gallery .side{width:100%;font-size:12px;color:#555;margin-top:4px}
+.gallery .side.high{border-top:2px solid #bbb;padding-top:2px}
+figure{margin:0;font-size:11px;text-align:center}figure img{border:1px solid #bbb;display:block}
+figcaption{font-variant-numeric:tabular-nums}
+.group{border:1px solid #ddd;border-radius:4px;padding:6px;margin:6px 0;display:flex;gap:6px;flex-wrap:wrap}
 .bad{color:#b00}"""
 
 
@@ -57,16 +65,30 @@ def _extremes(values: pd.Series) -> list:
 
 
 def _table(frame: pd.DataFrame, limit: int = 50) -> str:
+    """An HTML table of the first ``limit`` rows; columns empty in all of them left out."""
     if frame is None or frame.empty:
         return "<p><em>none</em></p>"
     shown = frame.head(limit)
+    shown = shown[[c for c in shown.columns if not _empty(shown[c])]]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td{' class=num' if isinstance(v, (int, float)) else ''}>{html.escape(_fmt(v))}</td>"
+            for v in row
+        )
+        + "</tr>"
         for row in shown.itertuples(index=False)
     )
     more = f"<p>{len(frame) - limit} more rows</p>" if len(frame) > limit else ""
     return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _empty(column: pd.Series) -> bool:
+    """No value in the column: all missing, NaN or empty text."""
+    return bool(
+        column.isna().all() or column.astype(str).str.strip().isin(["", "nan", "None"]).all()
+    )
 
 
 def _sliced_section(frame: pd.DataFrame | None) -> str:
@@ -92,17 +114,18 @@ def _sliced_section(frame: pd.DataFrame | None) -> str:
         )
         if c in overall
     ]
-    charts = "".join(
+    bbox = frame[frame.iou_type == "bbox"] if "iou_type" in frame else frame
+    plots = "".join(
         f"<div class='metric'><h3>AP50 by {html.escape(m)}</h3>"
-        f"<img src='{data_url(sliced_chart(frame, m))}' alt='AP50 by {html.escape(m)}'></div>"
-        for m in dict.fromkeys(frame.metric)
+        f"<img src='{charts.sliced(bbox, m)}' alt='AP50 by {html.escape(m)}'></div>"
+        for m in dict.fromkeys(bbox.metric)
         if m != "all" and not str(m).startswith("slice:")
     )
     named = frame[frame.metric.astype(str).str.startswith("slice:")]
     return (
         head
         + _table(overall[shown])
-        + f"<div class='charts'>{charts}</div>"
+        + f"<div class='charts'>{plots}</div>"
         + (
             "<h3>Named slices</h3>"
             + _table(named[["model", "metric", "AP50", "recall", "n_images"]])
@@ -112,8 +135,83 @@ def _sliced_section(frame: pd.DataFrame | None) -> str:
     )
 
 
+def _figure(src: str, name: str, caption: str) -> str:
+    """A thumbnail with its value (or version) under it; the file name on hover."""
+    return f"<figure>{_img(src, name)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+DUPLICATE_GROUPS = 12  # groups shown as pictures; the table lists every group
+
+
+def _duplicates_section(frame: pd.DataFrame | None, urls: dict[str, pd.Series]) -> str:
+    """The first groups as rows of pictures with version and file name, then the table of all
+    groups. ``urls``: image URLs by image id of each version whose images can be shown."""
+    head = "<h2 id='duplicates'>Duplicates</h2>"
+    if frame is None or frame.empty:
+        return head + _table(frame)
+    groups = list(dict.fromkeys(frame.group))[:DUPLICATE_GROUPS]
+    mine = frame[frame.group.isin(groups)]
+
+    def url(row) -> str:
+        found = urls.get(row.version)
+        return "" if found is None else str(found.get(row.image_id, ""))
+
+    thumbs = _thumbs({u for r in mine.itertuples() if (u := url(r))})
+    rows = []
+    for group, members in mine.groupby("group", sort=False):
+        figures = "".join(
+            _figure(thumbs.get(url(r), ""), str(r.file_name), f"{r.version}: {r.file_name}")
+            for r in members.itertuples()
+        )
+        kind = html.escape(str(members.kind.iloc[0]))
+        rows.append(
+            f"<div class='group'><b>group {html.escape(str(group))}</b> ({kind} copies)"
+            f"{figures}</div>"
+        )
+    more = len(dict.fromkeys(frame.group)) - len(groups)
+    note = f"<p>{more} more groups in the table</p>" if more > 0 else ""
+    return head + "".join(rows) + note + _table(frame)
+
+
+def _drifted_first(drift: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The drift table with the drifted metrics first, largest PSI first within each verdict."""
+    if drift is None or drift.empty or "verdict" not in drift:
+        return drift
+    order = drift.assign(_drift=drift.verdict == "drift")
+    keys = ["_drift", "psi"] if "psi" in drift else ["_drift"]
+    order = order.sort_values(keys, ascending=False, kind="stable", na_position="last")
+    return order.drop(columns="_drift")
+
+
+def _outliers_section(frame: pd.DataFrame | None) -> str:
+    """Per level, metric and scope: how many values fall outside the fences, how many of them
+    severely, and the fences; the worst values are the explorer's (``qm explore``, flag
+    outlier)."""
+    head = "<h2 id='outliers'>Outliers</h2>"
+    if frame is None or frame.empty:
+        return head + _table(frame)
+    summary = (
+        frame.assign(severe=frame.severity == "severe")
+        .groupby(["level", "metric", "scope"], sort=False)
+        .agg(
+            flagged=("value", "size"),
+            severe=("severe", "sum"),
+            rule=("rule", "first"),
+            lower=("lower", "first"),
+            upper=("upper", "first"),
+            lowest=("value", "min"),
+            highest=("value", "max"),
+        )
+        .reset_index()
+        .sort_values(["severe", "flagged"], ascending=False)
+    )
+    return head + _table(summary)
+
+
 def _fmt(v: object) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return "\u2013" if v != v else f"{v:.4g}"
+    return str(v)
 
 
 def _img(src: str, title: str) -> str:
@@ -150,11 +248,9 @@ def _slices_summary(sliced: pd.DataFrame | None) -> str:
     out = []
     for model, group in rows.groupby("model"):
         overall = group[group.metric == "all"].AP50
-        buckets = group[(group.metric != "all") & group.AP50.notna()].nsmallest(
-            SUMMARY_ROWS, "AP50"
-        )
+        buckets = group[(group.metric != "all") & (group.AP50 >= 0)].nsmallest(SUMMARY_ROWS, "AP50")
         worst = ", ".join(
-            html.escape(f"{r.metric} bucket {r.bucket}") + f" {_fmt(r.AP50)}"
+            html.escape(f"{r.metric} {_bucket(r)} ({r.n_images} images)") + f" {_fmt(r.AP50)}"
             for r in buckets.itertuples()
         )
         whole = _fmt(overall.iloc[0]) if len(overall) else "?"
@@ -163,6 +259,14 @@ def _slices_summary(sliced: pd.DataFrame | None) -> str:
             f"worst slices: {worst or '<em>none</em>'}</li>"
         )
     return "".join(out)
+
+
+def _bucket(row) -> str:
+    """A bucket's value range (``lo``-``hi``), or the bucket's name when it has none."""
+    lo, hi = getattr(row, "lo", None), getattr(row, "hi", None)
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return f"bucket {row.bucket}"
+    return charts.bucket_label(float(lo), float(hi))
 
 
 def _classification_summary(sections: dict[str, pd.DataFrame]) -> str:
@@ -176,7 +280,7 @@ def _classification_summary(sections: dict[str, pd.DataFrame]) -> str:
         whole = group[group.metric == "all"].iloc[0]
         buckets = group[(group.metric != "all") & (group.n_images > 0)]
         worst = ", ".join(
-            html.escape(f"{r.metric} bucket {r.bucket}") + f" {_fmt(r.accuracy)}"
+            html.escape(f"{r.metric} {_bucket(r)} ({r.n_images} images)") + f" {_fmt(r.accuracy)}"
             for r in buckets.nsmallest(SUMMARY_ROWS, "accuracy").itertuples()
         )
         doubted = 0 if issues is None else int((issues.model == model).sum())
@@ -267,9 +371,11 @@ def build_report(
     reference_table: pd.DataFrame | None,
     annotations: pd.DataFrame,
     sections: dict[str, pd.DataFrame],
+    reference_urls: pd.Series | None = None,
 ) -> str:
     """The report's HTML. ``sections``: outliers, duplicates, drift, sliced_evaluation,
-    label_errors tables of this version."""
+    label_errors tables of this version; ``reference_urls``: the reference's image URLs by
+    image id (its duplicates shown as pictures too)."""
     urls = manifest.set_index("image_id").url
     names = manifest.set_index("image_id").file_name
     parts = [
@@ -300,20 +406,29 @@ def build_report(
         ref = None
         if reference_table is not None and col in reference_table:
             ref = pd.to_numeric(reference_table[col], errors="coerce").to_numpy(float)
-        chart = data_url(histogram_png(values[col].to_numpy(float), reference=ref))
-        gallery = "".join(
-            _img(thumbs[urls[ids[i]]], f"{names[ids[i]]}: {values[col][i]:.4g}") for i in shown[col]
-        )
+        chart = charts.histogram(values[col].to_numpy(float), col, reference=ref)
+        figures = [
+            _figure(thumbs[urls[ids[i]]], str(names[ids[i]]), f"{values[col][i]:.4g}")
+            for i in shown[col]
+        ]
+        half = len(figures) // 2
         parts.append(
             f"<div class='metric' id='m-{html.escape(col)}'><h3>{html.escape(col)}</h3>"
             f"<img src='{chart}' alt='histogram of {html.escape(col)}'>"
-            f"<div class='gallery'>lowest | highest<br>{gallery}</div></div>"
+            f"<div class='gallery'><div class='side'>lowest</div>{''.join(figures[:half])}"
+            f"<div class='side high'>highest</div>{''.join(figures[half:])}</div></div>"
         )
-    parts.append(f"<h2 id='drift'>Drift against the reference</h2>{_table(sections.get('drift'))}")
+    parts.append(
+        "<h2 id='drift'>Drift against the reference</h2>"
+        + _table(_drifted_first(sections.get("drift")), limit=60)
+    )
     parts.append(_sliced_section(sections.get("sliced_evaluation")))
     parts.append(_classification_section(sections, urls, names))
-    for key, title in (("outliers", "Outliers"), ("duplicates", "Duplicates")):
-        parts.append(f"<h2 id='{key}'>{title}</h2>{_table(sections.get(key))}")
+    parts.append(_outliers_section(sections.get("outliers")))
+    found = {version: urls}
+    if reference_urls is not None and meta.get("reference"):
+        found[meta["reference"]] = reference_urls
+    parts.append(_duplicates_section(sections.get("duplicates"), found))
     parts.append("<h2 id='label_errors'>Label-error queue</h2>")
     queue = sections.get("label_errors")
     if queue is not None and not queue.empty:

@@ -46,7 +46,10 @@ def _hostile_report(tmp_path) -> str:
         {
             "model": ["det<b>"] * 3,
             "metric": ["all", "data/brightness", "data/brightness"],
-            "bucket": ["all", "0", "1"],
+            "bucket": [0, 0, 1],
+            "lo": [float("nan"), 0.1, 0.5],
+            "hi": [float("nan"), 0.5, 0.9],
+            "n_images": [4, 2, 2],
             "AP50": [0.7, 0.4, 0.9],
             "recall": [0.8, 0.5, 0.95],
         }
@@ -77,8 +80,11 @@ def test_report_sections_galleries_and_escaping(tmp_path):
         assert f"id='{section}'" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "onerror=alert" not in page.replace("&lt;img src=x onerror=alert(1)&gt;", "")
-    images = re.findall(r"src=['\"]data:image/(png|jpeg);base64,", page)
-    assert images.count("png") == 2 and images.count("jpeg") >= 5  # histogram+AP50 chart, thumbs
+    images = re.findall(r"src=['\"]data:image/(svg\+xml|jpeg);base64,", page)
+    assert images.count("svg+xml") == 2 and images.count("jpeg") >= 5  # histogram, AP50; thumbs
+    # the worst slice named by its value range and size; no column that is empty throughout
+    assert "data/brightness 0.1\u20130.5 (2 images) 0.4" in page
+    assert "<td>nan</td>" not in page
     url = str(tmp_path / "r" / "v.html")
     storage.write_bytes_atomic(url, page.encode())
     assert storage.read_bytes(url).decode().startswith("<!doctype html>")

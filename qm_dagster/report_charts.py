@@ -1,0 +1,145 @@
+"""The report's charts, drawn by matplotlib (Agg, no pyplot state, so safe on threads): SVG with
+text as text, readable axes (compact tick labels, a log axis for values spanning decades) and
+bucket ranges spelled out. Returned as data URLs for ``<img>`` tags."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+CURRENT, REFERENCE = "#3b78b5", "#d0453a"
+WIDE_RANGE = 1e3  # values spanning more than this factor (all > 0) get a log axis
+
+
+def compact(value: float, _pos: object = None) -> str:
+    """A tick label of at most ~5 characters: 0.25, 1.3k, 2.1M, 1e-05."""
+    a = abs(value)
+    if a == 0:
+        return "0"
+    if a >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if a >= 1e4:
+        return f"{value / 1e3:.3g}k"
+    if a < 1e-3:
+        return f"{value:.0e}"
+    return f"{value:.3g}"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+def _data_url(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _finite(values: np.ndarray | None) -> np.ndarray:
+    if values is None:
+        return np.empty(0)
+    values = np.asarray(values, dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+def histogram(
+    values: np.ndarray, name: str, reference: np.ndarray | None = None, unit: str = "images"
+) -> str:
+    """This version's values as filled bars and the reference's (scaled to this version's
+    count) as an outline, on shared bins; a log axis when the values span decades."""
+    current, ref = _finite(values), _finite(reference)
+    fig = _figure(4.4, 2.4)
+    ax = fig.add_subplot()
+    both = np.concatenate([current, ref])
+    if both.size == 0:
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _data_url(fig)
+    lo, hi = float(both.min()), float(both.max())
+    log = lo > 0 and hi / lo > WIDE_RANGE
+    if log:
+        bins = np.geomspace(lo, hi, 31)
+        ax.set_xscale("log")
+    else:
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
+    ax.hist(current, bins=bins, color=CURRENT, label=f"this version (n={current.size})")
+    if ref.size:
+        weights = np.full(ref.size, current.size / ref.size if current.size else 1.0)
+        ax.hist(
+            ref,
+            bins=bins,
+            weights=weights,
+            histtype="step",
+            color=REFERENCE,
+            linewidth=1.4,
+            label=f"reference (n={ref.size}, scaled)",
+        )
+        ax.legend(fontsize=7, frameon=False, loc="upper right")
+    ax.xaxis.set_major_formatter(FuncFormatter(compact))
+    if not log:
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
+    ax.set_xlabel(name + (" (log scale)" if log else ""), fontsize=8)
+    ax.set_ylabel(unit, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _data_url(fig)
+
+
+def bucket_label(lo: float, hi: float) -> str:
+    """A bucket's value range, e.g. ``0.12-0.35`` (an en dash)."""
+    if not (np.isfinite(lo) or np.isfinite(hi)):
+        return "all"
+    return f"{compact(lo)}\u2013{compact(hi)}"
+
+
+def sliced(frame: pd.DataFrame, metric: str, stat: str = "AP50") -> str:
+    """``stat`` of each model in each bucket of ``metric``, one bar group per bucket, labelled by
+    the bucket's value range and image count; a bucket without ground truth is marked, not
+    drawn at -1; each model's whole-version value as a dashed line."""
+    rows = frame[frame.metric == metric].sort_values(["bucket", "model"])
+    models = list(dict.fromkeys(rows.model))
+    buckets = list(dict.fromkeys(rows.bucket))
+    fig = _figure(4.4, 0.5 + 0.32 * max(3, len(buckets) * max(1, len(models))))
+    ax = fig.add_subplot()
+    height = 0.8 / max(1, len(models))
+    colours = [CURRENT, "#e08a1e", "#5aa05a", "#8c5db5", REFERENCE]
+    labels = []
+    for b, bucket in enumerate(buckets):
+        first = rows[rows.bucket == bucket].iloc[0]
+        labels.append(f"{bucket_label(first.lo, first.hi)}\n{int(first.n_images)} images")
+        for m, model in enumerate(models):
+            hit = rows[(rows.bucket == bucket) & (rows.model == model)]
+            y = b + (m - (len(models) - 1) / 2) * height
+            value = float(hit[stat].iloc[0]) if len(hit) else float("nan")
+            if value >= 0:
+                ax.barh(y, value, height=height * 0.9, color=colours[m % len(colours)])
+                ax.text(value + 0.01, y, f"{value:.2f}", va="center", fontsize=7)
+            else:
+                ax.text(0.01, y, "no ground truth", va="center", fontsize=7, color="#777")
+    overall = frame[(frame.metric == "all") & frame.model.isin(models)]
+    for m, model in enumerate(models):
+        whole = overall[overall.model == model][stat]
+        if len(whole) and float(whole.iloc[0]) >= 0:
+            ax.axvline(
+                float(whole.iloc[0]),
+                color=colours[m % len(colours)],
+                linestyle="--",
+                linewidth=1,
+                label=f"{model}: whole version",
+            )
+    ax.set_yticks(range(len(buckets)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel(f"{stat} by {metric}", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _data_url(fig)
