@@ -18,6 +18,8 @@ Demo ready.
   datasets : $QM_DATASETS   (train, validation, production)
   outputs  : $QM_STORAGE    (one Parquet file per asset per version)
   try      : .venv/bin/qm show production --asset data/brightness --sort asc --limit 5
+  explore  : QM_STORAGE=$QM_STORAGE .venv/bin/qm explore production   (http://127.0.0.1:8765)
+  report   : QM_STORAGE=$QM_STORAGE .venv/bin/qm report production
   UI       : http://127.0.0.1:$PORT  (Assets -> data/brightness -> Partitions); Ctrl-C stops it
 MSG
 exec dg dev --host 127.0.0.1 --port "$PORT"
