@@ -12,8 +12,6 @@ from qm_dagster import storage
 from qm_dagster.annotators import annotator_table
 from qm_dagster.checks import Check
 from qm_dagster.checks import evaluate as evaluate_check
-from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
-from qm_dagster.drift import drift_shares, version_drift
 from qm_dagster.errors import QmError
 from qm_dagster.evaluation import STATS
 from qm_dagster.importance import metric_importance
@@ -31,7 +29,6 @@ from qm_dagster.quality_table import (
     object_table,
     prediction_table,
 )
-from qm_dagster.report import build_report
 from qm_dagster.sliced import NamedSlices, image_slices, sliced_evaluation
 from qm_dagster.slices import Slice
 from resources.dataset import QmResource
@@ -242,6 +239,10 @@ def build_analysis_assets(
         reference/* aliases): per metric of every level the test chosen for it (size-aware
         by default, the image as the sampling unit), with Wasserstein/std, PSI and JS; class
         shares; a domain classifier; prediction metrics per model."""
+        # imported here: scipy.stats and scikit-learn cost every step process 0.7 s otherwise
+        from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
+        from qm_dagster.drift import drift_shares, version_drift
+
         reference = qm.version(context.partition_key).meta().reference
         empty = pd.DataFrame(columns=DRIFT_COLUMNS)
         if not reference:
@@ -552,6 +553,8 @@ def build_analysis_assets(
         """One self-contained HTML report of the version (histograms with the reference
         overlaid, galleries per metric, outliers, duplicates, drift, sliced evaluation, label-error
         queue with boxes), written through the storage and linked here."""
+        from qm_dagster.report import build_report  # matplotlib: imported where it draws
+
         version = context.partition_key
         meta = qm.version(version).meta()
         page = build_report(

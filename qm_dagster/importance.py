@@ -18,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from sklearn.feature_selection import mutual_info_classif
 
 COLUMNS = ["model", "metric", "n", "spearman", "p_value", "mutual_information"]
 EXCLUDED = {"model/match", "model/confidence"}
@@ -60,6 +58,8 @@ def metric_importance(
 def _importance(
     model: str, metric: str, x: np.ndarray, tp: np.ndarray, seed: int, mi_rows: int
 ) -> dict[str, object]:
+    from scipy import stats  # lazy, as the assets import this module in every step process
+
     rho = stats.spearmanr(x, tp)
     return {
         "model": model,
@@ -76,4 +76,6 @@ def _mutual_information(x: np.ndarray, tp: np.ndarray, seed: int, rows: int) -> 
     if len(x) > rows:
         pick = np.sort(np.random.default_rng(seed).choice(len(x), rows, replace=False))
         x, tp = x[pick], tp[pick]
+    from sklearn.feature_selection import mutual_info_classif  # lazy, as spearmanr
+
     return float(mutual_info_classif(x.reshape(-1, 1), tp, random_state=seed)[0])
