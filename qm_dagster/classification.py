@@ -275,9 +275,6 @@ def label_issues(
     """Per model, cleanlab's label issues (``filter.find_label_issues``: confident learning,
     pruned by noise rate) ranked by its label quality score, worst first, with the class the
     model suggests instead."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
     parts = []
     for model, rows in predictions.groupby("model", sort=True):
         y = _label_indices(labels, rows.image_id, classes)
@@ -285,6 +282,10 @@ def label_issues(
         present = np.unique(y[has])
         if has.sum() < 2 or present.size < 2:
             continue
+        # imported only when there is something to rank (0.6 s; detection versions never do)
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
         p, y = probability_matrix(rows)[has], y[has]
         # cleanlab estimates per-class noise rates: classes without a labelled image are
         # left out of the probabilities it sees (renormalised), and mapped back after

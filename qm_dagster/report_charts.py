@@ -30,9 +30,11 @@ def compact(value: float, _pos: object = None) -> str:
     return f"{value:.3g}"
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(width: float, height: float, left: float = 0.13, bottom: float = 0.5) -> Figure:
+    """A figure with fixed margins (``left`` a share of the width, ``bottom`` inches): a layout
+    engine costs ~40% of a chart's time and the labels here are of known size."""
     fig = Figure(figsize=(width, height), dpi=100)
-    fig.set_layout_engine("constrained")
+    fig.subplots_adjust(left=left, right=0.97, top=1 - 0.1 / height, bottom=bottom / height)
     return fig
 
 
@@ -69,17 +71,15 @@ def histogram(
         ax.set_xscale("log")
     else:
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
-    ax.hist(current, bins=bins, color=CURRENT, label=f"this version (n={current.size})")
+    counts, _ = np.histogram(current, bins=bins)
+    # stairs: one artist per series (ax.hist draws a patch per bar, 3x slower)
+    ax.stairs(counts, bins, fill=True, color=CURRENT, label=f"this version (n={current.size})")
     if ref.size:
-        weights = np.full(ref.size, current.size / ref.size if current.size else 1.0)
-        ax.hist(
-            ref,
-            bins=bins,
-            weights=weights,
-            histtype="step",
-            color=REFERENCE,
-            linewidth=1.4,
-            label=f"reference (n={ref.size}, scaled)",
+        scaled = np.histogram(ref, bins=bins)[0] * (
+            current.size / ref.size if current.size else 1.0
+        )
+        ax.stairs(
+            scaled, bins, color=REFERENCE, linewidth=1.4, label=f"reference (n={ref.size}, scaled)"
         )
         ax.legend(fontsize=7, frameon=False, loc="upper right")
     ax.xaxis.set_major_formatter(FuncFormatter(compact))
@@ -107,7 +107,9 @@ def sliced(frame: pd.DataFrame, metric: str, stat: str = "AP50") -> str:
     rows = frame[frame.metric == metric].sort_values(["bucket", "model"])
     models = list(dict.fromkeys(rows.model))
     buckets = list(dict.fromkeys(rows.bucket))
-    fig = _figure(4.4, 0.5 + 0.32 * max(3, len(buckets) * max(1, len(models))))
+    fig = _figure(
+        4.4, 0.6 + 0.32 * max(3, len(buckets) * max(1, len(models))), left=0.24, bottom=0.45
+    )
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(models))
     colours = [CURRENT, "#e08a1e", "#5aa05a", "#8c5db5", REFERENCE]
