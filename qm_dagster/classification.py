@@ -242,8 +242,6 @@ def model_metrics(
 ) -> dict[str, pd.DataFrame]:
     """The ``model/...`` tables of ``METRICS`` (``model, image_id, value``); correctness and
     label quality only for labelled images."""
-    from cleanlab.rank import get_label_quality_scores
-
     out: dict[str, list[pd.DataFrame]] = {k: [] for k in METRICS if k.startswith("model/")}
     for model, rows in predictions.groupby("model", sort=True):
         p = probability_matrix(rows)
@@ -259,6 +257,8 @@ def model_metrics(
         correct = (p[has].argmax(axis=1) == y[has]).astype(float)
         out["model/class_correct"].append(_table(model, rows.image_id[has], correct))
         if has.any():
+            from cleanlab.rank import get_label_quality_scores  # 0.6 s: only when needed
+
             quality = get_label_quality_scores(y[has], p[has])
             out["model/label_quality"].append(_table(model, rows.image_id[has], quality))
     empty = pd.DataFrame({"model": [], "image_id": [], "value": []})
