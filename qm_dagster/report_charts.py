@@ -24,18 +24,21 @@ def compact(value: float, _pos: object = None) -> str:
         return "0"
     if a >= 1e6:
         return f"{value / 1e6:.3g}M"
-    if a >= 1e4:
+    if a >= 1e3:  # .3g would write 1000 as 1e+03
         return f"{value / 1e3:.3g}k"
     if a < 1e-3:
         return f"{value:.0e}"
     return f"{value:.3g}"
 
 
-def _figure(width: float, height: float, left: float = 0.13, bottom: float = 0.5) -> Figure:
-    """A figure with fixed margins (``left`` a share of the width, ``bottom`` inches): a layout
-    engine costs ~40% of a chart's time and the labels here are of known size."""
+def _figure(
+    width: float, height: float, left: float = 0.13, bottom: float = 0.5, top: float = 0.1
+) -> Figure:
+    """A figure with fixed margins (``left`` a share of the width, ``bottom`` and ``top``
+    inches): a layout engine costs ~40% of a chart's time and the labels here are of known
+    size."""
     fig = Figure(figsize=(width, height), dpi=100)
-    fig.subplots_adjust(left=left, right=0.97, top=1 - 0.1 / height, bottom=bottom / height)
+    fig.subplots_adjust(left=left, right=0.97, top=1 - top / height, bottom=bottom / height)
     return fig
 
 
@@ -111,9 +114,9 @@ def sliced(frame: pd.DataFrame, metric: str, stat: str = "AP50") -> str:
     rows = frame[frame.metric == metric].sort_values(["bucket", "model"])
     models = list(dict.fromkeys(rows.model))
     buckets = list(dict.fromkeys(rows.bucket))
-    fig = _figure(
-        4.4, 0.6 + 0.32 * max(3, len(buckets) * max(1, len(models))), left=0.24, bottom=0.45
-    )
+    height = 0.6 + 0.32 * max(3, len(buckets) * max(1, len(models)))
+    legend = 0.3 if len(models) > 1 else 0.0
+    fig = _figure(4.4, height + legend, left=0.24, bottom=0.45, top=0.1 + legend)
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(models))
     colours = [CURRENT, "#e08a1e", "#5aa05a", "#8c5db5", REFERENCE]
@@ -139,13 +142,14 @@ def sliced(frame: pd.DataFrame, metric: str, stat: str = "AP50") -> str:
                 color=colours[m % len(colours)],
                 linestyle="--",
                 linewidth=1,
-                label=f"{model}: whole version",
+                label=str(model),
             )
     ax.set_yticks(range(len(buckets)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.1)
-    ax.set_xlabel(f"{stat} by {metric}", fontsize=8)
+    ax.set_xlabel(f"{stat} by {metric} (dashed: the whole version)", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    if len(models) > 1:  # above the axes: inside, it would cover the bars' values
+        ax.legend(fontsize=7, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2)
     ax.spines[["top", "right"]].set_visible(False)
     return _data_url(fig)

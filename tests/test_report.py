@@ -138,3 +138,39 @@ def test_summary_names_what_drifted_and_where_the_model_fails(demo):
     assert f"demo_detector</a>: AP50 {overall:.4g}" in summary
     errors = load("analysis/label_errors", "production", settings)
     assert f"{len(errors)} suspected" in summary
+
+
+def _svg(url: str) -> str:
+    import base64
+
+    assert url.startswith("data:image/svg+xml;base64,")
+    return base64.b64decode(url.split(",", 1)[1]).decode()
+
+
+def test_charts_name_bucket_ranges_and_mark_empty_buckets():
+    """AP50 bars are labelled with each bucket's value range and image count (not q0..q4); a
+    bucket without ground truth (AP50 -1) is written out, not drawn; tick labels are compact
+    and a metric spanning decades gets a log axis."""
+    import numpy as np
+
+    from qm_dagster import report_charts
+
+    sliced = pd.DataFrame(
+        {
+            "model": ["m"] * 3,
+            "metric": ["all", "data/area", "data/area"],
+            "bucket": [0, 0, 1],
+            "lo": [float("nan"), 1000.0, 250_000.0],
+            "hi": [float("nan"), 250_000.0, 1_790_000.0],
+            "n_images": [20, 11, 9],
+            "AP50": [0.5, -1.0, 0.625],
+        }
+    )
+    svg = _svg(report_charts.sliced(sliced, "data/area"))
+    assert "1k\u2013250k" in svg and "250k\u20131.79M" in svg and "e+0" not in svg
+    assert "11 images" in svg and "no ground truth" in svg and "0.62" in svg
+    assert "-1" not in svg.split("<text")[-1]  # no bar label at -1
+    values = np.geomspace(1, 1e6, 200)
+    assert "(log scale)" in _svg(report_charts.histogram(values, "data/sharpness"))
+    linear = _svg(report_charts.histogram(np.linspace(0, 300_000, 50), "data/area"))
+    assert "(log scale)" not in linear and "300k" in linear and "e+05" not in linear
