@@ -324,3 +324,30 @@ def test_report_summary_in_chromium_names_the_drifted_metrics(demo):
         for row in drifted.head(5).itertuples():
             assert f"{row.metric} ({row.level})" in summary
         page.screenshot(path=str(artifact("report-summary.png")))
+
+
+@pytest.mark.slow
+def test_explorer_reads_its_tables_from_s3(demo, data, s3):
+    """Outputs in an S3 store (a moto server through s3fs): DuckDB reads them through our
+    filesystem, and pages, flags and slices equal the local ones."""
+    import dataclasses
+
+    import s3fs
+
+    from qm_dagster.explore.query import TABLES
+    from qm_dagster.explore.server import Explorer
+    from tests.conftest import BUCKET
+
+    fs = s3fs.S3FileSystem()
+    local = demo.settings.storage
+    for key in TABLES.values():
+        fs.put(f"{local}/{key}/{VERSION}.parquet", f"{BUCKET}/storage/{key}/{VERSION}.parquet")
+    settings = dataclasses.replace(demo.settings, storage=f"s3://{BUCKET}/storage")
+    assert Explorer(settings).default == VERSION  # the only version stored there
+    remote = VersionData(settings, VERSION)
+    for query in (
+        Query(sort="data/brightness", limit=10),
+        Query(level="object", sort="label/relative_area", flags=("outlier",), limit=10),
+        Query(level="object", slice="small_objects", classes=("box",)),
+    ):
+        assert remote.page(query) == data.page(query)

@@ -143,7 +143,9 @@ class VersionData:
         fs, path = storage.filesystem(url)
         if storage.is_local(fs):
             return path
-        self.con.register_filesystem(fs)
+        name = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if not self.con.filesystem_is_registered(name):  # once per connection, not per table
+            self.con.register_filesystem(fs)
         return url
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
