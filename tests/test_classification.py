@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
@@ -284,3 +285,25 @@ def test_checks_on_class_evaluation(graph, tmp_path):
     assert outcomes["fair_accuracy"].passed
     assert outcomes["fair_accuracy"].metadata["value"].value == pytest.approx(whole.accuracy)
     assert not outcomes["perfect_small_crops"].passed
+
+
+def test_explorer_filters_a_classification_version_by_label(graph):
+    """``qm explore`` on a classification version: its classes are the labels, a class
+    filter selects by the ``class`` column, sorting by a model metric equals pandas, and the
+    filter saved as a slice is a pandas filter on that column."""
+    from qm_dagster.explore.query import Query, VersionData
+    from qm_dagster.slices import apply, parse_slices
+
+    data = VersionData(graph, VERSION)
+    table = _stored(graph, "analysis/quality_table/image")
+    assert data.classes() == sorted(table["class"].dropna().unique())
+    query = Query(classes=("bird", "cup"), sort="model/label_quality@sim", limit=500)
+    page = data.page(query)
+    want = table[table["class"].isin(["bird", "cup"])].sort_values(
+        ["model/label_quality@sim", "image_id"], kind="stable"
+    )
+    assert page["total"] == len(want) > 0
+    assert [r["image_id"] for r in page["rows"]] == want.image_id.tolist()
+    saved = data.as_slice(query, "birds_and_cups")
+    (chosen,) = parse_slices(yaml.safe_load(saved["yaml"])["slices"])
+    assert sorted(apply(chosen, table).image_id) == sorted(want.image_id)
