@@ -304,6 +304,7 @@ def test_explorer_filters_a_classification_version_by_label(graph):
     )
     assert page["total"] == len(want) > 0
     assert [r["image_id"] for r in page["rows"]] == want.image_id.tolist()
+    assert [r["category"] for r in page["rows"]] == want["class"].tolist()  # the card's label
     saved = data.as_slice(query, "birds_and_cups")
     (chosen,) = parse_slices(yaml.safe_load(saved["yaml"])["slices"])
     assert sorted(apply(chosen, table).image_id) == sorted(want.image_id)

@@ -241,7 +241,8 @@ class VersionData:
         value = f"q.{quoted(sort)}" if sort else "NULL"
         key_list = ", ".join(f"q.{quoted(k)}" for k in keys if k != "image_id")
         page = (
-            f"SELECT {key_list + ', ' if key_list else ''}q.image_id, {value} AS value "
+            f"SELECT {key_list + ', ' if key_list else ''}q.image_id, {value} AS value"
+            f"{self._label(query.level)} "
             f"FROM {query.level} q WHERE {where} ORDER BY {self._order('q', query)} "
             f"LIMIT {int(query.limit)} OFFSET {int(query.offset)}"
         )
@@ -251,6 +252,13 @@ class VersionData:
         )
         frame = cur.execute(sql, params).df()
         return {"total": int(total), "offset": query.offset, "rows": _records(frame)}
+
+    def _label(self, level: str) -> str:
+        """A classification version's label on each image card (objects get their category
+        from the annotations)."""
+        return (
+            ', q."class" AS category' if level == "image" and "class" in self.views[level] else ""
+        )
 
     def _order(self, alias: str, query: Query, value: str | None = None) -> str:
         """ORDER BY of a page: the sort column (missing values last), ties by the row's key."""

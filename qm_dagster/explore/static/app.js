@@ -228,7 +228,9 @@ function listTable(items, columns) {
 
 function renderFacts(d) {
   const flagged = new Set(d.outliers.filter((o) => o.level === "image").map((o) => o.metric));
-  const values = Object.entries(d.image).filter(([k, v]) => v !== null && k.includes("/"));
+  // metric values, and a classification version's label and each model's predicted class
+  const shown = (k) => k.includes("/") || k === "class" || k.startsWith("predicted@");
+  const values = Object.entries(d.image).filter(([k, v]) => v !== null && shown(k));
   const parts = [];
   if (d.outliers.length) {
     parts.push(el("h3", { class: "flag", text: `Outlier flags (${d.outliers.length})` }),
