@@ -190,7 +190,8 @@ def build_analysis_assets(
         """Per metric: values outside its fences (skew-adjusted boxplot by default, Tukey's or
         log-scale per metric; object metrics per class with enough objects too), and per level
         the rows an IsolationForest over all metrics flags. Every metric is read from the
-        three wide tables, not from its own asset."""
+        three wide tables, not from its own asset. Plots tab: ``severe`` and ``outlier share
+        <level>`` across versions; ``qm explore`` lists the flagged rows as pictures."""
         frames = metric_frames(keys, image_table, object_table, prediction_table)
         tukey = all_outliers(frames, outlier_rules(keys, fence_rules))
         multi = [
@@ -238,7 +239,8 @@ def build_analysis_assets(
         """This version against its reference (version.json ``reference``, read through the
         reference/* aliases): per metric of every level the test chosen for it (size-aware
         by default, the image as the sampling unit), with Wasserstein/std, PSI and JS; class
-        shares; a domain classifier; prediction metrics per model."""
+        shares; a domain classifier; prediction metrics per model. Plots tab: ``drifted``
+        and ``drift share <level>`` across versions."""
         # imported here: scipy.stats and scikit-learn cost every step process 0.7 s otherwise
         from qm_dagster.drift import COLUMNS as DRIFT_COLUMNS
         from qm_dagster.drift import drift_shares, version_drift
@@ -339,7 +341,8 @@ def build_analysis_assets(
         inside alone, as named slices) and on named slices; AP, AR on size buckets of
         object_area. One COCO evaluation per model and IoU type (bbox; segm
         too for a model with masks; keypoints (OKS) when every object and prediction carries
-        COCO's 17 keypoints: ``iou_type`` column); slices accumulate its matches."""
+        COCO's 17 keypoints: ``iou_type`` column); slices accumulate its matches. Plots tab:
+        ``AP``, ``AP50``, ``AR100`` of each model across versions."""
         named = NamedSlices.of(
             slices,
             {"image": image_table, "object": object_table, "prediction": prediction_table},
