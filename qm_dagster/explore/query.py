@@ -119,6 +119,7 @@ class VersionData:
     con: duckdb.DuckDBPyConnection = field(init=False)
     views: dict[str, list[str]] = field(init=False)  # view -> its columns
     _slices: dict[str, str] = field(init=False, default_factory=dict)  # slice -> its view
+    _ranges: dict[str, dict] = field(init=False, default_factory=dict)  # level -> metric ranges
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -218,13 +219,18 @@ class VersionData:
         return sorted(str(r[0]) for r in rows)
 
     def ranges(self, level: str) -> dict[str, list[float | None]]:
-        """Min and max of every metric of a level (one scan), for the range inputs."""
+        """Min and max of every metric of a level (one scan, then remembered: the page asks
+        on every load), for the range inputs."""
+        if level in self._ranges:
+            return self._ranges[level]
         names = self.metrics(level)
-        if not names:
-            return {}
-        parts = ", ".join(f"min({quoted(c)}), max({quoted(c)})" for c in names)
-        row = self.cursor().execute(f"SELECT {parts} FROM {level}").fetchone()
-        return {c: [_plain(row[2 * i]), _plain(row[2 * i + 1])] for i, c in enumerate(names)}
+        found: dict[str, list[float | None]] = {}
+        if names:
+            parts = ", ".join(f"min({quoted(c)}), max({quoted(c)})" for c in names)
+            row = self.cursor().execute(f"SELECT {parts} FROM {level}").fetchone()
+            found = {c: [_plain(row[2 * i]), _plain(row[2 * i + 1])] for i, c in enumerate(names)}
+        self._ranges[level] = found
+        return found
 
     # --- pages ---------------------------------------------------------------------------
 
