@@ -141,6 +141,7 @@ def _figure(src: str, name: str, caption: str) -> str:
 
 
 DUPLICATE_GROUPS = 12  # groups shown as pictures; the table lists every group
+GROUP_PICTURES = 8  # pictures of one group
 
 
 def _duplicates_section(frame: pd.DataFrame | None, urls: dict[str, pd.Series]) -> str:
@@ -150,7 +151,9 @@ def _duplicates_section(frame: pd.DataFrame | None, urls: dict[str, pd.Series]) 
     if frame is None or frame.empty:
         return head + _table(frame)
     groups = list(dict.fromkeys(frame.group))[:DUPLICATE_GROUPS]
-    mine = frame[frame.group.isin(groups)]
+    # at most GROUP_PICTURES of each group (a group of near copies can hold thousands)
+    mine = frame[frame.group.isin(groups)].groupby("group", sort=False).head(GROUP_PICTURES)
+    sizes = frame.group.value_counts()
 
     def url(row) -> str:
         found = urls.get(row.version)
@@ -164,9 +167,11 @@ def _duplicates_section(frame: pd.DataFrame | None, urls: dict[str, pd.Series]) 
             for r in members.itertuples()
         )
         kind = html.escape(str(members.kind.iloc[0]))
+        rest = int(sizes[group]) - len(members)
+        more_here = f"<span>and {rest} more</span>" if rest > 0 else ""
         rows.append(
-            f"<div class='group'><b>group {html.escape(str(group))}</b> ({kind} copies)"
-            f"{figures}</div>"
+            f"<div class='group'><b>group {html.escape(str(group))}</b> ({kind} copies, "
+            f"{int(sizes[group])} images){figures}{more_here}</div>"
         )
     more = len(dict.fromkeys(frame.group)) - len(groups)
     note = f"<p>{more} more groups in the table</p>" if more > 0 else ""

@@ -174,3 +174,29 @@ def test_charts_name_bucket_ranges_and_mark_empty_buckets():
     assert "(log scale)" in _svg(report_charts.histogram(values, "data/sharpness"))
     linear = _svg(report_charts.histogram(np.linspace(0, 300_000, 50), "data/area"))
     assert "(log scale)" not in linear and "300k" in linear and "e+05" not in linear
+
+
+def test_a_large_duplicate_group_shows_a_few_pictures_and_counts_the_rest(tmp_path):
+    """A group of near copies can hold thousands of images (the generated 100k version's do):
+    the report draws at most GROUP_PICTURES of each and says how many more there are."""
+    from qm_dagster.report import GROUP_PICTURES, _duplicates_section
+    from tests.images import checkerboard
+
+    write_image(tmp_path / "a.png", checkerboard(40, 60))
+    members = 100
+    frame = pd.DataFrame(
+        {
+            "group": 0,
+            "kind": "near",
+            "version": "v",
+            "image_id": range(members),
+            "file_name": [f"f{i}.png" for i in range(members)],
+            "content_hash": "h",
+        }
+    )
+    urls = pd.Series(str(tmp_path / "a.png"), index=range(members))
+    html = _duplicates_section(frame, {"v": urls})
+    pictures = html[: html.index("<table>")]
+    assert pictures.count("<figure>") == GROUP_PICTURES < members
+    assert pictures.count("data:image/jpeg") == GROUP_PICTURES
+    assert f"and {members - GROUP_PICTURES} more" in pictures and "100 images" in pictures
