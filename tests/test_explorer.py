@@ -351,3 +351,20 @@ def test_explorer_reads_its_tables_from_s3(demo, data, s3):
         Query(level="object", slice="small_objects", classes=("box",)),
     ):
         assert remote.page(query) == data.page(query)
+
+
+def test_detail_shows_the_duplicate_group_capped(demo, data, monkeypatch):
+    """An image's duplicate group: its members (this version's and the reference's) and their
+    count; a big group is cut at GROUP_SHOWN members, the count still whole."""
+    from qm_dagster.explore import query
+
+    duplicates = load("analysis/duplicates", VERSION, demo.settings)
+    mine = duplicates[duplicates.version == VERSION].iloc[0]
+    group = duplicates[duplicates.group == mine.group]
+    detail = data.detail(str(mine.image_id))
+    assert detail["duplicate_count"] == len(group) >= 2
+    got = {(d["version"], d["image_id"]) for d in detail["duplicates"]}
+    assert got == set(zip(group.version, group.image_id, strict=True))
+    monkeypatch.setattr(query, "GROUP_SHOWN", 1)
+    detail = data.detail(str(mine.image_id))
+    assert len(detail["duplicates"]) == 1 and detail["duplicate_count"] == len(group)

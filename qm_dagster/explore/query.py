@@ -47,6 +47,7 @@ KEYS = {
 FLAGS = ("outlier", "duplicate", "label_error")
 BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 MAX_PAGE = 500
+GROUP_SHOWN = 24  # members of an image's duplicate group in its detail
 CLASS_COLUMN = {"object": "category", "prediction": "category", "image": "class"}
 
 
@@ -448,11 +449,21 @@ class VersionData:
             "SELECT level, metric, scope, key, value, lower, upper, severity FROM outliers WHERE image_id = ? ORDER BY severity DESC, metric",
             one,
         )
+        group = (
+            'FROM duplicates WHERE "group" IN '
+            '(SELECT "group" FROM duplicates WHERE image_id = ? AND version = ?)'
+        )
+        # a group of near copies can hold thousands: the first GROUP_SHOWN, and the count
         out["duplicates"] = self._rows(
             cur,
             "duplicates",
-            'SELECT * FROM duplicates WHERE "group" IN (SELECT "group" FROM duplicates WHERE image_id = ? AND version = ?) ORDER BY "group", version, image_id',
+            f'SELECT * {group} ORDER BY "group", version, image_id LIMIT {GROUP_SHOWN}',
             [typed, self.version],
+        )
+        out["duplicate_count"] = (
+            cur.execute(f"SELECT count(*) {group}", [typed, self.version]).fetchone()[0]
+            if "duplicates" in self.views
+            else 0
         )
         out["label_errors"] = self._rows(
             cur,

@@ -241,7 +241,8 @@ function renderFacts(d) {
       listTable(d.label_errors, ["kind", "score", "model", "annotation_id", "prediction_id", "category", "predicted_category", "iou", "evidence"]));
   }
   if (d.duplicates.length) {
-    parts.push(el("h3", { text: `Duplicate group (${d.duplicates.length} images)` }),
+    const more = d.duplicate_count - d.duplicates.length;
+    parts.push(el("h3", { text: `Duplicate group (${d.duplicate_count} images${more > 0 ? `, the first ${d.duplicates.length} shown` : ""})` }),
       el("div", { class: "dups" }, ...d.duplicates.map((x) => el("img", {
         src: `/thumb?version=${encodeURIComponent(x.version)}&id=${encodeURIComponent(x.image_id)}`,
         title: `${x.kind}: ${x.version} / ${x.file_name}`, alt: `${x.version}/${x.file_name}` }))),
