@@ -125,6 +125,12 @@ def main() -> None:
         seconds, page = ask(f"{url}/api/page", {"query": {**FIRST_PAGES[0], "limit": 60}})
         thumbs = thumbnails(url, page["rows"])
         print(f"  its 60 thumbnails, 6 at a time as a browser asks: {thumbs:.2f} s")
+        details = [ask(f"{url}/api/detail?id={r['image_id']}")[0] for r in page["rows"][:10]]
+        print(
+            f"  the detail of its first 10 images (boxes, values, flags, duplicate group, "
+            f"label errors): median {statistics.median(details) * 1000:.0f} ms, worst "
+            f"{max(details) * 1000:.0f} ms"
+        )
         baseline = pandas_first_page(storage, version, "data/brightness")
         print(
             f"first page: worst {max(firsts):.3f} s, median {statistics.median(firsts):.3f} s "
