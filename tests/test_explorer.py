@@ -368,3 +368,33 @@ def test_detail_shows_the_duplicate_group_capped(demo, data, monkeypatch):
     monkeypatch.setattr(query, "GROUP_SHOWN", 1)
     detail = data.detail(str(mine.image_id))
     assert len(detail["duplicates"]) == 1 and detail["duplicate_count"] == len(group)
+
+
+def test_unlabeled_version_slice_exports_as_a_new_version(settings, tmp_path):
+    """An unlabeled version (image files only): no object or prediction rows, string image
+    ids; the saved slice's commands export it as a new version, and that export (the slice
+    parsed from the shown YAML) holds exactly the images the explorer selected."""
+    from qm_dagster.dataset import DatasetRoot
+    from qm_dagster.export import export_slice
+    from qm_dagster.importers import ImportSpec, import_version
+    from tests.conftest import materialize_version
+    from tests.images import real_photos, write_image
+
+    for name, rgb in real_photos().items():
+        write_image(tmp_path / "photos" / f"{name}.png", rgb)
+    import_version(ImportSpec(images=str(tmp_path / "photos")), settings.datasets, "u")
+    assert materialize_version(settings, "u").success
+    data = VersionData(settings, "u")
+    meta = data.meta()
+    assert meta["levels"]["image"]["rows"] == 4 and meta["levels"]["object"]["rows"] == 0
+    table = load("analysis/quality_table/image", "u", settings)
+    cut = float(table["data/brightness"].median())
+    query = Query(ranges=(("data/brightness", None, cut),))
+    chosen = sorted(data.keys(query).image_id)
+    assert chosen == sorted(table[table["data/brightness"] <= cut].image_id) and 0 < len(chosen) < 4
+    saved = data.as_slice(query, "darker")
+    assert saved["commands"][-1] == "qm export u --slice darker --name u-darker"
+    (parsed,) = parse_slices(yaml.safe_load(saved["yaml"])["slices"])
+    version = DatasetRoot(settings.datasets).version("u")
+    new = export_slice(version, apply(parsed, table), parsed, settings.datasets, "u-darker")
+    assert sorted(new.image_table().file_name) == chosen

@@ -534,13 +534,26 @@ class VersionData:
             "name": name,
             "where": where,
             "yaml": yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000),
-            "commands": [
-                f"qm show {self.version} --slice {name}",
-                f"qm export {self.version} --slice {name} --format coco --out {self.version}-{name}-coco",
-                f"qm export {self.version} --slice {name} --format fiftyone --out {self.version}-{name}-fiftyone",
-            ],
+            "commands": self._commands(name),
             "left_out": left_out,
         }
+
+    def _commands(self, name: str) -> list[str]:
+        """What to run with the saved slice: show it; export it as labels the next tools open
+        (COCO, FiftyOne), or, for a version without annotations, as a new version."""
+        v = self.version
+        show = f"qm show {v} --slice {name}"
+        labelled = (
+            "annotations" in self.views
+            and self.cursor().execute("SELECT count(*) > 0 FROM annotations").fetchone()[0]
+        )
+        if not labelled:
+            return [show, f"qm export {v} --slice {name} --name {v}-{name}"]
+        return [
+            show,
+            f"qm export {v} --slice {name} --format coco --out {v}-{name}-coco",
+            f"qm export {v} --slice {name} --format fiftyone --out {v}-{name}-fiftyone",
+        ]
 
 
 def _literal(text: str) -> str:

@@ -70,7 +70,9 @@ function fillSelect(select, values, keep, blank) {
 }
 
 function renderControls() {
-  $("levels").replaceChildren(...Object.keys(meta.levels).map((level) => el("button", {
+  // a level without rows (objects of an unlabeled version) gets no tab
+  const levels = Object.keys(meta.levels).filter((l) => meta.levels[l].rows > 0 || l === state.level);
+  $("levels").replaceChildren(...levels.map((level) => el("button", {
     type: "button", class: level === state.level ? "active" : "", "data-level": level,
     text: `${level}s (${meta.levels[level].rows})`,
     onclick: () => { Object.assign(state, { level, sort: "", ranges: [], offset: 0 }); renderControls(); refresh(); },
