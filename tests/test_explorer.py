@@ -398,3 +398,18 @@ def test_unlabeled_version_slice_exports_as_a_new_version(settings, tmp_path):
     version = DatasetRoot(settings.datasets).version("u")
     new = export_slice(version, apply(parsed, table), parsed, settings.datasets, "u-darker")
     assert sorted(new.image_table().file_name) == chosen
+
+
+def test_image_urls_of_a_page_are_remembered_and_equal_the_manifest(demo):
+    """The images a page showed are found again without a manifest scan (thumbnails are asked
+    right after), with the manifest's URL and the id in its own type; the URL stays server-side."""
+    data = VersionData(demo.settings, VERSION)  # a fresh one: nothing remembered yet
+    manifest = load("dataset/manifest", VERSION, demo.settings).set_index("image_id").url
+    page = data.page(Query(sort="data/brightness", limit=5))
+    assert all("url" not in row for row in page["rows"])
+    ids = [row["image_id"] for row in page["rows"]]
+    assert set(data._urls) == {str(i) for i in ids}
+    for image_id in ids:
+        assert data.image_url(str(image_id)) == (manifest[image_id], image_id)
+    other = next(i for i in manifest.index if i not in ids)  # not remembered: the manifest's
+    assert data.image_url(str(other)) == (manifest[other], other)
