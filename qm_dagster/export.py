@@ -143,10 +143,7 @@ def export_yolo(selected: Selected, out: str, split: str = "train") -> str:
     box as ``class cx cy w h``, a one-part polygon as a YOLO-seg line, relative to the image.
     Crowd regions (no YOLO equivalent) and objects of images without a size are left out and
     counted in the returned summary line; metric values have no place in YOLO."""
-    if selected.coco is None:
-        raise QmError(f"{selected.version.name} has no annotations.json: nothing to label")
-    categories = sorted(selected.coco.get("categories", []), key=lambda c: c["id"])
-    index = {c["id"]: i for i, c in enumerate(categories)}
+    names, index = _classes(selected)
     by_image: dict[object, list[dict]] = {}
     for ann in selected.coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -164,8 +161,7 @@ def export_yolo(selected: Selected, out: str, split: str = "train") -> str:
             label = PurePosixPath(image["file_name"]).with_suffix(".txt").as_posix()
             _write(out, f"labels/{split}/{label}", "".join(f"{x}\n" for x in lines).encode())
     _copy_images(selected, lambda name, data: _write(out, f"images/{split}/{name}", data))
-    names = {i: c["name"] for i, c in enumerate(categories)}
-    data = {"path": ".", split: f"images/{split}", "names": names}
+    data = {"path": ".", split: f"images/{split}", "names": dict(enumerate(names))}
     url = _write(out, "data.yaml", yaml.safe_dump(data, sort_keys=False).encode())
     return f"{url} ({left_out} crowd or unsized objects left out)"
 
@@ -182,10 +178,7 @@ def export_fiftyone(
     ``out/predictions/<model>.json`` (the same with ``confidence``), and ``out/metrics.json``
     (image metric values by the same key: the format has no image fields, FiftyOne sets them
     with ``set_values``). Crowd regions are marked by an ``iscrowd`` attribute."""
-    if selected.coco is None:
-        raise QmError(f"{selected.version.name} has no annotations.json: nothing to label")
-    categories = sorted(selected.coco.get("categories", []), key=lambda c: c["id"])
-    index = {c["id"]: i for i, c in enumerate(categories)}
+    names, index = _classes(selected)
     keys = _fiftyone_keys(selected.coco["images"])
     sizes = {i["id"]: _size(selected.version, i) for i in selected.coco["images"]}
     object_values = _values(objects, "annotation_id", "label/")
@@ -205,19 +198,27 @@ def export_fiftyone(
             out_rows[keys[r["image_id"]]].append(det)
         return out_rows
 
-    classes = [c["name"] for c in categories]
-    document = {"classes": classes, "labels": detections(selected.coco["annotations"], False)}
+    document = {"classes": names, "labels": detections(selected.coco["annotations"], False)}
     for model, results in selected.results.items():
         _write(
             out,
             f"predictions/{model}.json",
-            _json({"classes": classes, "labels": detections(results, True)}),
+            _json({"classes": names, "labels": detections(results, True)}),
         )
     image_values = _values(images, "image_id", "data/")
     metrics = {keys[i]: image_values.get(i, {}) for i in keys}
     _write(out, "metrics.json", _json(metrics))
     _copy_images(selected, lambda name, data: _write(out, f"data/{name}", data))
     return _write(out, "labels.json", _json(document))
+
+
+def _classes(selected: Selected) -> tuple[list[str], dict[int, int]]:
+    """The class names in category-id order and each category id's index among them (YOLO's
+    and FiftyOne's class numbers); an unlabeled version has nothing to export as labels."""
+    if selected.coco is None:
+        raise QmError(f"{selected.version.name} has no annotations.json: nothing to label")
+    categories = sorted(selected.coco.get("categories", []), key=lambda c: c["id"])
+    return [c["name"] for c in categories], {c["id"]: i for i, c in enumerate(categories)}
 
 
 def _fiftyone_keys(images: list[dict]) -> dict[object, str]:

@@ -51,6 +51,19 @@ def _slice_objects(version, rows) -> list[tuple]:
     return _objects(coco)
 
 
+def _exported(demo, tmp_path, exporter):
+    """The dark slice written by ``exporter`` with the quality tables' values: the version,
+    the slice's rows, the image and object tables, the output folder."""
+    version, rows = _dark(demo)
+    images, objects = (
+        load(f"analysis/quality_table/{level}", "production", demo.settings)
+        for level in ("image", "object")
+    )
+    out = tmp_path / "out"
+    exporter(select(version, rows), str(out), images, objects)
+    return version, rows, images, objects, out
+
+
 def _reimport(out, fmt: str, images: str, labels: str, root):
     """``qm import`` of an export with the demo detector's predictions, as version rt."""
     spec = ImportSpec(
@@ -79,12 +92,7 @@ def test_yolo_export_imports_back_equal(demo, tmp_path):
 
 
 def test_coco_export_carries_metric_values_and_imports_back_equal(demo, tmp_path):
-    settings = demo.settings
-    version, rows = _dark(demo)
-    images = load("analysis/quality_table/image", "production", settings)
-    objects = load("analysis/quality_table/object", "production", settings)
-    out = tmp_path / "out"
-    export_coco(select(version, rows), str(out), images, objects)
+    version, rows, images, objects, out = _exported(demo, tmp_path, export_coco)
     written = json.loads((out / "annotations.json").read_text())
     brightness = images.set_index("image_id")["data/brightness"]
     for image in written["images"]:
@@ -106,12 +114,7 @@ def test_fiftyone_export_carries_metric_values_and_imports_back_equal(demo, tmp_
     """FiftyOne's layout: relative boxes, class indices, object metrics as attributes and image
     metrics in metrics.json; ``qm import --format fiftyone`` gives back the slice's images,
     classes, boxes and each model's scored boxes."""
-    settings = demo.settings
-    version, rows = _dark(demo)
-    images = load("analysis/quality_table/image", "production", settings)
-    objects = load("analysis/quality_table/object", "production", settings)
-    out = tmp_path / "out"
-    export_fiftyone(select(version, rows), str(out), images, objects)
+    version, rows, images, objects, out = _exported(demo, tmp_path, export_fiftyone)
     labels = json.loads((out / "labels.json").read_text())
     files = version.instances().images.set_index("image_id").file_name
     keys = {files[i].rsplit(".", 1)[0]: i for i in rows.image_id}
