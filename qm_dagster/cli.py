@@ -10,6 +10,7 @@ from pathlib import Path
 from qm_dagster import storage
 from qm_dagster.config import Settings
 from qm_dagster.errors import QmError
+from qm_dagster.passes.pool import start_fork_server
 
 
 def _add_version_meta(p: argparse.ArgumentParser) -> None:
@@ -356,6 +357,8 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
             "folder (where workspace.yaml is) or set QM_PROJECT"
         )
     sys.path.insert(0, str(project))
+    if settings.workers > 1:  # the manifest's and the image pass's pools fork from it
+        start_fork_server()
     from qm_dagster.cli_dagster import materialize_version
 
     ok = materialize_version(project, settings, args.version, args.select, args.debug)

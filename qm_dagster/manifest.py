@@ -220,11 +220,7 @@ def manifest_batches(
         else version.image_batches(rows, skipped)
     )
     processes = workers > 1 and storage.is_local(storage.filesystem(base)[0])
-    pool = (
-        process_pool(IO_OVERLAP * workers, ["qm_dagster.manifest"])
-        if processes
-        else ThreadPoolExecutor(max(1, threads))
-    )
+    pool = process_pool(IO_OVERLAP * workers) if processes else ThreadPoolExecutor(max(1, threads))
     chunk = INSPECT_CHUNK if processes else 1  # a thread per file: its wait is the store's
     fs, base_path = storage.filesystem(base)
     root = os.path.realpath(base_path) if storage.is_local(fs) else None

@@ -145,7 +145,11 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 @_names_the_object
 def read_bytes(url: str) -> bytes:
-    """Whole content of one file."""
+    """Whole content of one file. A local path is opened directly: fsspec's URL parsing took
+    0.12 ms of the 0.17 ms an image read cost in the image pass (~3% of its work)."""
+    if "://" not in url and not url.startswith("~"):
+        with open(url, "rb") as fh:
+            return fh.read()
     fs, path = filesystem(url)
     return fs.cat_file(path)
 

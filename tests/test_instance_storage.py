@@ -125,3 +125,16 @@ def test_a_known_partition_is_remembered_briefly_and_a_deletion_here_at_once(
     assert instance.has_dynamic_partition("versions", "gone")  # remembered, within the window
     monkeypatch.setattr(instance_storage, "KNOWN_PARTITION_SECONDS", 0.0)
     assert not instance.has_dynamic_partition("versions", "gone")
+
+
+def test_connections_commit_without_waiting_for_the_disk_and_stay_in_wal(project_instance):
+    """synchronous=NORMAL on every kept connection (an event no longer waits for an fsync); the
+    files stay in WAL mode, which is what makes NORMAL safe against a crashed process."""
+    instance = project_instance
+    instance.add_dynamic_partitions("versions", ["v1"])
+    assert dg.materialize([numbers], instance=instance, partition_key="v1").success
+    assert instance_storage._engines
+    for engine in instance_storage._engines.values():
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -14,7 +14,6 @@ from qm_dagster.passes.decode import ChunkResult, init_worker, measure_task
 from qm_dagster.passes.pool import map_chunks
 
 Task = tuple[Sequence[Any], Any]  # (image items, PassRequest)
-PRELOAD = ("qm_dagster.passes.decode", "qm_dagster.metrics.image", "qm_dagster.metrics.kernels")
 
 
 class Backend(Protocol):
@@ -37,9 +36,7 @@ class LocalPool:
         return max(1, self.workers)
 
     def run(self, tasks: Iterable[Task], modules: tuple[str, ...]) -> Iterator[ChunkResult]:
-        for _, result in map_chunks(
-            measure_task, tasks, (), self.workers, init_worker, (modules,), preload=PRELOAD
-        ):
+        for _, result in map_chunks(measure_task, tasks, (), self.workers, init_worker, (modules,)):
             yield result
 
 

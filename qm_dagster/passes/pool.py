@@ -8,9 +8,29 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from multiprocessing import forkserver
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# The standard library keeps one fork server per process and reads its preload list only when
+# it starts it, so every pool here names the same modules: whichever pool (or
+# ``start_fork_server``) starts the server first has it preload what all of them need.
+PRELOAD = (
+    "qm_dagster.manifest",
+    "qm_dagster.passes.decode",
+    "qm_dagster.metrics.image",
+    "qm_dagster.metrics.kernels",
+)
+
+
+def start_fork_server() -> None:
+    """Start this process's fork server now: it imports ``PRELOAD`` in its own process while this
+    one goes on (``qm materialize`` starts it first, so that the preload runs on a core its own
+    single-threaded start-up leaves idle, and the first pool forks at once)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    forkserver.ensure_running()
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -25,13 +45,12 @@ def map_chunks(
     workers: int,
     initializer: Callable[..., None],
     initargs: tuple[Any, ...],
-    preload: Sequence[str] = (),
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(chunk index, fn(chunk, *args))`` as chunks finish.
 
     With ``workers == 1`` everything runs in this process. Otherwise at most ``2 * workers`` chunks
     are in flight, so memory is bounded by the chunk size, not the dataset. Workers come from a
-    fork server that has preloaded ``preload`` (the caller may be a threaded Dagster process, so
+    fork server that has preloaded ``PRELOAD`` (the caller may be a threaded Dagster process, so
     no plain fork; and spawn would re-import the caller's ``__main__``, e.g. all of Dagster, per
     worker). The fork server outlives one call, so ``initializer`` gets this process's current
     ``sys.path`` and environment to apply first.
@@ -41,7 +60,7 @@ def map_chunks(
         for i, chunk in enumerate(chunks):
             yield i, fn(chunk, *args)
         return
-    with process_pool(workers, preload, initializer, initargs) as pool:
+    with process_pool(workers, initializer, initargs) as pool:
         pending: dict[Future[Any], int] = {}
         source = enumerate(chunks)
         for i, chunk in source:
@@ -61,14 +80,13 @@ def map_chunks(
 @contextmanager
 def process_pool(
     workers: int,
-    preload: Sequence[str] = (),
     initializer: Callable[..., None] | None = None,
     initargs: tuple[Any, ...] = (),
 ) -> Iterator[ProcessPoolExecutor]:
-    """``workers`` processes from a fork server that has preloaded ``preload``, each given this
+    """``workers`` processes from a fork server that has preloaded ``PRELOAD``, each given this
     process's current ``sys.path`` and environment, then ``initializer(*initargs)``."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(preload))
+    ctx.set_forkserver_preload(list(PRELOAD))
     context = (list(sys.path), dict(os.environ), initializer, initargs)
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_with_context, initargs=context
