@@ -199,11 +199,12 @@ class Watch:
         return out
 
 
-def run_child(args: list[str], kill_when=None) -> tuple[dict, dict[str, float]]:
-    """Run this script as a child step; return its JSON result and its processes' peak RSS."""
+def run_child(args: list[str], kill_when=None, watch: bool = True) -> tuple[dict, dict[str, float]]:
+    """Run this script as a child step; return its JSON result and its processes' peak RSS
+    (``watch``: sampled every 0.1 s, which costs the measured processes some CPU; else none)."""
     cmd = [sys.executable, __file__, "--child", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    watch = Watch(proc.pid)
+    watcher = Watch(proc.pid) if watch else None
     result: dict = {}
     for line in proc.stdout:
         msg = json.loads(line)
@@ -215,7 +216,7 @@ def run_child(args: list[str], kill_when=None) -> tuple[dict, dict[str, float]]:
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait()
-    peaks = watch.stop()
+    peaks = watcher.stop() if watcher else {}
     if kill_when is None and proc.returncode != 0:
         sys.exit(f"child {args} failed with exit code {proc.returncode}")
     return result, peaks

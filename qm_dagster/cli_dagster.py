@@ -26,7 +26,13 @@ PARTITIONS = "dataset_versions"
 # The analysis steps import these at first use: ~1.5 s of one core at 10k images (scikit-learn
 # with SciPy's statistics, faiss, matplotlib). Steps that run in this process import them while
 # the image pass's workers compute, when this process only waits on them.
-ANALYSIS_MODULES = ("sklearn.cluster", "sklearn.ensemble", "faiss", "qm_dagster.report_charts")
+ANALYSIS_MODULES = (
+    "sklearn.cluster",
+    "sklearn.ensemble",
+    "scipy.sparse.csgraph",
+    "faiss",
+    "qm_dagster.report_charts",
+)
 PASS_STEP = "image_pass"
 
 _SHOWN = {

@@ -13,8 +13,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from qm_dagster import storage
 from qm_dagster.embeddings import CROP_WORDS, words_array
@@ -231,6 +229,9 @@ def duplicate_groups(
     pairs = unique_pairs(pairs)
     if not len(pairs):
         return pd.DataFrame(columns=GROUP_COLUMNS)
+    from scipy.sparse import coo_matrix  # lazy: 0.26 s that loading the definitions need not pay
+    from scipy.sparse.csgraph import connected_components
+
     a, b = pairs.T
     graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
