@@ -303,3 +303,21 @@ def test_column_wise_parsing_equals_record_by_record(index, monkeypatch):
     if results is not None:
         slow_results = parse_results(results, "r.json", slow.images.image_id, slow.categories)
         pd.testing.assert_frame_equal(fast_results, slow_results)
+
+
+def test_json_that_orjson_refuses_is_read_by_the_standard_parser():
+    """A NaN token (not JSON, but Python writes it) still parses, so its record is quarantined
+    by name rather than the whole file failing; bad text is still a DatasetError naming the
+    file."""
+    doc = copy.deepcopy(GOOD)
+    doc["annotations"][0]["bbox"][0] = float("nan")
+    text = json.dumps(doc)  # writes the token NaN
+    assert "NaN" in text
+    tables = parse_instances(
+        coco.load_json(text.encode(), "v1/annotations.json"), "a", strict=False
+    )
+    assert [q.where for q in tables.quarantined] == ["annotations[0].bbox"]
+    assert len(tables.annotations) == len(GOOD["annotations"]) - 1
+    assert coco.load_json(b'{"id": 1}', "x.json") == json.loads(b'{"id": 1}')
+    with pytest.raises(DatasetError, match="x.json.*not valid JSON"):
+        coco.load_json(b'{"id": ', "x.json")
