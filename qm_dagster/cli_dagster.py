@@ -163,7 +163,8 @@ def materialize_version(
         run_id = str(uuid.uuid4())
         print(f"run {run_id} in {home}: {len(keys)} assets for version {version}", flush=True)
         stop = threading.Event()
-        watcher = threading.Thread(target=_print_progress, args=(instance, run_id, stop))
+        warm = ANALYSIS_MODULES if any(k.path[0] == "analysis" for k in keys) else ()
+        watcher = threading.Thread(target=_print_progress, args=(instance, run_id, stop, warm))
         watcher.start()
         try:
             result = job.execute_in_process(
@@ -225,11 +226,14 @@ def import_in_background(modules: tuple[str, ...]) -> threading.Thread:
     return thread
 
 
-def _print_progress(instance: dg.DagsterInstance, run_id: str, stop: threading.Event) -> None:
+def _print_progress(
+    instance: dg.DagsterInstance, run_id: str, stop: threading.Event, warm: tuple[str, ...] = ()
+) -> None:
     """Print the run's step events and our log lines as they land. Only the events after the
     last cursor are read each poll: reading all of them (631 at the end of a 12k-image run,
     0.07 s) every 0.5 s took ~3 s of the run's GIL over its ~100 polls. When the image pass
-    starts, the analysis steps' imports start in the background."""
+    starts, the modules ``warm`` (the selected analysis steps' imports) are imported in the
+    background."""
     cursor = None
     warming = False
     while True:
@@ -245,10 +249,10 @@ def _print_progress(instance: dg.DagsterInstance, run_id: str, stop: threading.E
             if event is None or event.event_type not in _SHOWN:
                 continue
             what = _SHOWN[event.event_type]
-            if event.event_type == dg.DagsterEventType.STEP_START and not warming:
+            if event.event_type == dg.DagsterEventType.STEP_START and warm and not warming:
                 warming = event.step_key == PASS_STEP
                 if warming:
-                    import_in_background(ANALYSIS_MODULES)
+                    import_in_background(warm)
             if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 print(f"  {what} {event.asset_key.to_user_string()}", flush=True)
             else:
