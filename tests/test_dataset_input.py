@@ -319,5 +319,5 @@ def test_json_that_orjson_refuses_is_read_by_the_standard_parser():
     assert [q.where for q in tables.quarantined] == ["annotations[0].bbox"]
     assert len(tables.annotations) == len(GOOD["annotations"]) - 1
     assert coco.load_json(b'{"id": 1}', "x.json") == json.loads(b'{"id": 1}')
-    with pytest.raises(DatasetError, match="x.json.*not valid JSON"):
+    with pytest.raises(DatasetError, match=r"x\.json.*not valid JSON"):
         coco.load_json(b'{"id": ', "x.json")
