@@ -214,11 +214,12 @@ def _innermost(error) -> str:
 
 
 def import_in_background(modules: tuple[str, ...]) -> threading.Thread:
-    """Import ``modules`` in a daemon thread (a module missing is left to its step to report)."""
+    """Import ``modules`` in a daemon thread. A module missing is left to its step to report; so
+    is one whose import met the run's own in the other order (importlib's deadlock error)."""
 
     def run() -> None:
         for name in modules:
-            with suppress(ImportError):
+            with suppress(ImportError, RuntimeError):
                 importlib.import_module(name)
 
     thread = threading.Thread(target=run, name="qm-analysis-imports", daemon=True)
