@@ -1,8 +1,8 @@
 """Our whole pipeline against CleanVision and fastdup on the same generated real-photo version.
 
 Ours: every asset materialized through Dagster by ``qm materialize`` in its own process
-(``scale.py``'s step 5), on ``s<size>-unlabeled`` (the same image files and nothing else, the input the peers
-see: image pass, embeddings, uniqueness, duplicates, quality table, outliers, drift-free report)
+(``scale.py``'s step 5), on ``s<size>-unlabeled`` (the same image files and nothing else, the
+input the peers see: image pass, embeddings, uniqueness, duplicates, quality table, outliers, drift-free report)
 and, for scale, on ``s<size>`` (those images with labels and a model: also label and model
 metrics, matching, evaluation, sliced evaluation, label errors). The ratios use the first. CleanVision: ``Imagelab(data_path).find_issues()`` (its default issue types: dark,
 light, blurry, low information, odd aspect ratio, odd size, grayscale, exact and near

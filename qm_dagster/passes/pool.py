@@ -28,9 +28,15 @@ def start_fork_server() -> None:
     """Start this process's fork server now: it imports ``PRELOAD`` in its own process while this
     one goes on (``qm materialize`` starts it first, so that the preload runs on a core its own
     single-threaded start-up leaves idle, and the first pool forks at once)."""
+    _forkserver_context()
+    forkserver.ensure_running()
+
+
+def _forkserver_context() -> multiprocessing.context.ForkServerContext:
+    """The fork-server start method, with ``PRELOAD`` as what a server it starts imports."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD))
-    forkserver.ensure_running()
+    return ctx
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -85,8 +91,7 @@ def process_pool(
 ) -> Iterator[ProcessPoolExecutor]:
     """``workers`` processes from a fork server that has preloaded ``PRELOAD``, each given this
     process's current ``sys.path`` and environment, then ``initializer(*initargs)``."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
+    ctx = _forkserver_context()
     context = (list(sys.path), dict(os.environ), initializer, initargs)
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_with_context, initargs=context
