@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
+import gc
 import importlib
 import logging
 import os
@@ -166,6 +167,7 @@ def materialize_version(
         warm = ANALYSIS_MODULES if any(k.path[0] == "analysis" for k in keys) else ()
         watcher = threading.Thread(target=_print_progress, args=(instance, run_id, stop, warm))
         watcher.start()
+        settle_heap()
         try:
             result = job.execute_in_process(
                 instance=instance,
@@ -192,6 +194,14 @@ def materialize_version(
         flush=True,
     )
     return result.success
+
+
+def settle_heap() -> None:
+    """Put every object alive now out of the cyclic collector's reach. Its full collections scan
+    every tracked object, and after Dagster's and the definitions' imports there are ~0.5 million
+    of them: at 10k images ~8 full collections cost ~0.8 s, and the interpreter's own at exit
+    ~1 s, all on the critical path. Frozen objects are still freed by reference counting."""
+    gc.freeze()
 
 
 @contextmanager
