@@ -569,6 +569,7 @@ def build_analysis_assets(
             annotations,
             sections,
             reference_urls=None if ref_manifest is None else ref_manifest.set_index("image_id").url,
+            workers=qm.workers,
         )
         url = storage.report_url(qm.storage, version)
         storage.write_bytes_atomic(url, page.encode("utf-8"), "text/html; charset=utf-8")

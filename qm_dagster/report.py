@@ -91,7 +91,7 @@ def _empty(column: pd.Series) -> bool:
     )
 
 
-def _sliced_section(frame: pd.DataFrame | None) -> str:
+def _sliced_section(frame: pd.DataFrame | None, batch: charts.ChartBatch) -> str:
     """Each model's whole-version numbers, then AP50 per bucket of every sliced metric."""
     head = "<h2 id='sliced_evaluation'>Sliced evaluation</h2>"
     if frame is None or frame.empty:
@@ -117,7 +117,7 @@ def _sliced_section(frame: pd.DataFrame | None) -> str:
     bbox = frame[frame.iou_type == "bbox"] if "iou_type" in frame else frame
     plots = "".join(
         f"<div class='metric'><h3>AP50 by {html.escape(m)}</h3>"
-        f"<img src='{charts.sliced(bbox, m)}' alt='AP50 by {html.escape(m)}'></div>"
+        f"<img src='{batch.sliced(bbox, m)}' alt='AP50 by {html.escape(m)}'></div>"
         for m in dict.fromkeys(bbox.metric)
         if m != "all" and not str(m).startswith("slice:")
     )
@@ -377,10 +377,13 @@ def build_report(
     annotations: pd.DataFrame,
     sections: dict[str, pd.DataFrame],
     reference_urls: pd.Series | None = None,
+    workers: int = 1,
 ) -> str:
     """The report's HTML. ``sections``: outliers, duplicates, drift, sliced_evaluation,
     label_errors tables of this version; ``reference_urls``: the reference's image URLs by
-    image id (its duplicates shown as pictures too)."""
+    image id (its duplicates shown as pictures too); ``workers``: processes that may draw the
+    charts (``ChartBatch``)."""
+    batch = charts.ChartBatch(workers)
     urls = manifest.set_index("image_id").url
     names = manifest.set_index("image_id").file_name
     parts = [
@@ -411,7 +414,7 @@ def build_report(
         ref = None
         if reference_table is not None and col in reference_table:
             ref = pd.to_numeric(reference_table[col], errors="coerce").to_numpy(float)
-        chart = charts.histogram(values[col].to_numpy(float), col, reference=ref)
+        chart = batch.histogram(values[col].to_numpy(float), col, reference=ref)
         figures = [
             _figure(thumbs[urls[ids[i]]], str(names[ids[i]]), f"{values[col][i]:.4g}")
             for i in shown[col]
@@ -427,7 +430,7 @@ def build_report(
         "<h2 id='drift'>Drift against the reference</h2>"
         + _table(_drifted_first(sections.get("drift")), limit=60)
     )
-    parts.append(_sliced_section(sections.get("sliced_evaluation")))
+    parts.append(_sliced_section(sections.get("sliced_evaluation"), batch))
     parts.append(_classification_section(sections, urls, names))
     parts.append(_outliers_section(sections.get("outliers")))
     found = {version: urls}
@@ -451,4 +454,4 @@ def build_report(
     else:
         parts.append("<p><em>none</em></p>")
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return batch.fill("\n".join(parts))

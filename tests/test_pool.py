@@ -17,7 +17,8 @@ if sys.argv[1] == "early":
 with process_pool(1) as pool:  # as the manifest's pool: the first of the process
     pid = pool.submit(os.getpid).result()
     maps = open(f"/proc/{pid}/maps").read()
-print(json.dumps({"opencv": "cv2" in maps, "numba": "llvmlite" in maps}))
+print(json.dumps({"opencv": "cv2" in maps, "numba": "llvmlite" in maps,
+                  "matplotlib": "matplotlib" in maps}))
 """
 
 
@@ -27,13 +28,14 @@ def test_the_first_pool_of_a_process_preloads_what_every_pool_needs(server):
     """The standard library starts one fork server per process and reads its preload list only
     then: whichever pool comes first (the manifest's, in a run) must preload the image pass's
     OpenCV and compiled kernels too, or each pass worker imports them itself (regression: the
-    manifest's pool started the server with its own module only). A worker that has run
-    nothing but ``os.getpid`` already has both libraries mapped, whether the pool started the
-    server or ``start_fork_server`` did before."""
+    manifest's pool started the server with its own module only), and the report's matplotlib.
+    A worker that has run nothing but ``os.getpid`` already has the three mapped, whether the
+    pool started the server or ``start_fork_server`` did before."""
     done = subprocess.run(
         [sys.executable, "-c", FIRST_POOL_THEN_MAPS, server],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"opencv": True, "numba": True}
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded == {"opencv": True, "numba": True, "matplotlib": True}

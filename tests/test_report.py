@@ -176,6 +176,40 @@ def test_charts_name_bucket_ranges_and_mark_empty_buckets():
     assert "(log scale)" not in linear and "300k" in linear and "e+05" not in linear
 
 
+def test_a_chart_batch_draws_on_the_fork_servers_workers_what_this_process_draws(monkeypatch):
+    """The report's charts are placeholders until ``fill``; with two workers and the fork
+    server up they are drawn on a pool, and each lands where it was asked for, byte for byte
+    the chart drawn here directly (a fixed SVG hash salt makes a chart's bytes repeatable)."""
+    import numpy as np
+
+    from qm_dagster import report_charts
+    from qm_dagster.passes import pool
+
+    rng = np.random.default_rng(3)
+    values = [rng.normal(size=300), rng.gamma(2.0, size=200), np.arange(5.0)]
+    sliced = pd.DataFrame(
+        {"model": ["m", "m"], "metric": ["all", "data/area"], "bucket": [0, 0], "lo": [0.0, 0.0],
+         "hi": [1.0, 1.0], "n_images": [4, 4], "AP50": [0.5, 0.25]}
+    )  # fmt: skip
+    expected = "|".join(
+        [*(report_charts.histogram(v, f"data/m{i}") for i, v in enumerate(values)),
+         report_charts.sliced(sliced, "data/area")]
+    )  # fmt: skip
+    pools = []
+    real_pool = pool.process_pool
+    monkeypatch.setattr(pool, "process_pool", lambda n: pools.append(n) or real_pool(n))
+    pool.start_fork_server()
+    for workers in (1, 2):
+        batch = report_charts.ChartBatch(workers)
+        text = "|".join(
+            [*(batch.histogram(v, f"data/m{i}") for i, v in enumerate(values)),
+             batch.sliced(sliced, "data/area")]
+        )  # fmt: skip
+        assert "data:" not in text
+        assert batch.fill(text) == expected
+    assert pools == [2]  # the batch of two workers, and only it, drew on a pool
+
+
 def test_a_large_duplicate_group_shows_a_few_pictures_and_counts_the_rest(tmp_path):
     """A group of near copies can hold thousands of images (the generated 100k version's do):
     the report draws at most GROUP_PICTURES of each and says how many more there are."""

@@ -21,7 +21,9 @@ PRELOAD = (
     "qm_dagster.passes.decode",
     "qm_dagster.metrics.image",
     "qm_dagster.metrics.kernels",
+    "qm_dagster.report_charts",  # matplotlib, for the report's charts (``ChartBatch``)
 )
+_started = False  # whether this process has started its fork server
 
 
 def start_fork_server() -> None:
@@ -32,10 +34,18 @@ def start_fork_server() -> None:
     forkserver.ensure_running()
 
 
+def server_started() -> bool:
+    """Whether this process has started its fork server (``start_fork_server`` or a pool): a
+    pool is then a fork away, not a server's start-up and preload (~1 s)."""
+    return _started
+
+
 def _forkserver_context() -> multiprocessing.context.ForkServerContext:
     """The fork-server start method, with ``PRELOAD`` as what a server it starts imports."""
+    global _started
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD))
+    _started = True
     return ctx
 
 
