@@ -118,6 +118,36 @@ def test_crop_distance_is_small_for_a_cropped_copy_only():
     assert dist[0] <= 4 and dist[1] > 10 and dist[2] > 10
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_crop_distances_in_blocks_equal_every_pair_compared_directly(monkeypatch, kept):
+    """Rows read in blocks (kept in memory or read twice) and pairs compared a few at a time
+    give, for every pair, the fewest differing bits of either image's crops against the other's
+    uncropped hash, as a direct comparison of the two rows finds it."""
+    from qm_dagster import neighbours
+
+    rng = np.random.default_rng(5)
+    words = rng.integers(0, 2**63, size=(60, 256), dtype=np.int64).astype(np.uint64)
+    words[7, 3] = words[40, 0]  # a crop of 7 equal to 40's uncropped hash
+    words[12, 0] = words[13, 200] ^ np.uint64(0b101)  # 13's crop 2 bits from 12
+    pairs = np.unique(np.sort(rng.integers(0, 60, size=(400, 2)), axis=1), axis=0)
+    pairs = np.vstack([pairs[pairs[:, 0] != pairs[:, 1]], [[7, 40], [12, 13]]])
+    monkeypatch.setattr(neighbours, "BLOCK", 16)
+    monkeypatch.setattr(neighbours, "PAIR_BLOCK", 7)
+    monkeypatch.setattr(neighbours, "CROP_CACHE_BYTES", 1 << 30 if kept else 0)
+    asked = []
+    dist = crop_distances(pairs, lambda rows: asked.append(len(rows)) or words[rows], 60)
+    direct = [
+        min(
+            min(bin(int(c ^ words[j, 0])).count("1") for c in words[i]),
+            min(bin(int(c ^ words[i, 0])).count("1") for c in words[j]),
+        )
+        for i, j in pairs
+    ]
+    assert dist.tolist() == direct
+    assert dist[-2] == 0 and dist[-1] == 2
+    assert max(asked) <= 16 and sum(asked) == len(np.unique(pairs)) * (1 if kept else 2)
+
+
 def test_the_pass_stores_each_images_crop_hashes(tmp_path):
     """data/embeddings' ``crops`` column: per image, the crop hashes of its gray thumbnail, as
     ``crop_hash_words`` makes them for all images at once (the pass makes them a chunk at a
