@@ -225,16 +225,30 @@ def manifest_batches(
     fs, base_path = storage.filesystem(base)
     root = os.path.realpath(base_path) if storage.is_local(fs) else None
     with pool as executor:
+        # one batch ahead: the next batch is listed and inspected while this one's rows are
+        # built and written (two batches of work in flight at most)
+        pending = None
         for batch in batches:
             urls = [storage.join(base, name) for name in batch.file_name]
             chunks = chunked(urls, chunk)
             parts = executor.map(
                 _inspect_urls, chunks, itertools.repeat(max_pixels), itertools.repeat(root)
             )
-            part = _manifest_rows(batch, urls, [f for part in parts for f in part])
-            yield Manifest(part.images, pd.concat([part.issues, _skipped(skipped)]))
+            if pending is not None:
+                yield _finished(*pending, skipped)
+            pending = (batch, urls, parts)
+        if pending is not None:
+            yield _finished(*pending, skipped)
         if skipped:  # files listed after the last image
             yield Manifest(_manifest_rows(listed_images([]), [], []).images, _skipped(skipped))
+
+
+def _finished(
+    batch: pd.DataFrame, urls: list[str], parts: Iterator[list[FileFacts]], skipped: list
+) -> Manifest:
+    """One batch's rows once its inspections are in, with what the listing skipped so far."""
+    part = _manifest_rows(batch, urls, [f for part in parts for f in part])
+    return Manifest(part.images, pd.concat([part.issues, _skipped(skipped)]))
 
 
 def _skipped(skipped: list[tuple[str, str]]) -> pd.DataFrame:

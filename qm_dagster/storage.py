@@ -387,14 +387,13 @@ def _walk(
     fs: fsspec.AbstractFileSystem, root: str, folder: str, folders: bool = False
 ) -> Iterator[str]:
     entries = sorted(  # a folder sorts as "name/", as the full paths of its files do
-        fs.ls(folder, detail=True),
-        key=lambda e: e["name"].rstrip("/") + ("/" if e.get("type") == "directory" else ""),
+        _entries(fs, folder), key=lambda e: e[0].rstrip("/") + ("/" if e[1] else "")
     )
-    for entry in entries:
-        name = entry["name"].rstrip("/")
+    for name, is_folder in entries:
+        name = name.rstrip("/")
         if name == folder:  # some stores list the folder itself
             continue
-        if entry.get("type") == "directory":
+        if is_folder:
             if folders:
                 yield name[len(root) :].lstrip("/") + "/"
             yield from _walk(fs, root, name, folders)
@@ -402,3 +401,13 @@ def _walk(
             rel = name[len(root) :].lstrip("/")
             if rel:
                 yield rel
+
+
+def _entries(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, bool]]:
+    """``(path, is a folder)`` of each entry of ``folder``. Local folders are scanned directly:
+    fsspec stats every entry (0.16 s for 10k images, a fifth of the manifest's listing); as
+    fsspec, a symbolic link counts as a file, never descended."""
+    if is_local(fs):
+        with os.scandir(folder) as it:
+            return [(e.path, e.is_dir(follow_symlinks=False)) for e in it]
+    return [(e["name"], e.get("type") == "directory") for e in fs.ls(folder, detail=True)]

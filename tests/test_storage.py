@@ -32,3 +32,21 @@ def test_memory_filesystem_urls():
     storage.write_parquet(url, pd.DataFrame({"value": [1.0]}))
     assert storage.exists(url)
     assert storage.read_parquet(url).value.tolist() == [1.0]
+
+
+def test_a_local_walk_lists_what_fsspec_lists(tmp_path, monkeypatch):
+    """Local folders are scanned without fsspec's stat of every entry; the walk is the same:
+    sorted paths relative to the root, folders (with ``folders``) before their files, a
+    symbolic link listed as a file and never descended."""
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    for rel in ("a.jpg", "b/x.png", "b/c/y.png", "b.jpg", "z.txt"):
+        (tmp_path / rel).write_bytes(b"1")
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    (tmp_path / "b" / "to_file.png").symlink_to(tmp_path / "a.jpg")
+    fast = [list(storage.walk_files(str(tmp_path), folders=f)) for f in (False, True)]
+    monkeypatch.setattr(storage, "is_local", lambda fs: False)  # fsspec's own listing
+    slow = [list(storage.walk_files(str(tmp_path), folders=f)) for f in (False, True)]
+    assert fast == slow
+    assert fast[1] == [
+        "a.jpg", "b.jpg", "b/", "b/c/", "b/c/y.png", "b/to_file.png", "b/x.png", "link", "z.txt",
+    ]  # fmt: skip
