@@ -198,11 +198,15 @@ def materialize_version(
 
 
 def settle_heap() -> None:
-    """Put every object alive now out of the cyclic collector's reach. Its full collections scan
-    every tracked object, and after Dagster's and the definitions' imports there are ~0.5 million
-    of them: at 10k images ~8 full collections cost ~0.8 s, and the interpreter's own at exit
-    ~1 s, all on the critical path. Frozen objects are still freed by reference counting."""
+    """Put every object alive now out of the cyclic collector's reach, and collect young objects
+    10x less often. Its full collections scan every tracked object, and after Dagster's and the
+    definitions' imports there are ~0.5 million of them: at 10k images ~8 full collections cost
+    ~0.8 s, and the interpreter's own at exit ~1 s, all on the critical path; frozen, 0.45 s;
+    with the young generation at 7,000 allocations instead of 700, no full collection in the
+    run and 0.32 s in all (same peak memory). Frozen objects are still freed by reference
+    counting."""
     gc.freeze()
+    gc.set_threshold(7000, 10, 10)
 
 
 @contextmanager
