@@ -325,6 +325,7 @@ def build_analysis_assets(
         kinds={"python", "numpy"},
     )
     def analysis_sliced_evaluation(
+        qm: QmResource,
         manifest,
         annotations,
         categories,
@@ -356,6 +357,7 @@ def build_analysis_assets(
             matches,
             image_table,
             named=named,
+            workers=qm.workers,
             **options,
         )
         overall = frame[frame.metric == "all"]

@@ -22,6 +22,7 @@ from qm_dagster.evaluation import (
     with_scores,
 )
 from qm_dagster.matching import ground_truth, object_rles
+from qm_dagster.passes import pool
 from qm_dagster.slices import Slice
 from qm_dagster.slices import apply as apply_slice
 
@@ -217,6 +218,7 @@ def sliced_evaluation(
     named: NamedSlices | None = None,
     edges: dict[str, list[float]] | None = None,
     buckets: int = BUCKETS,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Rows per model: the whole version (COCO's 12 statistics), each bucket of each
     image-level metric (``buckets`` quantile buckets, or the explicit ``edges`` configured for
@@ -231,7 +233,8 @@ def sliced_evaluation(
     A named object slice is evaluated as COCO evaluates an area range: objects outside it are
     ignored (a detection matched to one is neither true nor false), every other detection
     counts. A named prediction slice evaluates the model's predictions in it alone. Each is
-    its own evaluation, with TP / FP / FN from its matches at IoU 0.5."""
+    its own evaluation, with TP / FP / FN from its matches at IoU 0.5. ``workers``: processes
+    the image slices may be split over (``_model_rows``)."""
     edges = edges or {}
     named = named or NamedSlices()
     if annotations.empty or predictions.empty:
@@ -260,7 +263,7 @@ def sliced_evaluation(
             )
             base = {"model": model, "iou_type": iou_type, "n_images": len(counts.ids)}
             own = counts if iou_type == "bbox" else _Counts.of_evaluation(image_ids, ev, score)
-            rows += _model_rows(ev, own, base, slices)
+            rows += _model_rows(ev, own, base, slices, workers)
             # COCO's own small/medium/large (keypoints: none, its medium and large are in
             # every row) unless edges are configured
             first = (
@@ -318,14 +321,32 @@ def _member_row(ev, labels: dict, level: str, score: float, members: int) -> dic
     return with_scores(row, _Counts.of_evaluation(ev.image_ids, ev, score).of())
 
 
-def _model_rows(ev, counts: _Counts, base: dict, slices) -> list[dict]:
-    """The whole version's row and each image slice's, of one evaluation."""
+def _model_rows(ev, counts: _Counts, base: dict, slices, workers: int = 1) -> list[dict]:
+    """The whole version's row and each image slice's, of one evaluation. Slices are
+    independent (~7 ms each, 150+ a version): with ``workers`` > 1 and this process's fork
+    server up (``qm materialize``), split over that many processes, each sent the evaluation
+    once (12k images: ~1.0 s -> ~0.55 s)."""
     whole_row = {**base, "level": "image", "metric": "all", "bucket": 0, **whole(ev)}
     rows = [with_scores(whole_row, counts.of())]
-    for labels, ids in slices:
-        row = {**base, **labels}
-        rows.append(_slice_row(ev, counts, counts.positions(ids), row))
-    return rows
+    tasks = [({**base, **labels}, counts.positions(ids)) for labels, ids in slices]
+    if workers > 1 and len(tasks) >= 4 * workers and pool.server_started():
+        chunk = -(-len(tasks) // (4 * workers))
+        with pool.process_pool(workers, _hold, (ev, counts)) as executor:
+            return rows + list(executor.map(_held_slice_row, tasks, chunksize=chunk))
+    return rows + [_slice_row(ev, counts, positions, row) for row, positions in tasks]
+
+
+_HELD: tuple = ()  # a slice worker's evaluation and counts (``_hold``)
+
+
+def _hold(ev, counts: _Counts) -> None:
+    global _HELD
+    _HELD = (ev, counts)
+
+
+def _held_slice_row(task: tuple[dict, np.ndarray]) -> dict[str, object]:
+    row, positions = task
+    return _slice_row(*_HELD, positions, row)
 
 
 def _slice_row(ev, counts: _Counts, positions: np.ndarray, row: dict) -> dict[str, object]:

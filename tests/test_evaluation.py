@@ -186,6 +186,38 @@ def test_sliced_evaluation_table_on_an_imported_version(tmp_path, coco):
     assert sizes == pytest.approx(published[3:6], abs=1e-12)
 
 
+def test_image_slices_split_over_workers_equal_the_slices_made_here(tmp_path, coco, monkeypatch):
+    """With two workers and the fork server up, the image slices are evaluated on a pool (the
+    evaluation sent to each worker once): every row equals the one made here, and a bucket
+    still equals a fresh pycocotools evaluation of its images."""
+    import pandas as pd
+
+    from qm_dagster.passes import pool
+
+    gt, dt = coco[:2]
+    manifest, tables, preds = _imported(tmp_path)
+    ids = sorted(gt.getImgIds())
+    rng = np.random.default_rng(11)
+    image_table = pd.DataFrame(
+        {"image_id": ids, **{f"data/m{i}": rng.normal(size=len(ids)) for i in range(3)}}
+    )
+    inputs = (manifest, tables.annotations, tables.categories, preds, image_table)
+    here = sliced(*inputs)
+    used = []
+    real_pool = pool.process_pool
+    monkeypatch.setattr(pool, "process_pool", lambda n, *a: used.append(n) or real_pool(n, *a))
+    pool.start_fork_server()
+    split = sliced(*inputs, workers=2)
+    assert used == [2]
+    pd.testing.assert_frame_equal(split, here)
+    bucket = split[(split.metric == "data/m1") & (split.bucket == 3)].iloc[0]
+    x = image_table["data/m1"]
+    subset = [i for i, v in zip(ids, x, strict=True) if bucket.lo <= v < bucket.hi]
+    assert bucket.n_images == len(subset) > 0
+    fresh = fresh_pycocotools(gt, dt, subset)
+    assert [bucket[k] for k in STATS] == pytest.approx(fresh.stats, abs=1e-12)
+
+
 def test_explicit_edges_and_score_threshold(tmp_path, coco):
     """Configured bucket edges replace the quantiles; TP/FP follow the configured score
     threshold, counted independently from pycocotools' own evalImgs."""
