@@ -272,3 +272,30 @@ def test_metric_frames_read_every_metric_back_from_the_wide_tables():
         pd.testing.assert_frame_equal(
             back[order].sort_values(order).reset_index(drop=True), expected, check_dtype=False
         )
+
+
+def test_a_metric_in_its_tables_row_order_or_not_joins_to_the_same_columns():
+    """A metric table in the order of the rows it measured is taken as it is; one in another
+    order, or with a row missing, is matched on its keys: the wide tables are the same."""
+    predictions = pd.DataFrame(
+        {"model": ["a", "a", "b", "b"], "prediction_id": [1, 2, 1, 3], "image_id": [1, 1, 2, 2],
+         "category": "x", "score": [0.9, 0.8, 0.7, 0.6]}
+    )  # fmt: skip
+    keys = predictions[["model", "prediction_id"]]
+    in_order = keys.assign(value=[0.1, 0.2, 0.3, 0.4])
+    shuffled = in_order.iloc[[2, 0, 3, 1]]
+    partial = in_order.iloc[[3, 0]]
+    tables = [
+        prediction_table(predictions, {"model/iou": frame})
+        for frame in (in_order, shuffled, partial)
+    ]
+    assert tables[0]["model/iou"].tolist() == [0.1, 0.2, 0.3, 0.4]
+    pd.testing.assert_frame_equal(tables[1], tables[0])
+    assert tables[2]["model/iou"].tolist()[0] == 0.1 and tables[2]["model/iou"].isna().sum() == 2
+    assert tables[2]["model/iou"].tolist()[3] == 0.4
+    annotations = pd.DataFrame(
+        {"annotation_id": [7, 8, 9], "image_id": [1, 1, 2], "category": "x", "iscrowd": 0}
+    )
+    area = pd.DataFrame({"annotation_id": [9, 7, 8], "value": [5.0, 1.0, 3.0]})
+    objects = object_table(annotations, {"label/object_area": area})
+    assert objects["label/object_area"].tolist() == [1.0, 3.0, 5.0]
