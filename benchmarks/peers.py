@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,15 +68,12 @@ def peer_python(cache: Path) -> Path:
 
 
 def run_peer(python: Path, code: str, *args: str) -> dict:
-    """One peer in a fresh process: its JSON line, and the process's whole wall time."""
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(python), "-c", code, *args], capture_output=True, text=True, check=False
-    )
-    wall = time.perf_counter() - start
+    """One peer in a fresh process: its JSON line, and the process's whole wall time (to its
+    exit, as ours: ``scale.timed_process``)."""
+    done, wall, output = scale.timed_process([str(python), "-c", code, *args])
     if done.returncode != 0:
-        sys.exit(f"peer failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+        sys.exit(f"peer failed ({done.returncode}):\n{output[-3000:]}")
+    result = json.loads(output.strip().splitlines()[-1])
     result["wall"] = wall
     return result
 
