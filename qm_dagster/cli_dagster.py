@@ -33,8 +33,7 @@ ANALYSIS_MODULES = (
     "scipy.sparse.csgraph",
     "faiss",
     "qm_dagster.medcouple",  # numba and its compiled cache: ~0.4 s the outliers step waited on
-    "qm_dagster.report_charts",
-)
+)  # not matplotlib: the report's charts are drawn by the fork server's workers
 PASS_STEP = "image_pass"
 
 _SHOWN = {

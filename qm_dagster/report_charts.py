@@ -9,12 +9,13 @@ import io
 import re
 import secrets
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+if TYPE_CHECKING:  # matplotlib is imported where a chart is drawn: with the fork server up
+    from matplotlib.figure import Figure  # (``ChartBatch``), only its workers, which preload it
 
 CURRENT, REFERENCE = "#3b78b5", "#d0453a"
 WIDE_RANGE = 1e3  # values spanning more than this factor (all > 0) get a log axis
@@ -40,6 +41,8 @@ def _figure(
     """A figure with fixed margins (``left`` a share of the width, ``bottom`` and ``top``
     inches): a layout engine costs ~40% of a chart's time and the labels here are of known
     size."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=100)
     fig.subplots_adjust(left=left, right=0.97, top=1 - top / height, bottom=bottom / height)
     return fig
@@ -48,6 +51,8 @@ def _figure(
 def _data_url(fig: Figure) -> str:
     """The figure as an SVG data URL, its text as SVG text (the browser's font): glyphs as
     paths, matplotlib's default, took 80% of a chart's time and most of its bytes."""
+    import matplotlib
+
     buf = io.BytesIO()
     # a fixed salt: the same chart is the same bytes, wherever it was drawn
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "qm-dagster"}):
@@ -67,6 +72,8 @@ def histogram(
 ) -> str:
     """This version's values as filled bars and the reference's (scaled to this version's
     count) as an outline, on shared bins; a log axis when the values span decades."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     current, ref = _finite(values), _finite(reference)
     fig = _figure(4.4, 2.4)
     ax = fig.add_subplot()

@@ -21,7 +21,11 @@ PRELOAD = (
     "qm_dagster.passes.decode",
     "qm_dagster.metrics.image",
     "qm_dagster.metrics.kernels",
-    "qm_dagster.report_charts",  # matplotlib, for the report's charts (``ChartBatch``)
+    # the report's charts (``report_charts.ChartBatch``): matplotlib and its SVG backend
+    "qm_dagster.report_charts",
+    "matplotlib.figure",
+    "matplotlib.ticker",
+    "matplotlib.backends.backend_svg",
 )
 _started = False  # whether this process has started its fork server
 
