@@ -60,12 +60,14 @@ def knn(
     quantized = n > max(exact_max, flat_max)
     index = _flat(x) if n <= exact_max else _ivf(x, "Flat" if not quantized else None)
     wanted = max(RERANK, 4 * (k + 1)) if quantized else k + 1
+    order = _by_cell(index, x) if n > exact_max else np.arange(n)
     dist = np.empty((n, k), np.float64)
     idx = np.empty((n, k), np.int64)
     for start in range(0, n, BLOCK):
-        query = x[start : start + BLOCK]
+        rows = order[start : start + BLOCK]
+        query = x[rows]
         _, found = index.search(_padded(query), min(wanted, n))
-        found = _drop_self(found, np.arange(start, start + len(found)))
+        found = _drop_self(found, rows)
         # distances again, directly: the index's are quantized, or |x|^2 + |y|^2 - 2xy (~1e-4
         # off on exact copies). Float32 differences squared and summed in one einsum pass: 0 on
         # exact copies, within 2e-7 (relative) of float64 differences and a norm, and half
@@ -73,11 +75,23 @@ def knn(
         diff = x[found] - query[:, None, :]
         exact = np.sqrt(np.einsum("qcd,qcd->qc", diff, diff).astype(np.float64))
         exact[found < 0] = np.inf  # fewer found than asked (an almost empty cell)
-        order = np.argsort(exact, axis=1, kind="stable")[:, :k]
-        dist[start : start + len(query)] = np.take_along_axis(exact, order, axis=1)
-        idx[start : start + len(query)] = np.take_along_axis(found, order, axis=1)
+        nearest = np.argsort(exact, axis=1, kind="stable")[:, :k]
+        dist[rows] = np.take_along_axis(exact, nearest, axis=1)
+        idx[rows] = np.take_along_axis(found, nearest, axis=1)
     idx[~np.isfinite(dist)] = -1
     return dist, idx
+
+
+def _by_cell(index, x: np.ndarray) -> np.ndarray:
+    """The rows in the order of the inverted file's cell each falls in. Queries searched in that
+    order probe mostly the same cells one after the other, so their lists stay in the CPU's
+    cache: the same results, 0.98 -> 0.74 s for the 42k object embeddings of the generated 12k
+    version (the search reads every probed vector; in row order, from memory each time)."""
+    quantizer = _faiss().extract_index_ivf(index).quantizer
+    cells = [
+        quantizer.search(_padded(x[s : s + 65_536]), 1)[1][:, 0] for s in range(0, len(x), 65_536)
+    ]
+    return np.argsort(np.concatenate(cells), kind="stable")
 
 
 def _flat(x: np.ndarray):

@@ -49,6 +49,21 @@ def test_inverted_file_index_finds_the_near_copies_exact_search_finds(flat_max):
     assert np.mean(np.isclose(ratio, 1)) > 0.8 and np.quantile(ratio, 0.99) < 1.1
 
 
+@pytest.mark.parametrize("flat_max", [10**9, 1000], ids=["vectors", "quantized codes"])
+def test_queries_in_cell_order_find_what_queries_in_row_order_find(flat_max, monkeypatch):
+    """The inverted file is searched with the queries ordered by cell (for the CPU's cache);
+    each row still gets its own neighbours: the same as searching the rows in their order."""
+    from qm_dagster import neighbours
+
+    x, _ = clustered(3000)
+    by_cell = knn(x, 4, exact_max=500, flat_max=flat_max)
+    assert not np.array_equal(neighbours._by_cell(neighbours._ivf(x, "Flat"), x), np.arange(3000))
+    monkeypatch.setattr(neighbours, "_by_cell", lambda index, x: np.arange(len(x)))
+    by_row = knn(x, 4, exact_max=500, flat_max=flat_max)
+    np.testing.assert_array_equal(by_cell[1], by_row[1])
+    np.testing.assert_array_equal(by_cell[0], by_row[0])
+
+
 def test_exact_copies_are_at_distance_zero():
     x, _ = clustered(300)
     x[5] = x[7]
