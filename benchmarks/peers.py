@@ -87,12 +87,6 @@ def ours(version_dir: Path, work: Path) -> dict:
     return result
 
 
-def warm(images: Path) -> int:
-    """Read every image file once, so that no tool pays the cold page cache for the ones run
-    before it (this machine's memory reclaim can drop the cache between runs)."""
-    return sum(len(p.read_bytes()) for p in images.rglob("*") if p.is_file())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10_000)
@@ -106,7 +100,7 @@ def main() -> None:
     python = peer_python(args.cache)
     print(f"{version.name}: {args.size} images, {os.cpu_count()} cores, outputs {work}", flush=True)
     try:
-        print(f"  page cache warmed: {warm(images) / 1e6:.0f} MB read", flush=True)
+        print(f"  page cache warmed: {scale.warm(images) / 1e6:.0f} MB read", flush=True)
         mine = ours(unlabeled, work / "ours")
         print(f"  ours, images only (every asset): {mine['wall']:.1f} s (ok {mine['ok']})")
         labelled = ours(version, work / "ours-labelled")
@@ -114,12 +108,12 @@ def main() -> None:
             f"  ours, with labels and a model (every asset): {labelled['wall']:.1f} s "
             f"(ok {labelled['ok']})"
         )
-        warm(images)
+        scale.warm(images)
         cv = run_peer(python, CLEANVISION, str(images))
         print(
             f"  CleanVision find_issues: {cv['wall']:.1f} s; {cv['images']} images, {cv['issues']}"
         )
-        warm(images)
+        scale.warm(images)
         fd = run_peer(python, FASTDUP, str(images), str(work / "fastdup"))
         print(
             f"  fastdup run: {fd['wall']:.1f} s; {fd['similar pairs']} similar pairs, "
